@@ -1,0 +1,1 @@
+"""The `polydiff` command (entry-point layer: nothing under packages/ imports it)."""
