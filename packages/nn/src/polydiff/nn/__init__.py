@@ -1,1 +1,25 @@
-"""polydiff.nn."""
+"""polydiff.nn: backbones every modality composes.
+
+Every network has ``forward(x, t, cond=None)`` with ``t`` a float tensor (B,) and ``cond`` None or a
+dict of named tensors; conditional networks set ``accepts_null_mask = True`` and honour
+``cond["null_mask"]`` (classifier-free guidance). Heavy optional parts (text encoders, LoRA) live
+in their own modules and are not imported here.
+"""
+
+from .embeddings import (
+    ClassEmbedding,
+    ConditionEmbedding,
+    FourierFeatures,
+    SinusoidalEmbedding,
+    timestep_embedding,
+)
+from .mlp import ResidualMLP
+
+__all__ = [
+    "ClassEmbedding",
+    "ConditionEmbedding",
+    "FourierFeatures",
+    "ResidualMLP",
+    "SinusoidalEmbedding",
+    "timestep_embedding",
+]
