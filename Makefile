@@ -44,7 +44,7 @@ test-all: setup lint
 	$(PYTEST) -n $(WORKERS)
 
 bench: setup
-	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
