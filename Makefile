@@ -18,7 +18,6 @@ setup: $(STAMP)
 
 $(STAMP): $(PROJECTS) packages requirements/base.txt requirements/dev.txt $(CONSTRAINTS) scripts/editables.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip>=24" -c $(CONSTRAINTS)
 	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/base.txt -r requirements/dev.txt \
 		$$($(PY) scripts/editables.py)
 	# k-diffusion is a peer for tests/benchmarks only; its __init__ pulls wandb/clean-fid,
