@@ -6,6 +6,7 @@ dict of named tensors; conditional networks set ``accepts_null_mask = True`` and
 in their own modules and are not imported here.
 """
 
+from .attention import Attention
 from .embeddings import (
     ClassEmbedding,
     ConditionEmbedding,
@@ -14,12 +15,17 @@ from .embeddings import (
     timestep_embedding,
 )
 from .mlp import ResidualMLP
+from .unet import UNET_SIZES, UNet, unet
 
 __all__ = [
+    "Attention",
     "ClassEmbedding",
     "ConditionEmbedding",
     "FourierFeatures",
     "ResidualMLP",
+    "UNET_SIZES",
+    "UNet",
+    "unet",
     "SinusoidalEmbedding",
     "timestep_embedding",
 ]
