@@ -1,0 +1,595 @@
+"""Noise schedules and sigma grids, all in variance-exploding form ``x = x0 + sigma * eps``.
+
+A *schedule* says how a network's own time variable ``t`` maps to the VE noise level ``sigma``
+(``t_to_sigma`` / ``sigma_to_t``), what a network sees as its input scale (``alpha(sigma)``, the
+signal coefficient of the schedule's native form ``x_native = alpha * x``), and which ``t``
+range training draws from. A *sigma grid* is a 1-D decreasing float64 tensor of ``n + 1`` values
+ending in 0 that a sampler walks along.
+
+- discrete VP (DDPM family): :class:`VPSchedule` with ``linear``, ``scaled_linear``, ``cosine``,
+  ``sigmoid`` betas, Lin et al. (2023) zero-terminal-SNR rescaling, k-diffusion's log-sigma
+  interpolation between integer timesteps, and diffusers' leading / trailing / linspace spacings;
+- continuous: :class:`ContinuousVPSchedule` (score-SDE linear, cosine), :class:`VESchedule`,
+  :class:`EDMSchedule`, :class:`FlowSchedule` (rectified flow with SD3 shift);
+- grids: :func:`karras_sigmas`, :func:`exponential_sigmas` (= uniform in log-SNR),
+  :func:`polyexponential_sigmas`, :func:`vp_sigmas`, :func:`flow_sigmas`.
+
+All bookkeeping is float64; callers cast to their working dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+from polydiff.core.utils import append_zero
+
+Spacing = Literal["leading", "trailing", "linspace"]
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+
+# Zero-terminal-SNR schedules have alphas_cumprod[-1] == 0 and thus sigma == inf there; for the
+# sigma grid we clamp alphas_cumprod to fp16's smallest subnormal as diffusers does
+# (EulerDiscreteScheduler), which gives a finite terminal sigma of ~4096.
+ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
+
+_F64 = torch.float64
+
+
+def _as_f64(x: torch.Tensor | float, like: torch.Tensor | None = None) -> torch.Tensor:
+    device = like.device if isinstance(like, torch.Tensor) else None
+    return torch.as_tensor(x, dtype=_F64, device=device)
+
+
+def _check_n(n: int, name: str = "n") -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+
+
+def _check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+    if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, "
+            f"sigma_max={sigma_max}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule protocol
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class NoiseSchedule(Protocol):
+    """What parameterisations, densities and grids need from a schedule."""
+
+    t_min: float  # smallest training time
+    t_max: float  # largest training time
+    discrete: bool  # True: the network was trained on integer t in [t_min, t_max]
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor: ...
+
+    def sigmas_for(self, n: int) -> torch.Tensor: ...
+
+
+def vp_alpha(sigma: torch.Tensor) -> torch.Tensor:
+    """Signal coefficient of a VP model, ``alpha = 1 / sqrt(1 + sigma^2)`` (x_vp = alpha * x)."""
+    return torch.rsqrt(1 + sigma**2)
+
+
+def _finite_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """sigma of each timestep; a zero terminal alpha_cumprod gets a finite stand-in.
+
+    As diffusers' EulerDiscreteScheduler, the terminal ``alphas_cumprod == 0`` is replaced by
+    ``ZERO_SNR_ALPHA_CUMPROD`` (sigma ~ 4096). Where that would not exceed the previous sigma
+    (e.g. rescaled ``linear`` betas, where diffusers' grid becomes non-monotone), the terminal
+    log sigma is extrapolated linearly from the last two timesteps instead.
+    """
+    ac = alphas_cumprod
+    if ac[-1] > 0:
+        return ((1 - ac) / ac).sqrt()
+    head = ((1 - ac[:-1]) / ac[:-1]).sqrt()
+    z = ZERO_SNR_ALPHA_CUMPROD
+    last = math.sqrt((1 - z) / z)
+    if last <= head[-1]:
+        last = float(head[-1] ** 2 / head[-2])
+    return torch.cat([head, head.new_tensor([last])])
+
+
+def _linspace_like_numpy(start: float, stop: float, n: int) -> torch.Tensor:
+    """``np.linspace`` in float64 (``start + i * step``, exact endpoint): diffusers rounds these
+    values, so ties at .5 must come out exactly as numpy's."""
+    if n == 1:
+        return torch.tensor([start], dtype=_F64)
+    step = (stop - start) / (n - 1)
+    out = torch.arange(n, dtype=_F64) * step + start
+    out[-1] = stop
+    return out
+
+
+class VPSchedule:
+    """Discrete variance-preserving schedule given by its betas (Ho et al. 2020).
+
+    ``alphas_cumprod[i] = prod_{j<=i} (1 - betas[j])`` and the VE noise level of timestep ``i``
+    is ``sigmas[i] = sqrt((1 - alphas_cumprod[i]) / alphas_cumprod[i])`` (increasing in ``i``).
+    Continuous ``t`` between integer timesteps interpolates ``log(sigma)`` linearly
+    (k-diffusion's ``DiscreteSchedule`` convention).
+    """
+
+    discrete = True
+
+    def __init__(self, betas: torch.Tensor) -> None:
+        betas = torch.as_tensor(betas, dtype=_F64).detach().cpu()
+        if betas.ndim != 1 or betas.numel() < 2:
+            raise ValueError(f"betas must be 1-D with at least 2 entries, got shape {betas.shape}")
+        if not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError("betas must lie in (0, 1]")
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # (N,) float64, decreasing
+        self.sigmas = _finite_sigmas(self.alphas_cumprod)  # (N,) increasing
+        self.log_sigmas = self.sigmas.log()
+        if not bool((self.log_sigmas.diff() > 0).all()):
+            raise ValueError("sigmas of a VP schedule must be strictly increasing in t")
+
+    # -- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def linear(
+        cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> VPSchedule:
+        """Linear betas of DDPM (Ho et al. 2020)."""
+        _check_n(num_steps, "num_steps")
+        return cls(torch.linspace(beta_start, beta_end, num_steps, dtype=_F64))
+
+    @classmethod
+    def scaled_linear(
+        cls, num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+    ) -> VPSchedule:
+        """Betas linear in sqrt(beta) (latent / Stable Diffusion)."""
+        _check_n(num_steps, "num_steps")
+        return cls(torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=_F64) ** 2)
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> VPSchedule:
+        """Cosine schedule (Nichol & Dhariwal 2021, eq. 17), betas capped at ``max_beta``.
+
+        Equal to diffusers' ``squaredcos_cap_v2``.
+        """
+        _check_n(num_steps, "num_steps")
+        t = torch.arange(num_steps + 1, dtype=_F64) / num_steps
+        alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+        return cls(betas)
+
+    @classmethod
+    def sigmoid(
+        cls, num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> VPSchedule:
+        """Sigmoid betas of GeoDiff (Xu et al. 2022): sigmoid(linspace(-6, 6)) rescaled."""
+        _check_n(num_steps, "num_steps")
+        ramp = torch.sigmoid(torch.linspace(-6, 6, num_steps, dtype=_F64))
+        return cls(ramp * (beta_end - beta_start) + beta_start)
+
+    def rescale_zero_terminal_snr(self) -> VPSchedule:
+        """New schedule whose terminal SNR is exactly 0 (Lin et al. 2023, Algorithm 1).
+
+        ``sqrt(alphas_cumprod)`` is shifted so its last entry is 0 and scaled so its first entry
+        is unchanged. The last ``alphas_cumprod`` is then 0 (infinite sigma); ``sigmas`` clamp it
+        to ``ZERO_SNR_ALPHA_CUMPROD`` so that grids and interpolation stay finite.
+        """
+        sqrt_ac = self.alphas_cumprod.sqrt()
+        first, last = sqrt_ac[0], sqrt_ac[-1]
+        sqrt_ac = (sqrt_ac - last) * (first / (first - last))
+        ac = sqrt_ac**2
+        alphas = torch.cat([ac[:1], ac[1:] / ac[:-1]])
+        return VPSchedule(1 - alphas)
+
+    # -- time <-> sigma -----------------------------------------------------------------------
+
+    @property
+    def num_steps(self) -> int:
+        return self.betas.numel()
+
+    @property
+    def t_min(self) -> float:
+        return 0.0
+
+    @property
+    def t_max(self) -> float:
+        return float(self.num_steps - 1)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        """VP input scale ``1 / sqrt(1 + sigma^2)``."""
+        return vp_alpha(sigma)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep of ``sigma``: linear in log(sigma) between integer timesteps.
+
+        Values outside ``[sigma_min, sigma_max]`` clamp to ``t = 0`` / ``t = N - 1``.
+        Returns float64 on ``sigma``'s device, same shape as ``sigma``.
+        """
+        sigma = torch.as_tensor(sigma)
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.to(_F64).log().clamp(log_sigmas[0], log_sigmas[-1])
+        low = torch.searchsorted(log_sigmas, log_sigma.reshape(-1), right=True) - 1
+        low = low.clamp(0, self.num_steps - 2).reshape(log_sigma.shape)
+        lo, hi = log_sigmas[low], log_sigmas[low + 1]
+        w = (log_sigma - lo) / (hi - lo)
+        return low.to(_F64) + w
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """Sigma at continuous timestep ``t`` in [0, N-1], log-linear between integers."""
+        t = torch.as_tensor(t, dtype=_F64)
+        if bool(((t < 0) | (t > self.t_max)).any()):
+            raise ValueError(f"t must lie in [0, {self.num_steps - 1}], got {t.min()}..{t.max()}")
+        log_sigmas = self.log_sigmas.to(t.device)
+        low = t.floor().long().clamp(max=self.num_steps - 2)
+        w = t - low
+        return ((1 - w) * log_sigmas[low] + w * log_sigmas[low + 1]).exp()
+
+    # -- inference spacings -------------------------------------------------------------------
+
+    def timesteps(
+        self, n: int, spacing: Spacing = "leading", steps_offset: int = 0
+    ) -> torch.Tensor:
+        """``n`` decreasing timesteps (float64) as diffusers' DDIM / Euler schedulers space them.
+
+        - ``"leading"``: ``arange(n) * (N // n) + steps_offset``, reversed;
+        - ``"trailing"``: ``round(N - i * N / n) - 1`` for ``i = 0..n-1`` (always starts at N-1);
+        - ``"linspace"``: ``linspace(0, N - 1, n)`` reversed, fractional as in
+          ``EulerDiscreteScheduler`` (``DDIMScheduler`` rounds these to integers).
+
+        ``steps_offset`` only affects ``"leading"``, as in diffusers (Lin et al. 2023, table 2).
+        """
+        _check_n(n)
+        big_n = self.num_steps
+        if n > big_n:
+            raise ValueError(f"n={n} inference steps exceed the {big_n} training steps")
+        if spacing == "leading":
+            ts = torch.arange(n, dtype=_F64) * (big_n // n) + steps_offset
+            ts = ts.flip(0)
+        elif spacing == "trailing":
+            # numpy's arange(N, 0, -N / n) fills start + i * (second - start); tie-breaking at .5
+            # depends on that exact float, so compute the step the same way
+            step = (big_n - big_n / n) - big_n
+            ts = torch.round(big_n + torch.arange(n, dtype=_F64) * step) - 1
+        elif spacing == "linspace":
+            ts = _linspace_like_numpy(0.0, big_n - 1.0, n).flip(0)
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}; valid: {', '.join(SPACINGS)}")
+        if ts.max() > big_n - 1 or ts.min() < 0:
+            raise ValueError(
+                f"spacing {spacing!r} with steps_offset={steps_offset} gives timesteps outside "
+                f"[0, {big_n - 1}] for n={n}"
+            )
+        return ts
+
+    def sigmas_for(
+        self, n: int, spacing: Spacing = "leading", steps_offset: int = 0
+    ) -> torch.Tensor:
+        """Sigma grid of ``n`` steps: ``t_to_sigma(timesteps(n, ...))`` plus a final 0."""
+        return append_zero(self.t_to_sigma(self.timesteps(n, spacing, steps_offset)))
+
+    def __repr__(self) -> str:
+        return (
+            f"VPSchedule(num_steps={self.num_steps}, sigma_min={self.sigma_min:.4g}, "
+            f"sigma_max={self.sigma_max:.4g})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous schedules
+# ---------------------------------------------------------------------------------------------
+
+
+class ContinuousVPSchedule:
+    """Continuous-time VP schedule, ``alpha_bar(t)`` for ``t`` in ``[t_min, t_max]``.
+
+    Subclasses give ``log_alpha_bar(t)`` and its inverse. ``sigma(t)^2 = 1 / alpha_bar(t) - 1``.
+    Use the constructors :meth:`linear` (score SDE) and :meth:`cosine` (Nichol & Dhariwal).
+    """
+
+    discrete = False
+    t_min: float
+    t_max: float
+
+    @classmethod
+    def linear(
+        cls, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3
+    ) -> LinearVPSchedule:
+        """Linear beta(t) of the VP SDE (Song et al. 2021, eq. 33)."""
+        return LinearVPSchedule(beta_min, beta_max, t_min)
+
+    @classmethod
+    def cosine(
+        cls, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946
+    ) -> CosineVPSchedule:
+        """Continuous cosine schedule (Nichol & Dhariwal 2021, eq. 17); t_max < 1: finite sigma."""
+        return CosineVPSchedule(s, t_min, t_max)
+
+    def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def t_from_log_alpha_bar(self, log_ab: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """``sigma(t) = sqrt(1 / alpha_bar(t) - 1)``."""
+        t = torch.as_tensor(t, dtype=_F64)
+        return torch.expm1(-self.log_alpha_bar(t)).sqrt()
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`t_to_sigma` (closed form)."""
+        sigma = torch.as_tensor(sigma).to(_F64)
+        return self.t_from_log_alpha_bar(-torch.log1p(sigma**2))
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        """VP input scale ``1 / sqrt(1 + sigma^2)``."""
+        return vp_alpha(sigma)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.t_to_sigma(torch.tensor(self.t_min)))
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.t_to_sigma(torch.tensor(self.t_max)))
+
+    def sigmas_for(self, n: int) -> torch.Tensor:
+        """``n`` sigmas uniform in ``t`` from ``t_max`` to ``t_min``, plus a final 0."""
+        _check_n(n)
+        return append_zero(self.t_to_sigma(torch.linspace(self.t_max, self.t_min, n, dtype=_F64)))
+
+
+class LinearVPSchedule(ContinuousVPSchedule):
+    """``log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)`` (Song et al. 2021)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> None:
+        if not (0 <= beta_min < beta_max):
+            raise ValueError(f"need 0 <= beta_min < beta_max, got {beta_min}, {beta_max}")
+        if not (0 <= t_min < 1):
+            raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.t_min, self.t_max = float(t_min), 1.0
+
+    def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
+
+    def t_from_log_alpha_bar(self, log_ab: torch.Tensor) -> torch.Tensor:
+        # solve beta_d t^2 / 2 + beta_min t + log_ab = 0 for t >= 0
+        beta_d = self.beta_max - self.beta_min
+        disc = self.beta_min**2 - 2 * beta_d * log_ab
+        return 2 * (-log_ab) / (self.beta_min + disc.sqrt())  # stable root
+
+    def __repr__(self) -> str:
+        return f"LinearVPSchedule(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+
+class CosineVPSchedule(ContinuousVPSchedule):
+    """``alpha_bar(t) = cos^2(f(t)) / cos^2(f(0))``, ``f(t) = (t + s) / (1 + s) * pi / 2``."""
+
+    def __init__(self, s: float = 0.008, t_min: float = 1e-3, t_max: float = 0.9946) -> None:
+        if not (0 <= t_min < t_max < 1):
+            raise ValueError(f"need 0 <= t_min < t_max < 1, got {t_min}, {t_max}")
+        self.s, self.t_min, self.t_max = float(s), float(t_min), float(t_max)
+        self._log_cos0 = math.log(math.cos(s / (1 + s) * math.pi / 2))
+
+    def log_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        f = (t + self.s) / (1 + self.s) * math.pi / 2
+        return 2 * (torch.log(torch.cos(f)) - self._log_cos0)
+
+    def t_from_log_alpha_bar(self, log_ab: torch.Tensor) -> torch.Tensor:
+        f = torch.arccos(torch.exp(0.5 * log_ab + self._log_cos0))
+        return f * 2 * (1 + self.s) / math.pi - self.s
+
+    def __repr__(self) -> str:
+        return f"CosineVPSchedule(s={self.s}, t_min={self.t_min}, t_max={self.t_max})"
+
+
+class VESchedule:
+    """Variance exploding, ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``, t in [0, 1]
+    (Song et al. 2021, NCSN++). The network sees ``x`` unscaled (``alpha = 1``)."""
+
+    discrete = False
+    t_min = 0.0
+    t_max = 1.0
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        _check_sigma_range(sigma_min, sigma_max)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._log_ratio = math.log(sigma_max / sigma_min)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=_F64)
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma).to(_F64)
+        return torch.log(sigma / self.sigma_min) / self._log_ratio
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(sigma)
+
+    def sigmas_for(self, n: int) -> torch.Tensor:
+        """Geometric grid from sigma_max to sigma_min plus 0 (= :func:`exponential_sigmas`)."""
+        return exponential_sigmas(n, self.sigma_min, self.sigma_max)
+
+    def __repr__(self) -> str:
+        return f"VESchedule(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+class EDMSchedule:
+    """EDM (Karras et al. 2022): ``sigma(t) = t``; sampling grid of eq. 5 with exponent ``rho``."""
+
+    discrete = False
+
+    def __init__(
+        self,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        sigma_data: float = 0.5,
+        rho: float = 7.0,
+    ) -> None:
+        _check_sigma_range(sigma_min, sigma_max)
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.sigma_data, self.rho = float(sigma_data), float(rho)
+        self.t_min, self.t_max = self.sigma_min, self.sigma_max
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(t, dtype=_F64)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(sigma).to(_F64)
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(sigma)
+
+    def sigmas_for(self, n: int) -> torch.Tensor:
+        """Karras grid (eq. 5) from sigma_max to sigma_min plus 0."""
+        return karras_sigmas(n, self.sigma_min, self.sigma_max, self.rho)
+
+    def __repr__(self) -> str:
+        return (
+            f"EDMSchedule(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, "
+            f"sigma_data={self.sigma_data}, rho={self.rho})"
+        )
+
+
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """SD3 timestep shift ``t' = shift t / (1 + (shift - 1) t)`` (Esser et al. 2024, sec. 5.3.2)."""
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
+    return shift * t / (1 + (shift - 1) * t)
+
+
+class FlowSchedule:
+    """Rectified flow ``x_t = (1 - t) x0 + t eps`` (Liu et al. 2022; Esser et al. 2024).
+
+    In VE form ``sigma = t / (1 - t)`` and ``x_t = x / (1 + sigma)``. ``shift`` warps the
+    inference grid toward high noise (:func:`shift_time`); training times are not shifted.
+    """
+
+    discrete = False
+    t_min = 0.0
+    t_max = 1.0
+
+    def __init__(self, shift: float = 1.0) -> None:
+        if shift <= 0:
+            raise ValueError(f"shift must be positive, got {shift}")
+        self.shift = float(shift)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=_F64)
+        return t / (1 - t)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma).to(_F64)
+        return sigma / (1 + sigma)
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Flow input scale ``1 - t = 1 / (1 + sigma)``."""
+        return 1 / (1 + sigma)
+
+    def sigmas_for(self, n: int, t_max: float = 0.999) -> torch.Tensor:
+        """:func:`flow_sigmas` with this schedule's shift."""
+        return flow_sigmas(n, self.shift, t_max)
+
+    def __repr__(self) -> str:
+        return f"FlowSchedule(shift={self.shift})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sigma grids: n decreasing values followed by a final 0 (float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022) eq. 5: uniform in ``sigma^(1/rho)`` from sigma_max to sigma_min, + 0."""
+    _check_n(n)
+    _check_sigma_range(sigma_min, sigma_max)
+    ramp = torch.linspace(0, 1, n, dtype=_F64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """Uniform in log sigma (equivalently in log-SNR ``-2 log sigma``) from sigma_max down, + 0."""
+    _check_n(n)
+    _check_sigma_range(sigma_min, sigma_max)
+    return append_zero(
+        torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=_F64).exp()
+    )
+
+
+uniform_logsnr_sigmas = exponential_sigmas  # the same grid under its log-SNR name
+
+
+def polyexponential_sigmas(
+    n: int, sigma_min: float, sigma_max: float, rho: float = 1.0
+) -> torch.Tensor:
+    """log sigma polynomial (power ``rho``) in the step index; ``rho = 1`` is exponential."""
+    _check_n(n)
+    _check_sigma_range(sigma_min, sigma_max)
+    ramp = torch.linspace(1, 0, n, dtype=_F64) ** rho
+    log_min, log_max = math.log(sigma_min), math.log(sigma_max)
+    return append_zero(torch.exp(ramp * (log_max - log_min) + log_min))
+
+
+def vp_sigmas(
+    n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3
+) -> torch.Tensor:
+    """Continuous VP SDE grid uniform in t from 1 to ``eps_s`` (Song et al. 2021), + 0."""
+    _check_n(n)
+    t = torch.linspace(1, eps_s, n, dtype=_F64)
+    return append_zero(torch.expm1(beta_d * t**2 / 2 + beta_min * t).sqrt())
+
+
+def flow_sigmas(n: int, shift: float = 1.0, t_max: float = 0.999) -> torch.Tensor:
+    """Rectified-flow grid: ``t`` uniform from ``t_max`` to 0, SD3-shifted, as VE sigma.
+
+    ``sigma = t / (1 - t)``; ``t_max < 1`` keeps the first sigma finite (``x = noise *
+    sigmas[0]`` then equals the flow's pure-noise start up to ``1 - t_max``). Returns n + 1
+    values ending in 0.
+    """
+    _check_n(n)
+    if not (0 < t_max < 1):
+        raise ValueError(f"t_max must lie in (0, 1), got {t_max}")
+    t = shift_time(torch.linspace(t_max, 0, n + 1, dtype=_F64), shift)
+    return t / (1 - t)
+
+
+__all__ = [
+    "SPACINGS",
+    "ZERO_SNR_ALPHA_CUMPROD",
+    "ContinuousVPSchedule",
+    "CosineVPSchedule",
+    "EDMSchedule",
+    "FlowSchedule",
+    "LinearVPSchedule",
+    "NoiseSchedule",
+    "VESchedule",
+    "VPSchedule",
+    "exponential_sigmas",
+    "flow_sigmas",
+    "karras_sigmas",
+    "polyexponential_sigmas",
+    "shift_time",
+    "uniform_logsnr_sigmas",
+    "vp_alpha",
+    "vp_sigmas",
+]
