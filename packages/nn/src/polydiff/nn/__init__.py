@@ -15,6 +15,7 @@ from .embeddings import (
     timestep_embedding,
 )
 from .mlp import ResidualMLP
+from .transformer import DIT_SIZES, DiT, MoEFeedForward, TransformerDenoiser, dit
 from .unet import UNET_SIZES, UNet, unet
 
 __all__ = [
@@ -22,7 +23,12 @@ __all__ = [
     "ClassEmbedding",
     "ConditionEmbedding",
     "FourierFeatures",
+    "DIT_SIZES",
+    "DiT",
+    "MoEFeedForward",
     "ResidualMLP",
+    "TransformerDenoiser",
+    "dit",
     "UNET_SIZES",
     "UNet",
     "unet",

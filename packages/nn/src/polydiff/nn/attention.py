@@ -119,9 +119,11 @@ class Attention(nn.Module):
 
 
 def text_context(
-    cond: Mapping[str, torch.Tensor] | None, batch: int, dim: int
+    cond: Mapping[str, torch.Tensor] | None, batch: int, dim: int, key: str = "text"
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(cond["text"] (B, L, dim), cond["text_mask"] (B, L) or None)`` with null rows zeroed.
+
+    ``key`` selects another token condition (e.g. ``"obs"`` with ``"obs_mask"``).
 
     Rows with ``cond["null_mask"]`` get zero tokens (and a mask of ones, so their cross-attention,
     whose k/v projections have no bias, contributes nothing but the output bias). A fully-null
