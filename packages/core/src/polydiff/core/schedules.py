@@ -498,8 +498,9 @@ class FlowSchedule:
         return t / (1 - t)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """``t = sigma / (1 + sigma)``, written to give 1 at sigma = inf."""
         sigma = torch.as_tensor(sigma).to(_F64)
-        return sigma / (1 + sigma)
+        return 1 - 1 / (1 + sigma)
 
     def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
         """Flow input scale ``1 - t = 1 / (1 + sigma)``."""
