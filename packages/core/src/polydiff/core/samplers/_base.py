@@ -1,0 +1,163 @@
+"""Helpers shared by every sampler: grid validation, checked denoiser calls, noise, churn, ancestry.
+
+Sigma bookkeeping is done in Python floats (float64); tensors keep the dtype of ``x``. All
+randomness is drawn from the caller's ``generator`` (``None``: torch's global generator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from polydiff.core.utils import Cond
+
+Callback = Callable[[dict[str, Any]], None]
+Model = Callable[..., torch.Tensor]
+
+__all__ = [
+    "Callback",
+    "Model",
+    "add_noise",
+    "ancestral_step",
+    "as_grid",
+    "bind",
+    "brownian_pair",
+    "churn",
+    "noise_like",
+]
+
+
+def as_grid(sigmas: torch.Tensor | Sequence[float], *, keep_repeats: bool = False) -> list[float]:
+    """Validate a sigma grid and return it as Python floats (float64).
+
+    Raises ValueError if the grid is not 1-D, has fewer than 2 values, is not finite, has a
+    negative value, or increases anywhere. Repeated consecutive values (zero-length steps) are
+    dropped unless ``keep_repeats`` (annealed Langevin uses them as extra levels).
+    """
+    s = torch.as_tensor(sigmas).detach()
+    if s.ndim != 1:
+        raise ValueError(f"sigmas must be a 1-D tensor, got shape {tuple(s.shape)}")
+    if s.numel() < 2:
+        raise ValueError(f"sigmas needs at least 2 values (start and end), got {s.numel()}")
+    s = s.to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(s).all():
+        raise ValueError(f"sigmas must be finite, got {s.tolist()}")
+    if (s < 0).any():
+        i = int((s < 0).nonzero()[0])
+        raise ValueError(f"sigmas must be non-negative, got sigmas[{i}] = {s[i].item():.6g}")
+    up = s[1:] > s[:-1]
+    if up.any():
+        i = int(up.nonzero()[0])
+        raise ValueError(
+            "sigmas must be non-increasing, got "
+            f"sigmas[{i}] = {s[i].item():.6g} < sigmas[{i + 1}] = {s[i + 1].item():.6g}"
+        )
+    grid = s.tolist()
+    if keep_repeats:
+        return grid
+    return [grid[0]] + [b for a, b in zip(grid[:-1], grid[1:]) if b != a]
+
+
+def bind(denoiser: Model, x: torch.Tensor, cond: Cond) -> Callable[..., torch.Tensor]:
+    """``model(x, sigma, step)``: the denoiser called with a (B,) sigma, its output checked.
+
+    ``sigma`` is a float (broadcast over the batch) or a (B,) tensor. The sigma tensor handed to
+    the denoiser is float32 (float64 for float64 ``x``); a non-finite output raises a
+    FloatingPointError naming the step and sigma.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    batch, device, dtype = x.shape[0], x.device, x.dtype
+    sigma_dtype = torch.promote_types(dtype, torch.float32)
+
+    def model(x: torch.Tensor, sigma: float | torch.Tensor, step: int) -> torch.Tensor:
+        if isinstance(sigma, torch.Tensor):
+            s = sigma.to(device=device, dtype=sigma_dtype)
+        else:
+            s = torch.full((batch,), sigma, dtype=sigma_dtype, device=device)
+        out = denoiser(x, s, cond)
+        if out.shape != x.shape:
+            raise ValueError(
+                f"denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)} "
+                f"at step {step}"
+            )
+        if not torch.isfinite(out).all():
+            where = f"{sigma:.6g}" if not isinstance(sigma, torch.Tensor) else str(sigma.tolist())
+            raise FloatingPointError(
+                f"denoiser returned non-finite values at step {step} (sigma={where})"
+            )
+        return out if out.dtype == dtype else out.to(dtype)
+
+    return model
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator``."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def add_noise(x: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """``x + std * z`` with ``z ~ N(0, I)`` from ``generator``; no draw when ``std == 0``."""
+    return x + noise_like(x, generator) * std if std > 0 else x
+
+
+def churn(
+    x: torch.Tensor,
+    sigma: float,
+    num_steps: int,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, float]:
+    """EDM stochastic churn (Karras et al. 2022, Alg. 2 lines 4-6): raise sigma to sigma_hat.
+
+    ``gamma = min(S_churn / N, sqrt(2) - 1)`` inside ``[S_tmin, S_tmax]``;
+    ``x_hat = x + sqrt(sigma_hat^2 - sigma^2) * S_noise * z``. Returns ``(x_hat, sigma_hat)``.
+    """
+    if s_churn <= 0 or not s_tmin <= sigma <= s_tmax:
+        return x, sigma
+    gamma = min(s_churn / num_steps, math.sqrt(2.0) - 1.0)
+    sigma_hat = sigma * (1.0 + gamma)
+    return add_noise(x, s_noise * math.sqrt(sigma_hat**2 - sigma**2), generator), sigma_hat
+
+
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
+    """Split the step ``sigma_from -> sigma_to`` into a deterministic part and fresh noise.
+
+    ``sigma_up = min(sigma_to, eta * sigma_to * sqrt(sigma_from^2 - sigma_to^2) / sigma_from)``
+    (for eta=1 the std of the DDPM posterior q(x_to | x_from, x0) in VE form, i.e. DDIM's
+    sigma_t of Song et al. 2021 eq. 16 divided by sqrt(alpha_bar)), and
+    ``sigma_down = sqrt(sigma_to^2 - sigma_up^2)``. Returns ``(sigma_down, sigma_up)``.
+    """
+    if eta <= 0 or sigma_to <= 0:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * sigma_to * math.sqrt(sigma_from**2 - sigma_to**2) / sigma_from)
+    return math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0)), sigma_up
+
+
+def brownian_pair(
+    x: torch.Tensor,
+    t0: float,
+    t_mid: float,
+    t1: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised Brownian increments over ``[t0, t_mid]`` and ``[t0, t1]`` of one path.
+
+    Draws ``W(t_mid) - W(t0)`` then ``W(t1) - W(t_mid)`` independently from ``generator`` and
+    returns both increments from ``t0`` divided by the square root of their interval, so each
+    is N(0, I) and their correlation is ``sqrt(|t_mid - t0| / |t1 - t0|)``, exactly as the
+    BrownianTree that k-diffusion queries (it differs only in that the path is not shared
+    between different grids for the same seed).
+    """
+    z1 = noise_like(x, generator)
+    z2 = noise_like(x, generator)
+    a, b = abs(t_mid - t0), abs(t1 - t_mid)
+    return z1, (z1 * math.sqrt(a) + z2 * math.sqrt(b)) / math.sqrt(a + b)
