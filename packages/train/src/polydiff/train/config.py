@@ -1,0 +1,192 @@
+"""Hydra glue: find ``configs/``, compose with helpful errors, hash the config delta.
+
+Configs are composed with hydra's compose API (no ``@hydra.main``, no working-dir changes), so
+the same code serves the ``polydiff`` command, tests and notebooks::
+
+    cfg = compose(["experiment=toy/gmm", "trainer.max_steps=100"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "ConfigError",
+    "compose",
+    "config_delta",
+    "find_config_dir",
+    "flatten",
+    "merge_overrides",
+]
+
+ENV_VAR = "POLYDIFF_CONFIGS"
+# keys that do not change what is trained (left out of the run signature)
+NON_SEMANTIC = (
+    "run_dir",
+    "runs_root",
+    "sample",
+    "evaluate",
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.log_every",
+    "trainer.ckpt_every",
+    "trainer.keep_last",
+    "trainer.sample_every",
+    "trainer.sample_n",
+    "trainer.tensorboard",
+    "trainer.num_workers",
+)
+
+
+class ConfigError(ValueError):
+    """A config cannot be composed or built; the message names the key and the valid choices."""
+
+
+def find_config_dir(start: str | os.PathLike | None = None) -> Path:
+    """``$POLYDIFF_CONFIGS``, else the nearest ``configs/config.yaml`` above ``start`` (or the
+    working directory), else the repository holding this file."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"${ENV_VAR}={env}: no config.yaml there")
+        return path
+    here = Path(start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "configs" / "config.yaml").is_file():
+            return d / "configs"
+    repo = Path(__file__).resolve().parents[5] / "configs"
+    if (repo / "config.yaml").is_file():
+        return repo
+    raise ConfigError(
+        f"cannot find the polydiff configs: set ${ENV_VAR} or run inside the repository "
+        f"(looked above {here} and at {repo})"
+    )
+
+
+def _override_key(override: str) -> str:
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key
+
+
+def merge_overrides(*groups: Iterable[str]) -> list[str]:
+    """Concatenate override lists, later ones replacing earlier ones with the same key."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for o in group:
+            key = _override_key(o)
+            merged.pop(key, None)
+            merged[key] = o
+    return list(merged.values())
+
+
+def _group_options(config_dir: Path, group: str) -> list[str]:
+    base = config_dir / group
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+
+
+def _explain(config_dir: Path, overrides: Sequence[str], err: Exception) -> str:
+    msg = str(err).strip()
+    # a group choice that does not exist: hydra lists options; add a close match
+    m = re.search(r"Could not find '([^']+)'", msg) or re.search(
+        r"In '[^']*': Could not find '([^']+)'", msg
+    )
+    if m:
+        group, _, choice = m.group(1).rpartition("/")
+        if group and (config_dir / group).is_dir():
+            options = _group_options(config_dir, group)
+            close = difflib.get_close_matches(choice, [o.rpartition("/")[2] for o in options], 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"no config {choice!r} in group '{group}'. Valid choices: {options}{hint}"
+    # an unknown key: list the valid keys at that level
+    m = re.search(r"Key '([^']+)' is not in struct", msg)
+    full = re.search(r"full_key: (\S+)", msg)
+    if m and full:
+        key = full.group(1)
+        parent = key.rpartition(".")[0]
+        bad = [o for o in overrides if _override_key(o) == key or _override_key(o).startswith(key)]
+        rest = [o for o in overrides if o not in bad]
+        try:
+            cfg = _compose(config_dir, rest)
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+        except Exception:
+            valid = []
+        close = difflib.get_close_matches(m.group(1), valid, 1)
+        hint = f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+        where = f"'{parent}'" if parent else "the top level"
+        return (
+            f"unknown config key '{key}' (from {bad or 'the config'}). "
+            f"Valid keys under {where}: {valid}{hint} (use '+{key}=...' to add a new key)"
+        )
+    return msg
+
+
+def _compose(config_dir: Path, overrides: Sequence[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def compose(
+    overrides: Sequence[str] = (), config_dir: str | os.PathLike | None = None
+) -> DictConfig:
+    """Compose ``configs/config.yaml`` with hydra ``overrides``; resolves interpolations.
+
+    Raises :class:`ConfigError` naming the bad key or group and the valid choices.
+    """
+    config_dir = Path(config_dir) if config_dir is not None else find_config_dir()
+    bad = [o for o in overrides if "=" not in o and not o.startswith("~")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    try:
+        cfg = _compose(config_dir, overrides)
+        OmegaConf.resolve(cfg)
+    except Exception as err:  # hydra's own exceptions: rephrase with the valid choices
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(_explain(config_dir, overrides, err)) from err
+    return cfg
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` of a nested mapping (lists are leaves)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    out: dict[str, Any] = {}
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, Mapping) and v:
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    return out
+
+
+def config_delta(
+    cfg: DictConfig, base: DictConfig, ignore: Iterable[str] = NON_SEMANTIC
+) -> dict[str, Any]:
+    """Keys whose values differ between ``cfg`` and ``base`` (the config without overrides)."""
+    a, b = flatten(cfg), flatten(base)
+    ignore = tuple(ignore)
+
+    def kept(k: str) -> bool:
+        return not any(k == i or k.startswith(i + ".") for i in ignore)
+
+    return {
+        k: a.get(k, "<absent>")
+        for k in sorted(set(a) | set(b))
+        if kept(k) and a.get(k, "<absent>") != b.get(k, "<absent>")
+    }

@@ -1,0 +1,474 @@
+"""The training loop: HF accelerate for devices and processes, EMA, checkpoints, logs.
+
+Read top to bottom: :meth:`Trainer.fit` calls :meth:`Trainer.train_step` until ``max_steps``,
+logging every ``log_every`` steps, checkpointing every ``ckpt_every`` and sampling with the EMA
+every ``sample_every``. One step = ``grad_accum`` micro-batches, each ``batch_size`` rows per
+process, then gradient clipping, the optimizer and LR-scheduler steps and the EMA update.
+
+Processes and devices come from accelerate: ``torchrun --nproc_per_node N`` or
+``accelerate launch`` gives DDP (gloo on CPU); FSDP and DeepSpeed ZeRO are chosen in
+accelerate's own config file (``accelerate config``) and need no change here (untested on this
+CPU-only machine). Randomness is reproducible: the data order is a function of
+``(seed, epoch)``, the objective's noise generator is reseeded at every micro-batch from
+``(seed, rank, step, micro)``, and the global RNG states are saved in checkpoints, so a run
+stopped and resumed ends bit-identical to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CheckpointError,
+    flatten_optimizer_state,
+    latest_checkpoint,
+    load_checkpoint_files,
+    prune_checkpoints,
+    save_checkpoint_files,
+    unflatten_optimizer_state,
+)
+from .data import BatchOrder, make_loader, split_batch
+from .ema import EMABank, decay_key
+from .hooks import call_hook, write_samples_npz
+from .lr import LRSchedule, make_scheduler
+from .sampling import SamplerSpec, generate
+from .tracking import MetricLogger
+
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig"]
+
+LossFn = Callable[..., torch.Tensor]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN/inf; training stopped before the update."""
+
+
+@dataclass
+class TrainerConfig:
+    """Every knob of the loop (``configs/trainer/*.yaml`` mirrors these fields)."""
+
+    max_steps: int = 1000
+    batch_size: int = 256  # per process and micro-batch
+    grad_accum: int = 1
+    clip_grad_norm: float | None = 1.0  # None or <= 0: no clipping
+    mixed_precision: str = "no"  # "no" | "bf16" | "fp16" (accelerate autocast)
+    lr_schedule: str = "constant"  # "constant" | "cosine" | "linear"
+    lr_warmup_steps: int = 0
+    lr_min_ratio: float = 0.0
+    ema_decays: tuple[float, ...] = (0.999,)
+    ema_start_step: int = 0
+    sample_with_ema: bool = True  # sample with the EMA of the first decay
+    aux_loss_weight: float = 1.0  # weight of ``model.aux_loss`` (e.g. MoE balance)
+    log_every: int = 50
+    ckpt_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+    sample_every: int = 0  # 0: never during training
+    sample_n: int = 512
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    cpu: bool = False  # force CPU even if an accelerator is available
+    resume: str | None = None  # None | "auto" (latest in run_dir) | path of a checkpoint dir
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ema_decays = tuple(float(d) for d in (self.ema_decays or ()))
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(
+                f"trainer.mixed_precision={self.mixed_precision!r}; valid choices: no, bf16, fp16"
+            )
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _seed_for(*parts: int) -> int:
+    h = 1469598103934665603
+    for p in parts:  # FNV-1a over the integers: distinct, stable seeds per (seed, rank, step)
+        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def _build_accelerator(cfg: TrainerConfig) -> Accelerator:
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        # one process building trainers of different precisions in turn (tests, notebooks)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        PartialState._shared_state.pop("_mixed_precision", None)
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.cpu)
+
+
+class Trainer:
+    """Train ``model`` with ``objective`` on ``dataset``.
+
+    Args:
+        model: network ``forward(x, t, cond)`` (any ``nn.Module``).
+        objective: a ``polydiff.core.objective.DiffusionObjective`` (its ``.loss`` and
+            ``.denoiser`` are used) or a bare loss callable ``loss(net, x, cond, generator=)``.
+        dataset: items ``{"x": ..., <cond>: ...}`` or bare tensors (see ``polydiff.train.data``).
+        optimizer: ``params -> Optimizer`` (e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``).
+        config: :class:`TrainerConfig`.
+        run_dir: where checkpoints, ``metrics.jsonl`` and samples go (None: nothing written).
+        sampler: :class:`SamplerSpec` for periodic samples and :meth:`sample`.
+        hooks: the modality's hooks (``polydiff.train.hooks``) for periodic sample files.
+        run_config: the resolved config (a plain dict) stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Any,
+        dataset: Any,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+        config: TrainerConfig | None = None,
+        *,
+        run_dir: str | Path | None = None,
+        sampler: SamplerSpec | None = None,
+        hooks: Any = None,
+        run_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg = config or TrainerConfig()
+        self.accelerator = acc = _build_accelerator(cfg)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.objective = objective
+        self.dataset = dataset
+        self.sampler = sampler or SamplerSpec()
+        self.hooks = hooks
+        self.run_config = dict(run_config or {})
+        self.is_main = acc.is_main_process
+
+        self.model = model  # the unwrapped module (EMA, checkpoints)
+        opt = optimizer(model.parameters())
+        self.schedule = LRSchedule(
+            cfg.lr_schedule, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_min_ratio
+        )
+        self.train_model, self.optimizer = acc.prepare(model, opt)
+        self.lr_scheduler = make_scheduler(self.optimizer.optimizer, self.schedule)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        # accelerate's optimizer wrapper re-probes `import lomo_optim` at every step (~1 ms);
+        # when it has nothing to add (no loss scaler, no DeepSpeed/XLA), step the optimizer itself
+        self._step_optimizer = (
+            self.optimizer.optimizer
+            if acc.scaler is None
+            and acc.distributed_type
+            in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+            else self.optimizer
+        )
+        self.ema = EMABank(model, cfg.ema_decays, cfg.ema_start_step).to(acc.device)
+        self.noise_generator = torch.Generator(device=acc.device)
+
+        self.step = 0  # optimizer steps done
+        self.data_position = 0  # global micro-batches consumed
+        self.last_checkpoint: Path | None = None
+        self._loader = None
+        self._logger: MetricLogger | None = None
+        example = dataset[0]
+        self.sample_shape = tuple(split_batch(example)[0].shape)
+
+        if cfg.resume:
+            path = (
+                latest_checkpoint(self.checkpoint_dir) if cfg.resume == "auto" else Path(cfg.resume)
+            )
+            if path is not None:
+                self.load_checkpoint(path)
+            elif cfg.resume != "auto":
+                raise CheckpointError(f"trainer.resume={cfg.resume!r}: no checkpoint there")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def checkpoint_dir(self) -> Path:
+        if self.run_dir is None:
+            raise ValueError("this trainer has no run_dir: checkpoints need one")
+        return self.run_dir / "checkpoints"
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def sampling_model(self) -> nn.Module:
+        """The network used for sampling: the first EMA by default, else the raw model."""
+        if self.cfg.sample_with_ema and self.cfg.ema_decays:
+            return self.ema[self.cfg.ema_decays[0]]
+        return self.model
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self):
+        if self._loader is None:
+            order = BatchOrder(
+                len(self.dataset),
+                self.cfg.batch_size,
+                seed=self.cfg.seed,
+                shuffle=self.cfg.shuffle,
+                rank=self.accelerator.process_index,
+                world_size=self.accelerator.num_processes,
+                start=self.data_position,
+            )
+            self._loader = make_loader(
+                self.dataset, order, self.cfg.num_workers, pin_memory=self.device.type == "cuda"
+            )
+        return self._loader
+
+    def _loss(self, x: torch.Tensor, cond: dict | None) -> torch.Tensor:
+        fn = getattr(self.objective, "loss", self.objective)
+        loss = fn(self.train_model, x, cond, generator=self.noise_generator)
+        aux = getattr(self.model, "aux_loss", None)
+        if isinstance(aux, torch.Tensor) and self.cfg.aux_loss_weight:
+            loss = loss + self.cfg.aux_loss_weight * aux
+        return loss
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns detached metrics."""
+        acc, cfg = self.accelerator, self.cfg
+        self.train_model.train()
+        loader = self._batches()
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, cond = split_batch(next(loader))
+            x = x.to(self.device, non_blocking=True)
+            if cond is not None:
+                cond = {k: v.to(self.device, non_blocking=True) for k, v in cond.items()}
+            self.noise_generator.manual_seed(
+                _seed_for(cfg.seed, acc.process_index, self.step, micro)
+            )
+            last = micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.train_model):
+                loss = self._loss(x, cond)
+                acc.backward(loss / cfg.grad_accum)
+            self.data_position += 1
+            total += loss.detach()
+        loss = total / cfg.grad_accum
+        max_norm = cfg.clip_grad_norm if cfg.clip_grad_norm and cfg.clip_grad_norm > 0 else math.inf
+        grad_norm = acc.clip_grad_norm_(self._params, max_norm)
+        grad_norm = torch.as_tensor(grad_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            where = self.last_checkpoint or "none written yet"
+            raise NonFiniteLossError(
+                f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step "
+                f"{self.step + 1}: stopped before the update; nothing was saved, the last good "
+                f"checkpoint is {where}"
+            )
+        self._step_optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.ema.update(self.model, self.step)
+        return {"loss": loss, "grad_norm": grad_norm}
+
+    def fit(self, until: int | None = None) -> dict[str, float]:
+        """Train until step ``until`` (default ``max_steps``); returns the last logged metrics.
+
+        On an exception (including :class:`NonFiniteLossError`) nothing is saved, so the last
+        checkpoint on disk stays the last good one.
+        """
+        cfg = self.cfg
+        end = min(until if until is not None else cfg.max_steps, cfg.max_steps)
+        if self.run_dir is not None and self.is_main and self._logger is None:
+            self._logger = MetricLogger(self.run_dir, cfg.tensorboard)
+        bar = tqdm(
+            total=cfg.max_steps,
+            initial=self.step,
+            disable=not (cfg.progress and self.is_main),
+            dynamic_ncols=True,
+            desc="train",
+        )
+        last: dict[str, float] = {}
+        window_n, t0 = 0, time.perf_counter()
+        try:
+            while self.step < end:
+                metrics = self.train_step()
+                bar.update(1)
+                window_n += 1
+                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                    dt = time.perf_counter() - t0
+                    last = {
+                        "loss": metrics["loss"].item(),
+                        "grad_norm": metrics["grad_norm"].item(),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "steps_per_sec": window_n / max(dt, 1e-9),
+                    }
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                    if self._logger is not None:
+                        self._logger.log(self.step, last)
+                    window_n, t0 = 0, time.perf_counter()
+                if self.run_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save_checkpoint()
+                if (
+                    self.run_dir is not None
+                    and cfg.sample_every
+                    and self.step % cfg.sample_every == 0
+                ):
+                    self.write_samples(self.run_dir / "samples" / f"step_{self.step:08d}")
+        finally:
+            bar.close()
+        if self.run_dir is not None and (
+            self.last_checkpoint is None
+            or not self.last_checkpoint.name.endswith(f"{self.step:08d}")
+        ):
+            self.save_checkpoint()
+        if self._logger is not None and self.step >= cfg.max_steps:
+            self._logger.close()
+            self._logger = None
+        return last
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        cond: Mapping[str, torch.Tensor] | None = None,
+        seed: int = 0,
+        model: nn.Module | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """``n`` samples (model space) from the EMA model (or ``model``) with ``self.sampler``."""
+        net = model or self.sampling_model()
+        was_training = net.training
+        net.eval()
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        denoiser = self.objective.denoiser(net)
+        out = generate(
+            denoiser,
+            self.sample_shape,
+            n,
+            self.sampler,
+            cond=cond,
+            generator=gen,
+            batch_size=batch_size,
+            device=self.device,
+        )
+        net.train(was_training)
+        return out
+
+    def write_samples(self, out_dir: Path) -> Path | None:
+        """Sample ``sample_n`` items with the modality's conditioning; write npz + its files."""
+        if not self.is_main:
+            return None
+        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.step)
+        cond = call_hook(self.hooks, "sample_cond", self.cfg.sample_n, gen)
+        if cond is not None:
+            cond = {k: v.to(self.device) for k, v in cond.items()}
+        x = self.sample(self.cfg.sample_n, cond=cond, seed=self.cfg.seed + self.step)
+        data = call_hook(self.hooks, "to_data", x)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_samples_npz(
+            out_dir / "samples.npz", data, cond, call_hook(self.hooks, "extra_npz", cond)
+        )
+        call_hook(self.hooks, "write", data, cond, out_dir)
+        return out_dir
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        np_state = np.random.get_state()
+        tensors = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            tensors["cuda"] = torch.cuda.get_rng_state()
+        meta = {
+            "python": list(random.getstate()[1]) + [random.getstate()[0]],
+            "numpy": {
+                "keys": np_state[1].tolist(),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
+        }
+        return tensors, meta
+
+    @staticmethod
+    def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        torch.set_rng_state(tensors["torch"])
+        if "cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["cuda"])
+        py = meta["python"]
+        random.setstate((py[-1], tuple(py[:-1]), None))
+        npm = meta["numpy"]
+        np.random.set_state(
+            (
+                "MT19937",
+                np.asarray(npm["keys"], dtype=np.uint32),
+                npm["pos"],
+                npm["has_gauss"],
+                npm["cached_gaussian"],
+            )
+        )
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_<N>/`` atomically (main process) and prune to ``keep_last``."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if self.is_main:
+            opt_tensors, opt_meta = flatten_optimizer_state(self.optimizer.state_dict())
+            sched = self.lr_scheduler.state_dict()
+            sched["lr_lambdas"] = [None] * len(sched.get("lr_lambdas", []))
+            rng_tensors, rng_meta = self._rng_state()
+            state = {
+                "step": self.step,
+                "data_position": self.data_position,
+                "world_size": acc.num_processes,
+                "trainer": asdict(self.cfg),
+                "ema_decays": [decay_key(d) for d in self.cfg.ema_decays],
+                "optimizer": opt_meta,
+                "lr_scheduler": sched,
+                "rng": rng_meta,
+                "config": self.run_config,
+                "sample_shape": list(self.sample_shape),
+            }
+            path = save_checkpoint_files(
+                self.checkpoint_dir,
+                self.step,
+                {
+                    "model": acc.unwrap_model(self.train_model).state_dict(),
+                    "ema": self.ema.tensors(),
+                    "optimizer": opt_tensors,
+                    "rng": rng_tensors,
+                },
+                state,
+            )
+            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
+        self.last_checkpoint = path or self.checkpoint_dir / f"step_{self.step:08d}"
+        acc.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote (exact resume)."""
+        tensors, state = load_checkpoint_files(path)
+        try:
+            self.model.load_state_dict(tensors["model"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path}/model.safetensors does not fit this model: {err}"
+            ) from err
+        if self.cfg.ema_decays:
+            self.ema.load_tensors(tensors["ema"])
+        self.optimizer.load_state_dict(
+            unflatten_optimizer_state(
+                {k: v.to(self.device) for k, v in tensors["optimizer"].items()}, state["optimizer"]
+            )
+        )
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.is_main:  # other ranks keep their own streams (only rank 0's is stored)
+            self._set_rng_state(tensors["rng"], state["rng"])
+        self.step = int(state["step"])
+        self.data_position = int(state["data_position"])
+        self._loader = None  # rebuilt from data_position
+        self.last_checkpoint = Path(path)
