@@ -28,7 +28,16 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 from .attention import Attention, text_context
 from .embeddings import ConditionEmbedding, as_batch_t, get_null_mask, zero_module
 
-__all__ = ["UNET_SIZES", "AttentionBlock", "ResBlock", "UNet", "conv_nd", "group_norm", "unet"]
+__all__ = [
+    "UNET_SIZES",
+    "AttentionBlock",
+    "ResBlock",
+    "UNet",
+    "concat_condition",
+    "conv_nd",
+    "group_norm",
+    "unet",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +163,34 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def concat_condition(
+    x: torch.Tensor,
+    cond: Mapping[str, torch.Tensor] | None,
+    channels: int,
+    null_concat: bool = True,
+) -> torch.Tensor:
+    """Channel-concatenated conditioning ``cat([x, cond["concat"]], 1)``: (B, C + channels, ...).
+
+    With ``null_concat``, rows with ``cond["null_mask"]`` see zeros instead of the condition, and a
+    fully-null batch may omit it. ``channels == 0`` returns ``x`` unchanged.
+    """
+    if not channels:
+        return x
+    b = x.shape[0]
+    null = get_null_mask(cond, b)
+    expected = (b, channels, *x.shape[2:])
+    if cond is None or cond.get("concat") is None:
+        if null is not None and bool(null.all()) and null_concat:
+            return torch.cat([x, x.new_zeros(expected)], dim=1)
+        raise KeyError(f"this network concatenates {channels} channels: pass cond['concat']")
+    c = cond["concat"]
+    if tuple(c.shape) != expected:
+        raise ValueError(f"cond['concat'] must have shape {expected}, got {tuple(c.shape)}")
+    if null is not None and null_concat:
+        c = c * (~null).to(c.dtype)[(...,) + (None,) * (c.ndim - 1)]
+    return torch.cat([x, c.to(x.dtype)], dim=1)
 
 
 class _Stage(nn.ModuleList):
@@ -291,23 +328,6 @@ class UNet(nn.Module):
                 f"got x of shape {tuple(x.shape)} (pad or crop the input)"
             )
 
-    def _concat(self, x: torch.Tensor, cond: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
-        b = x.shape[0]
-        null = get_null_mask(cond, b)
-        expected = (b, self.concat_channels, *x.shape[2:])
-        if cond is None or cond.get("concat") is None:
-            if null is not None and bool(null.all()) and self.null_concat:
-                return torch.cat([x, x.new_zeros(expected)], dim=1)
-            raise KeyError(
-                f"this UNet concatenates {self.concat_channels} channels: pass cond['concat']"
-            )
-        c = cond["concat"]
-        if tuple(c.shape) != expected:
-            raise ValueError(f"cond['concat'] must have shape {expected}, got {tuple(c.shape)}")
-        if null is not None and self.null_concat:
-            c = c * (~null).to(c.dtype)[(...,) + (None,) * (c.ndim - 1)]
-        return torch.cat([x, c.to(x.dtype)], dim=1)
-
     def _run(self, stage: _Stage, *args: Any) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
             return grad_checkpoint(stage, *args, use_reentrant=False)
@@ -324,7 +344,7 @@ class UNet(nn.Module):
         if self.context_dim is not None:
             context, context_mask = text_context(cond, b, self.context_dim)
             context = context.to(x.dtype)
-        h = self._concat(x, cond) if self.concat_channels else x
+        h = concat_condition(x, cond, self.concat_channels, self.null_concat)
         h = self.conv_in(h)  # (B, C0, *S)
         hs = [h]
         for stage in self.down:
