@@ -2,8 +2,8 @@
 
 Every network has ``forward(x, t, cond=None)`` with ``t`` a float tensor (B,) and ``cond`` None or a
 dict of named tensors; conditional networks set ``accepts_null_mask = True`` and honour
-``cond["null_mask"]`` (classifier-free guidance). Heavy optional parts (text encoders, LoRA) live
-in their own modules and are not imported here.
+``cond["null_mask"]`` (classifier-free guidance). Heavy optional parts (``polydiff.nn.text``,
+``polydiff.nn.lora``) live in their own modules and are not imported here.
 """
 
 from .attention import Attention
@@ -15,23 +15,28 @@ from .embeddings import (
     timestep_embedding,
 )
 from .mlp import ResidualMLP
-from .transformer import DIT_SIZES, DiT, MoEFeedForward, TransformerDenoiser, dit
+from .spacetime import SpaceTimeBlock, TemporalAttention, VideoUNet
+from .transformer import DIT_SIZES, AdaLNZeroBlock, DiT, MoEFeedForward, TransformerDenoiser, dit
 from .unet import UNET_SIZES, UNet, unet
 
 __all__ = [
+    "DIT_SIZES",
+    "UNET_SIZES",
+    "AdaLNZeroBlock",
     "Attention",
     "ClassEmbedding",
     "ConditionEmbedding",
-    "FourierFeatures",
-    "DIT_SIZES",
     "DiT",
+    "FourierFeatures",
     "MoEFeedForward",
     "ResidualMLP",
-    "TransformerDenoiser",
-    "dit",
-    "UNET_SIZES",
-    "UNet",
-    "unet",
     "SinusoidalEmbedding",
+    "SpaceTimeBlock",
+    "TemporalAttention",
+    "TransformerDenoiser",
+    "UNet",
+    "VideoUNet",
+    "dit",
     "timestep_embedding",
+    "unet",
 ]
