@@ -310,3 +310,17 @@ def test_grid_closed_forms() -> None:
     ]:
         with pytest.raises(ValueError):
             bad()
+
+
+@pytest.mark.peers
+def test_linspace_grid_close_to_euler_discrete() -> None:
+    """Fractional timesteps: log-sigma (ours, k-diffusion) vs linear-sigma (diffusers) interp."""
+    ours = _ours("scaled_linear", False)
+    euler = diffusers.EulerDiscreteScheduler(
+        **BETAS["scaled_linear"][1], timestep_spacing="linspace"
+    )
+    for n in [7, 25, 50]:
+        euler.set_timesteps(n)
+        torch.testing.assert_close(
+            ours.sigmas_for(n, "linspace"), euler.sigmas.to(F64), rtol=2e-4, atol=0
+        )

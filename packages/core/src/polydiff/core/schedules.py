@@ -280,7 +280,12 @@ class VPSchedule:
     def sigmas_for(
         self, n: int, spacing: Spacing = "leading", steps_offset: int = 0
     ) -> torch.Tensor:
-        """Sigma grid of ``n`` steps: ``t_to_sigma(timesteps(n, ...))`` plus a final 0."""
+        """Sigma grid of ``n`` steps: ``t_to_sigma(timesteps(n, ...))`` plus a final 0.
+
+        Equal to ``EulerDiscreteScheduler.sigmas`` for the integer spacings (leading, trailing).
+        For fractional ``linspace`` timesteps we interpolate log sigma (k-diffusion), where
+        diffusers' default interpolates sigma linearly (1e-4 relative apart for SD's schedule).
+        """
         return append_zero(self.t_to_sigma(self.timesteps(n, spacing, steps_offset)))
 
     def __repr__(self) -> str:
