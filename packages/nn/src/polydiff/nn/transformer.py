@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .attention import Attention, text_context
@@ -43,6 +42,22 @@ __all__ = [
 
 def _gelu_tanh() -> nn.Module:
     return nn.GELU(approximate="tanh")
+
+
+def _mlp(dim: int, hidden: int, drop: float = 0.0) -> nn.Module:
+    """timm's ``Mlp`` (fc1 -> GELU(tanh) -> drop -> fc2 -> drop), imported lazily (timm is slow)."""
+    from timm.layers import Mlp
+
+    return Mlp(dim, hidden, act_layer=_gelu_tanh, drop=drop)
+
+
+def _drop_path(p: float) -> nn.Module:
+    """timm's stochastic depth ``DropPath`` (Huang et al. 2016), or Identity when ``p == 0``."""
+    if p <= 0:
+        return nn.Identity()
+    from timm.layers import DropPath
+
+    return DropPath(p)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -85,9 +100,7 @@ class MoEFeedForward(nn.Module):
             raise ValueError(f"top_k must lie in [1, num_experts={num_experts}], got {top_k}")
         self.num_experts, self.top_k = num_experts, top_k
         self.router = nn.Linear(dim, num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            Mlp(dim, hidden, act_layer=_gelu_tanh, drop=drop) for _ in range(num_experts)
-        )
+        self.experts = nn.ModuleList(_mlp(dim, hidden, drop) for _ in range(num_experts))
         self.aux_loss = torch.zeros(())
         self.last_expert_index: torch.Tensor | None = None
 
@@ -147,8 +160,8 @@ class AdaLNZeroBlock(nn.Module):
         if num_experts:
             self.mlp: nn.Module = MoEFeedForward(dim, hidden, num_experts, top_k, dropout)
         else:
-            self.mlp = Mlp(dim, hidden, act_layer=_gelu_tanh, drop=dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+            self.mlp = _mlp(dim, hidden, dropout)
+        self.drop_path = _drop_path(drop_path)
         self.adaLN = nn.Sequential(nn.SiLU(), zero_module(nn.Linear(emb_dim, 6 * dim)))
 
     def forward(
