@@ -16,9 +16,10 @@ from polydiff.core.guidance import (
     safety_guidance,
     value_guidance,
 )
+from polydiff.core.samplers import sample
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
-from polydiff.core.utils import append_dims, to_d
+from polydiff.core.utils import append_dims
 
 F64 = torch.float64
 
@@ -39,18 +40,7 @@ def _class_log_prob(gmm: GaussianMixture):
 
 
 def _heun_sample(denoiser, x, sigmas, cond=None):
-    """Heun ODE (Karras et al. 2022, Alg. 1), a local loop for the tests."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        sb = torch.full((x.shape[0],), float(s), dtype=x.dtype)
-        d = to_d(x, sb, denoiser(x, sb, cond))
-        x_next = x + (s_next - s) * d
-        if s_next > 0:
-            sn = torch.full_like(sb, float(s_next))
-            d2 = to_d(x_next, sn, denoiser(x_next, sn, cond))
-            x_next = x + (s_next - s) * (d + d2) / 2
-        x = x_next
-    return x
+    return sample(denoiser, x, sigmas, "heun", cond=cond)
 
 
 @pytest.mark.parametrize("sigma", [0.02, 0.5, 2.0, 20.0])

@@ -18,6 +18,7 @@ from polydiff.core.inversion import (
     ode_reconstruct,
     ode_step,
 )
+from polydiff.core.samplers import sample
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
 
@@ -72,6 +73,12 @@ def test_ode_step_matches_euler_and_heun_formulas(gmm8) -> None:
     torch.testing.assert_close(
         ode_step(gmm8, x, s, sn, method="heun"), x + (sn - s) * (d1 + d2) / 2
     )
+    # reconstruction is exactly the core samplers' DDIM / Heun
+    sigmas = karras_sigmas(8, 0.01, 20.0)
+    for method in ("ddim", "heun"):
+        torch.testing.assert_close(
+            ode_reconstruct(gmm8, x, sigmas, method=method), sample(gmm8, x, sigmas, method)
+        )
     with pytest.raises(ValueError, match="method"):
         ode_reconstruct(gmm8, x, torch.tensor([1.0, 0.0]), method="rk4")
     with pytest.raises(ValueError, match="decreasing"):
