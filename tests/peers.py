@@ -10,6 +10,10 @@ Import from tests or benchmarks (run from the repository root, e.g. ``python -m 
   ``model(x, sigma, **extra_args)`` calling convention.
 - ``scheduler_sigmas(scheduler)`` is the VE sigma grid (n + 1 values, float64) that a diffusers
   scheduler integrates over after ``set_timesteps``; give the same grid to a polydiff sampler.
+- ``generator_noise_sampler`` / ``paired_noise_sampler`` give k-diffusion's stochastic samplers
+  the noise polydiff draws from a ``torch.Generator`` (same order), for exact comparisons.
+- ``ode_reference(denoiser, x, sigma_from, sigma_to)`` is the exact probability-flow ODE solution
+  (scipy DOP853 at tight tolerance, in ``u = log sigma``) for a closed-form denoiser.
 - ``run_diffusers_scheduler(scheduler, denoiser, x)`` runs the scheduler's own loop on the VP
   (or, for the k-diffusion-style schedulers, VE) model equivalent to ``denoiser``, starting from
   the VE state ``x`` (scaled for ``sigmas[0]``), and returns the final VE state.
@@ -24,6 +28,7 @@ and the VP x0-model is ``x0(x_t, t) = D(x_t / sqrt(alpha_bar_t), sigma_t)``.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import types
 from collections.abc import Callable, Mapping
@@ -34,8 +39,11 @@ import torch
 
 __all__ = [
     "VE_FORM_SCHEDULERS",
+    "generator_noise_sampler",
     "k_diffusion_model",
     "load_k_diffusion_sampling",
+    "ode_reference",
+    "paired_noise_sampler",
     "run_diffusers_scheduler",
     "scheduler_sigmas",
 ]
@@ -88,6 +96,76 @@ def k_diffusion_model(
         return denoiser(x, sigma, cond)
 
     return model
+
+
+def generator_noise_sampler(
+    x: torch.Tensor, generator: torch.Generator
+) -> Callable[[Any, Any], torch.Tensor]:
+    """k-diffusion ``noise_sampler`` drawing N(0, I) like ``x`` from ``generator`` on each call."""
+
+    def noise_sampler(sigma: Any, sigma_next: Any) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    return noise_sampler
+
+
+def paired_noise_sampler(
+    x: torch.Tensor, generator: torch.Generator
+) -> Callable[[Any, Any], torch.Tensor]:
+    """k-diffusion ``noise_sampler`` for ``sample_dpmpp_sde`` reproducing polydiff's Brownian pair.
+
+    k-diffusion queries ``(sigma, sigma_mid)`` then ``(sigma, sigma_next)`` per step; the first
+    call draws both increments ``W(sigma_mid) - W(sigma)`` and ``W(sigma_next) - W(sigma_mid)``
+    (in that order, as ``polydiff.core.samplers._base.brownian_pair``) and returns the first
+    normalised, the second call returns their normalised sum.
+    """
+    state: dict[str, Any] = {}
+
+    def noise_sampler(sigma: Any, sigma_to: Any) -> torch.Tensor:
+        t0, t1 = float(sigma), float(sigma_to)
+        if "pending" not in state:
+            z1 = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            z2 = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            state["pending"] = (t0, t1, z1, z2)
+            return z1
+        s0, s_mid, z1, z2 = state.pop("pending")
+        a, b = abs(s_mid - s0), abs(t1 - s_mid)
+        return (z1 * math.sqrt(a) + z2 * math.sqrt(b)) / math.sqrt(a + b)
+
+    return noise_sampler
+
+
+def ode_reference(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigma_from: float,
+    sigma_to: float,
+    rtol: float = 1e-11,
+    atol: float = 1e-11,
+) -> torch.Tensor:
+    """Exact probability-flow ODE solution from ``sigma_from`` to ``sigma_to > 0`` (float64).
+
+    Integrates ``dx/du = x - D(x, e^u)`` in ``u = log(sigma)`` (non-stiff: the Jacobian's
+    eigenvalues lie in [0, 1]) with scipy's DOP853 for the whole batch at once.
+    """
+    from scipy.integrate import solve_ivp
+
+    if not sigma_from >= sigma_to > 0:
+        raise ValueError(f"need sigma_from >= sigma_to > 0, got {sigma_from}, {sigma_to}")
+    shape, batch = x.shape, x.shape[0]
+
+    def f(u: float, y: Any) -> Any:
+        xx = torch.from_numpy(y).reshape(shape)
+        sigma = torch.full((batch,), math.exp(u), dtype=torch.float64)
+        return (xx - denoiser(xx, sigma, None).to(torch.float64)).flatten().numpy()
+
+    y0 = x.detach().to(torch.float64).flatten().numpy()
+    sol = solve_ivp(
+        f, (math.log(sigma_from), math.log(sigma_to)), y0, method="DOP853", rtol=rtol, atol=atol
+    )
+    if not sol.success:
+        raise RuntimeError(f"ode_reference: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1].copy()).reshape(shape)
 
 
 # ---------------------------------------------------------------------------

@@ -87,7 +87,10 @@ def bind(denoiser: Model, x: torch.Tensor, cond: Cond) -> Callable[..., torch.Te
                 f"at step {step}"
             )
         if not torch.isfinite(out).all():
-            where = f"{sigma:.6g}" if not isinstance(sigma, torch.Tensor) else str(sigma.tolist())
+            if isinstance(sigma, torch.Tensor):  # per-row sigmas: name their range
+                where = f"{sigma.min().item():.6g}..{sigma.max().item():.6g}"
+            else:
+                where = f"{sigma:.6g}"
             raise FloatingPointError(
                 f"denoiser returned non-finite values at step {step} (sigma={where})"
             )

@@ -55,7 +55,7 @@ def adaptive(
     cond: Cond = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    method: str = "bosh3",
+    tableau: str = "bosh3",
     rtol: float = 1e-3,
     atol: float = 1e-3,
     h_init: float = 0.25,
@@ -71,11 +71,11 @@ def adaptive(
     err^(-1/(q+1))`` rule. The NFE (denoiser calls) and mean accepted / rejected steps per sample
     are written into ``info`` if given and passed to ``callback`` as ``"nfe"``.
     """
-    if method not in TABLEAUS:
-        raise ValueError(f"unknown adaptive method {method!r}; valid: {sorted(TABLEAUS)}")
+    if tableau not in TABLEAUS:
+        raise ValueError(f"unknown adaptive tableau {tableau!r}; valid: {sorted(TABLEAUS)}")
     if rtol <= 0 and atol <= 0:
         raise ValueError("adaptive needs rtol > 0 or atol > 0")
-    c, a, b, b_low, q = TABLEAUS[method]
+    c, a, b, b_low, q = TABLEAUS[tableau]
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
     positive = [s for s in grid if s > 0]
     batch, nfe = x.shape[0], 0

@@ -11,7 +11,7 @@ import torch
 
 from polydiff.core.samplers._base import Callback, Model, add_noise, as_grid, bind, noise_like
 from polydiff.core.samplers.karras import _report
-from polydiff.core.utils import Cond, append_dims
+from polydiff.core.utils import Cond
 
 __all__ = ["langevin", "pc"]
 
@@ -25,7 +25,7 @@ def langevin(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     n_steps_each: int = 2,
-    step_size: float = 0.1,
+    step_size: float = 1.0,
 ) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) over the positive grid levels.
 
@@ -66,9 +66,10 @@ def pc(
     """Predictor-corrector sampling of the VE SDE (Song et al. 2021, Alg. 2-4).
 
     Per step: ``n_corrector`` Langevin corrector updates at sigma with step
-    ``eps = 2 (snr * |z| / |score|)^2`` (norms per sample, where the reference code averages
-    them over the batch), then the reverse-diffusion predictor ``x += (sigma^2 - sigma_next^2)
-    score + sqrt(sigma^2 - sigma_next^2) z`` (noise-free into sigma 0: a clean denoise).
+    ``eps = 2 (snr * |z| / |score|)^2`` (norms averaged over the batch as in the reference code:
+    per-sample ratios are heavy-tailed in low dimension), then the reverse-diffusion predictor
+    ``x += (sigma^2 - sigma_next^2) score + sqrt(sigma^2 - sigma_next^2) z`` (noise-free into
+    sigma 0: a clean denoise).
     """
     if n_corrector < 0 or snr < 0:
         raise ValueError("pc needs n_corrector >= 0 and snr >= 0")
@@ -79,10 +80,10 @@ def pc(
         for _ in range(n_corrector if snr > 0 else 0):
             score = (model(x, s, step) - x) / s**2
             z = noise_like(x, generator)
-            norm_z = z.flatten(1).norm(dim=1)
-            norm_g = score.flatten(1).norm(dim=1).clamp_min(torch.finfo(x.dtype).tiny)
-            eps = append_dims(2 * (snr * norm_z / norm_g) ** 2, x.ndim)
-            x = x + eps * score + (2 * eps).sqrt() * z
+            norm_z = z.flatten(1).norm(dim=1).mean().item()
+            norm_g = score.flatten(1).norm(dim=1).mean().item()
+            eps = 2 * (snr * norm_z / max(norm_g, 1e-30)) ** 2
+            x = x + score * eps + z * math.sqrt(2 * eps)
             step += 1
         denoised = model(x, s, step)
         _report(callback, x, i, s, s, denoised)
