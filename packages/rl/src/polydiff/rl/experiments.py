@@ -1,0 +1,372 @@
+"""End-to-end RL experiments: generate data, train, roll out, measure (demo, benchmark, configs).
+
+Each ``run_*`` function takes a frozen dataclass config (mirrored by
+``configs/experiment/rl/*.yaml``) and returns a JSON-ready dict of measured numbers:
+
+- :func:`run_maze_diffuser`: Diffuser on PointMaze with start/goal inpainting and a PD tracker,
+  against the waypoint expert and random actions (success, normalised score, NFE, latency);
+- :func:`run_pendulum_diffuser`: Diffuser on mixed-quality Pendulum data, value-guided vs
+  unguided planning (returns over seeds, normalised between random and expert);
+- :func:`run_two_path_policy`: Diffusion Policy (U-Net and transformer) vs an MSE policy on the
+  two-path toy (success and coverage of the two modes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from polydiff.rl.datasets import ActionChunks, TrajectoryWindows, generate_dataset, load_minari
+from polydiff.rl.diffuser import DiffuserPlanner, MazePlanAgent, PlanActionAgent
+from polydiff.rl.evaluate import (
+    MazeExpertAgent,
+    PendulumExpertAgent,
+    RandomAgent,
+    RolloutStats,
+    normalized_score,
+    run_episodes,
+)
+from polydiff.rl.models import (
+    MLPPolicy,
+    SequenceUNet,
+    TrajectoryValue,
+    chunk_transformer,
+    count_parameters,
+    edm_objective,
+    value_loss,
+)
+from polydiff.rl.policy import ChunkAgent, DiffusionPolicy, RegressionPolicy, regression_loss
+from polydiff.rl.training import train_network
+
+
+def _summary(stats: RolloutStats) -> dict[str, float]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in stats.summary().items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# PointMaze
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MazeConfig:
+    """Diffuser on PointMaze (horizon x stride environment steps per plan)."""
+
+    env: str = "pointmaze-umaze"
+    data_episodes: int = 60
+    episode_len: int = 500
+    horizon: int = 32
+    stride: int = 5
+    size: str = "diffuser-small"
+    train_steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    n_steps: int = 12
+    replan_every: int = 20
+    eval_seeds: int = 20
+    seed: int = 0
+    data_root: str = "data/rl"
+
+
+def train_maze_diffuser(cfg: MazeConfig) -> tuple[DiffuserPlanner, TrajectoryWindows, dict]:
+    """Generate (or reuse) the waypoint dataset and train the state-trajectory denoiser."""
+    name = f"{cfg.env}-waypoint"
+    data = load_minari(
+        generate_dataset(
+            name,
+            cfg.data_root,
+            seed=cfg.seed,
+            n_episodes=cfg.data_episodes,
+            episode_len=cfg.episode_len,
+        )
+    )
+    windows = TrajectoryWindows(data, cfg.horizon, stride=cfg.stride, with_actions=False)
+    net = SequenceUNet(windows.transition_dim, cfg.size)
+    objective = edm_objective()
+    t0 = time.perf_counter()
+    ema, metrics = train_network(
+        net, objective, windows, cfg.train_steps, cfg.batch_size, cfg.lr, seed=cfg.seed
+    )
+    info = {
+        "dataset_steps": data.n_steps,
+        "windows": len(windows),
+        "parameters": count_parameters(net),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "final_loss": metrics.get("loss"),
+    }
+    planner = DiffuserPlanner(
+        objective.denoiser(ema),
+        windows.normalizer,
+        cfg.horizon,
+        windows.obs_dim,
+        n_steps=cfg.n_steps,
+        seed=cfg.seed,
+    )
+    return planner, windows, info
+
+
+def run_maze_diffuser(cfg: MazeConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train Diffuser on the maze dataset and evaluate it against the expert and random actions."""
+    planner, _, info = train_maze_diffuser(cfg)
+    seeds = range(1000, 1000 + cfg.eval_seeds)
+    agent = MazePlanAgent(planner, cfg.stride, cfg.replan_every)
+    episodes: list[tuple[list, np.ndarray]] = []
+    trace: list[np.ndarray] = []
+
+    def record(seed: int, a: MazePlanAgent) -> None:
+        episodes.append((list(a.plans), np.asarray(trace.copy())))
+        trace.clear()
+
+    def traced(obs: dict) -> np.ndarray:
+        trace.append(np.asarray(obs["observation"][:2]))
+        return agent(obs)
+
+    traced.reset = agent.reset  # type: ignore[attr-defined]
+    diffuser = run_episodes(cfg.env, _NfeProxy(traced, agent), seeds, on_episode_end=record)
+    expert = run_episodes(cfg.env, MazeExpertAgent(cfg.env), seeds)
+    rand = run_episodes(cfg.env, RandomAgent(-1.0, 1.0, 2, seed=cfg.seed), seeds)
+    res = {
+        "config": asdict(cfg),
+        "train": info,
+        "diffuser": _summary(diffuser),
+        "expert": _summary(expert),
+        "random": _summary(rand),
+    }
+    e, r = expert.summary()["success_rate"], rand.summary()["success_rate"]
+    d = diffuser.summary()["success_rate"]
+    res["success_vs_expert"] = round(d / max(e, 1e-9), 4)
+    res["normalized_score"] = round(normalized_score(d, r, e), 2) if e != r else None
+    if out_dir is not None:
+        from polydiff.rl.plots import plot_maze_plans
+
+        path = Path(out_dir) / f"{cfg.env}_diffuser_plans.png"
+        plot_maze_plans(cfg.env, episodes[:4], path)
+        res["plot"] = str(path)
+    return res
+
+
+class _NfeProxy:
+    """An agent callable whose ``last_nfe`` / ``reset`` are those of another agent."""
+
+    def __init__(self, fn: Any, agent: Any) -> None:
+        self.fn, self.agent = fn, agent
+
+    def reset(self) -> None:
+        self.agent.reset()
+
+    @property
+    def last_nfe(self) -> int:
+        return self.agent.last_nfe
+
+    def __call__(self, obs: Any) -> np.ndarray:
+        return self.fn(obs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pendulum: value-guided vs unguided planning
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendulumConfig:
+    """Diffuser with a value function on mixed-quality Pendulum data."""
+
+    n_per_level: int = 10
+    n_random: int = 10
+    horizon: int = 32
+    size: str = "diffuser-small"
+    train_steps: int = 1500
+    value_steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    discount: float = 0.97
+    n_steps: int = 10
+    execute: int = 4
+    n_candidates: int = 8
+    guide_scale: float = 0.1
+    guide_sigma_min: float = 0.05
+    eval_seeds: int = 10
+    seed: int = 0
+    data_root: str = "data/rl"
+
+
+def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None) -> dict:
+    """Value-guided vs unguided Diffuser planning on Pendulum, normalised by expert / random."""
+    data = load_minari(
+        generate_dataset(
+            "pendulum-mixed",
+            cfg.data_root,
+            seed=cfg.seed,
+            n_per_level=cfg.n_per_level,
+            n_random=cfg.n_random,
+        )
+    )
+    windows = TrajectoryWindows(data, cfg.horizon, discount=cfg.discount)
+    objective = edm_objective()
+    t0 = time.perf_counter()
+    ema, metrics = train_network(
+        SequenceUNet(windows.transition_dim, cfg.size),
+        objective,
+        windows,
+        cfg.train_steps,
+        cfg.batch_size,
+        cfg.lr,
+        seed=cfg.seed,
+    )
+    value, vmetrics = train_network(
+        TrajectoryValue(windows.transition_dim),
+        value_loss,
+        windows,
+        cfg.value_steps,
+        cfg.batch_size,
+        cfg.lr,
+        seed=cfg.seed + 1,
+    )
+    train_s = round(time.perf_counter() - t0, 1)
+    seeds = range(2000, 2000 + cfg.eval_seeds)
+    results: dict[str, Any] = {"config": asdict(cfg)}
+    variants = {
+        "unguided": dict(value=None, guide_scale=0.0, n_candidates=1),
+        "guided": dict(value=value, guide_scale=cfg.guide_scale, n_candidates=cfg.n_candidates),
+    }
+    for name, kw in variants.items():
+        planner = DiffuserPlanner(
+            objective.denoiser(ema),
+            windows.normalizer,
+            cfg.horizon,
+            windows.obs_dim,
+            n_steps=cfg.n_steps,
+            guide_sigma_min=cfg.guide_sigma_min,
+            goal_zero_dims=(),
+            seed=cfg.seed,
+            **kw,
+        )
+        results[name] = _summary(
+            run_episodes("pendulum", PlanActionAgent(planner, cfg.execute), seeds)
+        )
+    results["expert"] = _summary(run_episodes("pendulum", PendulumExpertAgent(), seeds))
+    results["random"] = _summary(run_episodes("pendulum", RandomAgent(-2, 2, 1, cfg.seed), seeds))
+    lo, hi = results["random"]["return_mean"], results["expert"]["return_mean"]
+    for name in variants:
+        results[name]["normalized_score"] = round(
+            normalized_score(results[name]["return_mean"], lo, hi), 2
+        )
+    results["train"] = {
+        "dataset_steps": data.n_steps,
+        "dataset_return_mean": float(np.mean([e.rewards.sum() for e in data.episodes])),
+        "train_seconds": train_s,
+        "final_loss": metrics.get("loss"),
+        "value_final_loss": vmetrics.get("loss"),
+    }
+    results["guided_minus_unguided"] = round(
+        results["guided"]["return_mean"] - results["unguided"]["return_mean"], 2
+    )
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Two-path toy: Diffusion Policy vs MSE policy
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TwoPathConfig:
+    """Diffusion Policy (To=2, Tp=16, Ta=8) vs MSE regression on the two-path toy."""
+
+    data_episodes: int = 100
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    size: str = "dp-tiny"
+    transformer_size: str = "dp-transformer-tiny"
+    backbones: tuple[str, ...] = ("unet",)
+    train_steps: int = 1500
+    mse_steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    n_steps: int = 8
+    methods: tuple[str, ...] = ("dpmpp_2m", "ddim")
+    eval_seeds: int = 50
+    seed: int = 0
+    data_root: str = "data/rl"
+
+
+def two_path_sides(stats: RolloutStats) -> dict[str, float]:
+    """Share of episodes passing left / right of the obstacle (x-sign when crossing y = 0)."""
+    sides = np.asarray([i.get("side", 0.0) for i in stats.infos])
+    return {"left": float(np.mean(sides < 0)), "right": float(np.mean(sides > 0))}
+
+
+def build_chunk_denoiser(
+    backbone: str, chunks: ActionChunks, cfg: TwoPathConfig
+) -> torch.nn.Module:
+    """The action-chunk network: ``unet`` (FiLM 1-D U-Net) or ``transformer`` (adaLN-Zero)."""
+    cond_dim = chunks.obs_horizon * chunks.obs_dim
+    if backbone == "unet":
+        return SequenceUNet(chunks.action_dim, cfg.size, cond_dim=cond_dim)
+    if backbone == "transformer":
+        return chunk_transformer(
+            chunks.action_dim, chunks.pred_horizon, cond_dim, cfg.transformer_size
+        )
+    raise KeyError(f"unknown backbone {backbone!r}; choose 'unet' or 'transformer'")
+
+
+def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -> dict:
+    """Train the diffusion policies and the MSE policy; roll each out on the same seeds."""
+    data = load_minari(
+        generate_dataset(
+            "two-path-expert", cfg.data_root, seed=cfg.seed, n_episodes=cfg.data_episodes
+        )
+    )
+    chunks = ActionChunks(data, cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon)
+    seeds = range(3000, 3000 + cfg.eval_seeds)
+    results: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
+    objective = edm_objective()
+    for backbone in cfg.backbones:
+        t0 = time.perf_counter()
+        net = build_chunk_denoiser(backbone, chunks, cfg)
+        ema, metrics = train_network(
+            net, objective, chunks, cfg.train_steps, cfg.batch_size, cfg.lr, seed=cfg.seed
+        )
+        train_s = round(time.perf_counter() - t0, 1)
+        for method in cfg.methods:
+            policy = DiffusionPolicy(
+                objective.denoiser(ema),
+                chunks.obs_norm,
+                chunks.act_norm,
+                cfg.obs_horizon,
+                cfg.pred_horizon,
+                n_steps=cfg.n_steps,
+                method=method,
+                seed=cfg.seed,
+            )
+            stats = run_episodes("two-path", ChunkAgent(policy, cfg.action_horizon), seeds)
+            results["policies"][f"diffusion_{backbone}_{method}"] = {
+                **_summary(stats),
+                **two_path_sides(stats),
+                "parameters": count_parameters(net),
+                "train_seconds": train_s,
+                "final_loss": metrics.get("loss"),
+            }
+    t0 = time.perf_counter()
+    mlp = MLPPolicy(cfg.obs_horizon * chunks.obs_dim, chunks.action_dim, cfg.pred_horizon)
+    mlp_ema, m = train_network(
+        mlp, regression_loss, chunks, cfg.mse_steps, cfg.batch_size, cfg.lr, seed=cfg.seed
+    )
+    mse = RegressionPolicy(
+        mlp_ema, chunks.obs_norm, chunks.act_norm, cfg.obs_horizon, cfg.pred_horizon
+    )
+    stats = run_episodes("two-path", ChunkAgent(mse, cfg.action_horizon), seeds)
+    results["policies"]["mse"] = {
+        **_summary(stats),
+        **two_path_sides(stats),
+        "parameters": count_parameters(mlp),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "final_loss": m.get("loss"),
+    }
+    return results

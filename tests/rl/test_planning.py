@@ -1,0 +1,185 @@
+"""Diffuser planning and Diffusion Policy execution: tiny train-plan-rollout runs per method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from polydiff.rl.datasets import (
+    ActionChunks,
+    TrajectoryWindows,
+    generate_dataset,
+    load_minari,
+)
+from polydiff.rl.diffuser import DiffuserPlanner, MazePlanAgent, PlanActionAgent
+from polydiff.rl.evaluate import (
+    MazeExpertAgent,
+    RandomAgent,
+    normalized_score,
+    run_episodes,
+)
+from polydiff.rl.models import (
+    MLPPolicy,
+    SequenceUNet,
+    TrajectoryValue,
+    chunk_transformer,
+    edm_objective,
+    value_loss,
+)
+from polydiff.rl.policy import ChunkAgent, DiffusionPolicy, RegressionPolicy, regression_loss
+from polydiff.rl.training import train_network
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("rl_data")
+
+
+def test_networks_shapes_and_errors() -> None:
+    net = SequenceUNet(3, "diffuser-tiny")
+    x = torch.randn(2, 10, 3)  # 10 is not a multiple of the U-Net's factor 4: padded, cropped
+    assert net(x, torch.zeros(2)).shape == (2, 10, 3)
+    with pytest.raises(ValueError, match=r"\(B, T, 3\)"):
+        net(torch.randn(2, 3, 10), torch.zeros(2))
+    v = TrajectoryValue(3)
+    assert v(x, torch.ones(2)).shape == (2,)
+    tr = chunk_transformer(2, 16, cond_dim=4)
+    out = tr(torch.randn(5, 16, 2), torch.zeros(5), {"vector": torch.randn(5, 4)})
+    assert out.shape == (5, 16, 2)
+    with pytest.raises(KeyError, match="diffuser-tiny"):
+        SequenceUNet(3, "nope")
+
+
+def test_maze_train_plan_rollout(data_root) -> None:
+    data = load_minari(
+        generate_dataset("pointmaze-umaze-waypoint", data_root, n_episodes=2, episode_len=120)
+    )
+    windows = TrajectoryWindows(data, horizon=8, stride=4, with_actions=False)
+    objective = edm_objective()
+    ema, metrics = train_network(
+        SequenceUNet(4, "diffuser-tiny"), objective, windows, steps=20, batch_size=16
+    )
+    assert np.isfinite(metrics["loss"])
+    planner = DiffuserPlanner(objective.denoiser(ema), windows.normalizer, 8, 4, n_steps=4)
+    obs = np.array([0.5, -1.0, 0.1, 0.0], dtype=np.float32)
+    goal = np.array([-1.0, 1.0])
+    plan = planner.plan(obs, goal)
+    # inpainting pins the current state and the goal (with zero velocity) exactly
+    np.testing.assert_allclose(plan.trajectory[0], obs, atol=1e-5)
+    np.testing.assert_allclose(plan.trajectory[-1], [-1.0, 1.0, 0.0, 0.0], atol=1e-5)
+    assert plan.trajectory.shape == (8, 4) and plan.nfe == 4
+
+    agent = MazePlanAgent(planner, stride=4, replan_every=10)
+    stats = run_episodes("pointmaze-umaze", agent, [0], env_kwargs={"max_episode_steps": 25})
+    s = stats.summary()
+    steps = stats.lengths[0]
+    assert len(stats.latencies_ms) == steps and s["latency_ms_p95"] >= s["latency_ms_median"] > 0
+    n_plans = len(agent.plans)
+    assert n_plans == -(-steps // 10)  # one plan every 10 steps
+    assert s["nfe_per_action"] == pytest.approx(4 * n_plans / steps)
+    assert all(p.shape == (8, 4) for _, p in agent.plans)
+
+
+def test_value_guidance_raises_the_value(data_root) -> None:
+    data = load_minari(generate_dataset("pendulum-mixed", data_root, n_per_level=1, n_random=1))
+    windows = TrajectoryWindows(data, horizon=8, discount=0.9)
+    objective = edm_objective()
+    ema, _ = train_network(
+        SequenceUNet(4, "diffuser-tiny"), objective, windows, steps=20, batch_size=16
+    )
+    value, m = train_network(TrajectoryValue(4), value_loss, windows, steps=10, batch_size=16)
+    assert np.isfinite(m["loss"])
+
+    class MeanAction(torch.nn.Module):  # analytic value: prefers large torques
+        def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            return x[..., 3].mean(dim=1)
+
+    obs = data.episodes[0].obs[5]
+    plans = {}
+    for scale in (0.0, 5.0):
+        planner = DiffuserPlanner(
+            objective.denoiser(ema), windows.normalizer, 8, 3, n_steps=6, value=MeanAction(),
+            guide_scale=scale, goal_zero_dims=(), n_candidates=4, seed=1,
+        )  # fmt: skip
+        plans[scale] = planner.plan(obs)
+        np.testing.assert_allclose(plans[scale].trajectory[0, :3], obs, atol=1e-5)
+    assert plans[5.0].value > plans[0.0].value + 0.1
+    assert plans[5.0].trajectory[:, 3].mean() > plans[0.0].trajectory[:, 3].mean()
+
+    # receding horizon: 4 planned actions executed per plan; trained value network plugged in
+    planner = DiffuserPlanner(
+        objective.denoiser(ema), windows.normalizer, 8, 3, n_steps=3, value=value,
+        guide_scale=0.1, goal_zero_dims=(), n_candidates=2,
+    )  # fmt: skip
+    agent = PlanActionAgent(planner, execute=4)
+    stats = run_episodes("pendulum", agent, [0], env_kwargs={"max_episode_steps": 12})
+    assert stats.nfes == [3, 0, 0, 0] * 3 and len(agent.values) == 3
+    assert -16.3 * 12 <= stats.returns[0] <= 0.0  # Pendulum's reward range per step
+
+
+class _FixedChunks:
+    """A chunk policy returning chunk ``k`` filled with the value ``k`` (0, 1, 2...)."""
+
+    obs_horizon, pred_horizon, nfe = 2, 16, 7
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+
+    def predict(self, obs_history: np.ndarray) -> np.ndarray:
+        self.calls.append(obs_history)
+        chunk = np.zeros((1, 16, 2)) + len(self.calls)
+        chunk[0, :, 1] = np.arange(16)
+        return chunk
+
+
+def test_chunk_agent_executes_ta_actions_from_the_current_step() -> None:
+    policy = _FixedChunks()
+    agent = ChunkAgent(policy, action_horizon=8)
+    actions, nfes = [], []
+    for t in range(17):
+        actions.append(agent(np.array([t, 0.0], dtype=np.float32)))
+        nfes.append(agent.last_nfe)
+    assert nfes == [7] + [0] * 7 + [7] + [0] * 7 + [7]
+    # chunk index To-1 = 1 is the current step; 8 actions per prediction
+    np.testing.assert_array_equal([a[1] for a in actions[:8]], np.arange(1, 9))
+    np.testing.assert_array_equal([a[0] for a in actions], [1] * 8 + [2] * 8 + [3])
+    # the first observation is repeated to fill the history, then the last two are used
+    np.testing.assert_array_equal(policy.calls[0][0, :, 0], [0, 0])
+    np.testing.assert_array_equal(policy.calls[1][0, :, 0], [7, 8])
+
+
+def test_diffusion_and_mse_policies_tiny_run(data_root) -> None:
+    data = load_minari(generate_dataset("two-path-expert", data_root, n_episodes=6))
+    chunks = ActionChunks(data, 2, 16, 8)
+    objective = edm_objective()
+    for net in (
+        SequenceUNet(2, "dp-tiny", cond_dim=4),
+        chunk_transformer(2, 16, cond_dim=4),
+    ):
+        ema, metrics = train_network(net, objective, chunks, steps=10, batch_size=16)
+        assert np.isfinite(metrics["loss"])
+        for method, nfe in (("dpmpp_2m", 4), ("heun", 7)):
+            policy = DiffusionPolicy(
+                objective.denoiser(ema), chunks.obs_norm, chunks.act_norm, n_steps=4, method=method
+            )
+            stats = run_episodes("two-path", ChunkAgent(policy, 8), [0, 1])
+            assert policy.nfe == nfe
+            assert all(n in (0, nfe) for n in stats.nfes) and stats.nfes[0] == nfe
+            assert all(1 <= n <= 60 for n in stats.lengths)
+    mlp, m = train_network(MLPPolicy(4, 2, 16), regression_loss, chunks, steps=10, batch_size=16)
+    mse = RegressionPolicy(mlp, chunks.obs_norm, chunks.act_norm)
+    chunk = mse.predict(np.zeros((3, 2, 2)))
+    assert chunk.shape == (3, 16, 2) and np.abs(chunk).max() <= 1.0 + 1e-6
+
+
+def test_references_and_normalized_score() -> None:
+    assert normalized_score(-500.0, -1000.0, -100.0) == pytest.approx(500 / 9)
+    with pytest.raises(ValueError, match="equal"):
+        normalized_score(1.0, 2.0, 2.0)
+    expert = run_episodes("pointmaze-umaze", MazeExpertAgent("pointmaze-umaze"), range(3))
+    rand = run_episodes(
+        "pointmaze-umaze", RandomAgent(-1, 1, 2), range(3), env_kwargs={"max_episode_steps": 50}
+    )
+    assert expert.summary()["success_rate"] == 1.0 and expert.returns == [1.0, 1.0, 1.0]
+    assert rand.summary()["nfe_per_action"] == 0.0
