@@ -1,15 +1,182 @@
-"""`polydiff` command line: train, sample, evaluate, demo."""
+"""`polydiff` command line: train, sample, evaluate, demo, show.
+
+    polydiff train experiment=toy/gmm trainer.max_steps=500           # hydra overrides
+    polydiff sample run=runs/toy/gmm/<stamp>-<hash> sampler=dpmpp_2m steps=20 n=1000
+    polydiff evaluate run=<dir> n=2000 steps=32
+    polydiff demo [--only toy] [--quick] [--out demo_out]
+    polydiff show experiment=toy/gmm                                   # print the composed config
+
+Shorthands (sample/evaluate): ``steps=`` -> ``sampler.steps=``, ``n=`` -> ``sample.n=`` /
+``evaluate.n=``, ``seed=``, ``ema=`` (a decay, true or false), ``out=`` (output path).
+Configs come from ``$POLYDIFF_CONFIGS`` or the ``configs/`` of the enclosing repository.
+Multi-process training: ``torchrun --nproc_per_node 2 -m polydiff_apps.cli train ...`` or
+``accelerate launch -m polydiff_apps.cli train ...``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
+import traceback
+from importlib.metadata import entry_points
+from pathlib import Path
+
+DEMO_GROUP = "polydiff.demos"
+
+
+def _split(items: list[str], command: str) -> tuple[dict[str, str], list[str]]:
+    """Separate CLI shorthands (run=, out=, steps=, n=, seed=, ema=) from hydra overrides."""
+    special: dict[str, str] = {}
+    overrides: list[str] = []
+    block = "evaluate" if command == "evaluate" else "sample"
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"polydiff {command}: expected key=value, got {item!r}")
+        if key in ("run", "out"):
+            special[key] = value
+        elif key == "steps":
+            overrides.append(f"sampler.steps={value}")
+        elif key in ("n", "seed"):
+            overrides.append(f"{block}.{key}={value}")
+        elif key == "ema":
+            overrides.append(f"sample.ema={value}")
+        else:
+            overrides.append(item)
+    return special, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from polydiff.train.run import train
+
+    run_dir = train(args.overrides)
+    print(f"polydiff: trained; run directory {run_dir}")
+    return 0
+
+
+def _need_run(special: dict[str, str], command: str) -> Path:
+    if "run" not in special:
+        raise SystemExit(f"polydiff {command}: run=<run directory> is required")
+    return Path(special["run"])
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from polydiff.train.run import sample_run
+
+    special, overrides = _split(args.overrides, "sample")
+    out = sample_run(_need_run(special, "sample"), overrides, out=special.get("out"))
+    info = json.loads((out / "sample.json").read_text())
+    print(
+        f"polydiff: {info['n']} samples ({info['sampler']}, {info['steps']} steps, "
+        f"{info['weights']}) -> {out} {info['files']}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from polydiff.train.run import evaluate_run
+
+    special, overrides = _split(args.overrides, "evaluate")
+    result = evaluate_run(_need_run(special, "evaluate"), overrides, out=special.get("out"))
+    print(json.dumps(result["metrics"], indent=1))
+    print(f"polydiff: metrics -> {result['path']}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from polydiff.train.config import compose
+
+    print(OmegaConf.to_yaml(compose(args.overrides)))
+    return 0
+
+
+def discover_demos() -> dict[str, object]:
+    """Demos of every installed modality (entry-point group ``polydiff.demos``)."""
+    return {ep.name: ep for ep in sorted(entry_points(group=DEMO_GROUP), key=lambda e: e.name)}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    demos = discover_demos()
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - set(demos))
+        if unknown:
+            raise SystemExit(
+                f"polydiff demo: unknown demo(s) {unknown}; installed: {sorted(demos)}"
+            )
+        demos = {k: v for k, v in demos.items() if k in wanted}
+    out_root = Path(args.out)
+    out_root.mkdir(parents=True, exist_ok=True)
+    results, failed = {}, []
+    for name, ep in demos.items():
+        print(f"polydiff demo: {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            res = ep.load()(out_root / name, quick=args.quick)
+            results[name] = {
+                "ok": True,
+                "seconds": round(time.perf_counter() - t0, 2),
+                **(res or {}),
+            }
+            print(
+                f"polydiff demo: {name} done in {results[name]['seconds']} s -> {out_root / name}"
+            )
+        except Exception as err:  # keep going: one broken modality must not hide the others
+            traceback.print_exc()
+            failed.append(name)
+            results[name] = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+    (out_root / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    print(
+        f"polydiff demo: {len(results) - len(failed)}/{len(results)} ok; summary in "
+        f"{out_root / 'summary.json'}"
+    )
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="polydiff",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (
+        ("train", cmd_train, "train a model: polydiff train experiment=toy/gmm [overrides]"),
+        ("sample", cmd_sample, "sample a run: polydiff sample run=<dir> [sampler=..] [steps=..]"),
+        ("evaluate", cmd_evaluate, "metrics of a run: polydiff evaluate run=<dir> [n=..]"),
+        ("show", cmd_show, "print the composed config: polydiff show experiment=toy/gmm"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("overrides", nargs="*", help="hydra overrides key=value")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("demo", help="run every installed modality's demo")
+    p.add_argument("--only", default="", help="comma-separated demo names (e.g. toy)")
+    p.add_argument("--quick", action="store_true", help="shortest version of every demo")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out/)")
+    p.set_defaults(fn=cmd_demo)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``polydiff`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    print("polydiff: commands are being built; see README.md", file=sys.stderr)
-    return 0
+    from polydiff.train.checkpoint import CheckpointError
+    from polydiff.train.config import ConfigError
+    from polydiff.train.trainer import NonFiniteLossError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"polydiff {args.command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointError, NonFiniteLossError) as err:
+        print(f"polydiff {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -99,17 +99,19 @@ def _explain(config_dir: Path, overrides: Sequence[str], err: Exception) -> str:
         r"In '[^']*': Could not find '([^']+)'", msg
     )
     if m:
-        group, _, choice = m.group(1).rpartition("/")
-        if group and (config_dir / group).is_dir():
+        missing = m.group(1)
+        groups = sorted((p.name for p in config_dir.iterdir() if p.is_dir()), key=len, reverse=True)
+        group = next((g for g in groups if missing.startswith(g + "/")), None)
+        if group is not None:
+            choice = missing[len(group) + 1 :]
             options = _group_options(config_dir, group)
-            close = difflib.get_close_matches(choice, [o.rpartition("/")[2] for o in options], 1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            return f"no config {choice!r} in group '{group}'. Valid choices: {options}{hint}"
+            close = difflib.get_close_matches(choice, options, 1)
+            hint = f"; did you mean '{group}={close[0]}'?" if close else ""
+            return f"no config '{choice}' in group '{group}'. Valid choices: {options}{hint}"
     # an unknown key: list the valid keys at that level
-    m = re.search(r"Key '([^']+)' is not in struct", msg)
-    full = re.search(r"full_key: (\S+)", msg)
-    if m and full:
-        key = full.group(1)
+    m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"full_key: (\S+)", msg)
+    if m:
+        key = m.group(1)
         parent = key.rpartition(".")[0]
         bad = [o for o in overrides if _override_key(o) == key or _override_key(o).startswith(key)]
         rest = [o for o in overrides if o not in bad]
@@ -119,7 +121,7 @@ def _explain(config_dir: Path, overrides: Sequence[str], err: Exception) -> str:
             valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
         except Exception:
             valid = []
-        close = difflib.get_close_matches(m.group(1), valid, 1)
+        close = difflib.get_close_matches(key.rpartition(".")[2], valid, 1)
         hint = f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
         where = f"'{parent}'" if parent else "the top level"
         return (

@@ -27,7 +27,7 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_tensors
 from .config import ConfigError, compose, config_delta, merge_overrides
 from .ema import decay_key
 from .hooks import call_hook, write_samples_npz
-from .sampling import SamplerSpec, generate
+from .sampling import SamplerSpec, generate, with_objective_grid
 from .tracking import config_delta_hash, make_run_dir
 
 __all__ = [
@@ -228,13 +228,14 @@ def open_run(
     model.load_state_dict(weights)
     model.eval()
     shape = tuple(state.get("sample_shape") or ())
+    objective = instantiate(cfg.objective, "objective")
     return OpenedRun(
         run_dir=run_dir,
         cfg=cfg,
         model=model,
-        objective=instantiate(cfg.objective, "objective"),
+        objective=objective,
         hooks=instantiate(cfg.data.get("hooks"), "data.hooks"),
-        sampler=build_sampler(cfg.sampler),
+        sampler=with_objective_grid(build_sampler(cfg.sampler), objective),
         sample_shape=shape,
         checkpoint=ckpt,
         weights=which,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SamplerSpec", "generate", "slice_cond"]
+__all__ = ["SamplerSpec", "generate", "slice_cond", "with_objective_grid"]
 
 
 def _default_schedule(n: int) -> torch.Tensor:
@@ -35,6 +36,14 @@ class SamplerSpec:
     def sigmas(self) -> torch.Tensor:
         fn = self.schedule or _default_schedule
         return fn(self.steps)
+
+
+def with_objective_grid(spec: SamplerSpec, objective: Any) -> SamplerSpec:
+    """``spec`` with ``schedule`` defaulting to the objective schedule's ``sigmas_for(n)``."""
+    grid = getattr(getattr(objective, "schedule", None), "sigmas_for", None)
+    if spec.schedule is None and grid is not None:
+        return dataclasses.replace(spec, schedule=grid)
+    return spec
 
 
 def slice_cond(cond: Mapping[str, torch.Tensor] | None, lo: int, hi: int) -> dict | None:

@@ -45,7 +45,7 @@ from .data import BatchOrder, make_loader, split_batch
 from .ema import EMABank, decay_key
 from .hooks import call_hook, write_samples_npz
 from .lr import LRSchedule, make_scheduler
-from .sampling import SamplerSpec, generate
+from .sampling import SamplerSpec, generate, with_objective_grid
 from .tracking import MetricLogger
 
 __all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig"]
@@ -150,7 +150,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.objective = objective
         self.dataset = dataset
-        self.sampler = sampler or SamplerSpec()
+        self.sampler = with_objective_grid(sampler or SamplerSpec(), objective)
         self.hooks = hooks
         self.run_config = dict(run_config or {})
         self.is_main = acc.is_main_process
