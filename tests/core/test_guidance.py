@@ -80,6 +80,11 @@ def test_cfg_scale_one_batched_and_two_calls(gmm) -> None:
     a = classifier_free_guidance(batched, 3.0)(x, sig, cond)
     b = classifier_free_guidance(two, 3.0)(x, sig, cond)
     assert batched.calls == 1 and two.calls == 2
+    # forced two calls on a null-mask denoiser: the second call nulls every row of cond
+    forced = _Counting(gmm, accepts=True)
+    c2 = classifier_free_guidance(forced, 3.0, batched=False)(x, sig, cond)
+    assert forced.calls == 2
+    torch.testing.assert_close(c2, a, rtol=0, atol=1e-12)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     expected = gmm(x, sig) + 3.0 * (gmm(x, sig, cond) - gmm(x, sig))
     torch.testing.assert_close(a, expected, rtol=0, atol=1e-12)

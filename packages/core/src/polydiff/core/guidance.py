@@ -95,7 +95,8 @@ class ClassifierFreeGuidance:
 
     ``D_u`` is the denoiser with the null condition: one batched call with ``cond["null_mask"]``
     True for the second half when ``denoiser.accepts_null_mask``, else a second call with
-    ``negative_cond`` (default ``None``). ``batched=False`` forces two calls.
+    ``negative_cond`` (default: ``cond`` with every row nulled for a null-mask denoiser, ``None``
+    otherwise). ``batched=False`` forces two calls.
     """
 
     denoiser: Denoiser
@@ -104,10 +105,13 @@ class ClassifierFreeGuidance:
     negative_cond: Cond = None
     batched: bool | None = None
 
+    def _accepts(self) -> bool:
+        return bool(getattr(self.denoiser, "accepts_null_mask", False))
+
     def _use_batch(self) -> bool:
         if self.negative_cond is not None:
             return False
-        accepts = bool(getattr(self.denoiser, "accepts_null_mask", False))
+        accepts = self._accepts()
         if self.batched and not accepts:
             raise ValueError("batched CFG needs a denoiser with accepts_null_mask = True")
         return accepts if self.batched is None else self.batched
@@ -123,7 +127,11 @@ class ClassifierFreeGuidance:
             conditional, unconditional = both[:b], both[b:]
         else:
             conditional = self.denoiser(x, sigma, cond)
-            unconditional = self.denoiser(x, sigma, self.negative_cond)
+            negative = self.negative_cond
+            if negative is None and cond is not None and self._accepts():
+                # a null-mask network may require its condition keys: null every row instead
+                negative = {**cond, "null_mask": torch.ones(b, dtype=torch.bool, device=x.device)}
+            unconditional = self.denoiser(x, sigma, negative)
         guided = unconditional + self.scale * (conditional - unconditional)
         return rescale_guidance(guided, conditional, self.rescale)
 
