@@ -70,7 +70,7 @@ def test_minari_round_trip_and_stats(tmp_path, monkeypatch) -> None:
     import minari
 
     path = generate_dataset("two-path-expert", tmp_path, seed=0, n_episodes=8)
-    assert path == tmp_path / "two-path-expert-s0-v0" / "data"
+    assert path == tmp_path / "two-path-expert-s0-n_episodes8-v0" / "data"
     meta = json.loads((path / "metadata.json").read_text())
     assert meta["total_episodes"] == 8 and meta["polydiff"]["format_version"] == 1
     # Minari itself reads what we wrote
@@ -83,14 +83,14 @@ def test_minari_round_trip_and_stats(tmp_path, monkeypatch) -> None:
     np.testing.assert_allclose(data.stats["actions"]["max"], all_actions.max(0), rtol=1e-6)
     # by id under MINARI_DATASETS_PATH, like a dataset the user downloaded earlier
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
-    assert load_minari("two-path-expert-s0-v0").n_steps == data.n_steps
+    assert load_minari("two-path-expert-s0-n_episodes8-v0").n_steps == data.n_steps
     with pytest.raises(FileNotFoundError, match="metadata.json"):
         load_minari(tmp_path / "missing")
 
 
 def test_windows_and_chunks(tmp_path) -> None:
     data = load_minari(generate_dataset("pendulum-mixed", tmp_path, n_per_level=1, n_random=1))
-    w = TrajectoryWindows(data, horizon=16, stride=2, discount=0.9)
+    w = TrajectoryWindows(data, horizon=16, stride=2, discount=0.9, return_value=True)
     assert len(w) == 5 * (200 - 30) and w.transition_dim == 4
     item = w[7]
     assert item["x"].shape == (16, 4) and item["x"].abs().max() <= 1.0 + 1e-5

@@ -83,7 +83,7 @@ def test_maze_train_plan_rollout(data_root) -> None:
 
 def test_value_guidance_raises_the_value(data_root) -> None:
     data = load_minari(generate_dataset("pendulum-mixed", data_root, n_per_level=1, n_random=1))
-    windows = TrajectoryWindows(data, horizon=8, discount=0.9)
+    windows = TrajectoryWindows(data, horizon=8, discount=0.9, return_value=True)
     objective = edm_objective()
     ema, _ = train_network(
         SequenceUNet(4, "diffuser-tiny"), objective, windows, steps=20, batch_size=16

@@ -38,6 +38,13 @@ from polydiff.rl.envs import (
 
 FORMAT_VERSION = 1
 
+
+def default_data_root() -> Path:
+    """Where generated datasets go: ``$POLYDIFF_RL_DATA`` or ``~/.cache/polydiff/rl``."""
+    env = os.environ.get("POLYDIFF_RL_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "polydiff" / "rl"
+
+
 # ----------------------------------------------------------------------------------------------
 # Episodes
 # ----------------------------------------------------------------------------------------------
@@ -377,12 +384,22 @@ def load_minari(id_or_path: str | os.PathLike) -> OfflineDataset:
 
 
 def generate_dataset(
-    name: str, root: str | os.PathLike, seed: int = 0, overwrite: bool = False, **kwargs: Any
+    name: str,
+    root: str | os.PathLike | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    **kwargs: Any,
 ) -> Path:
-    """Generate a built-in dataset (see :data:`GENERATORS`) into ``root`` unless already there."""
+    """Generate a built-in dataset (see :data:`GENERATORS`) into ``root`` unless already there.
+
+    The dataset id records the seed and the generator's arguments, so different sizes never
+    collide; ``root`` defaults to :func:`default_data_root`.
+    """
+    root = default_data_root() if root is None else Path(root)
     if name not in GENERATORS:
         raise KeyError(f"unknown dataset {name!r}; choose one of {sorted(GENERATORS)}")
-    dataset_id = f"{name}-s{seed}-v0"
+    args = "".join(f"-{k}{v}" for k, v in sorted(kwargs.items()))
+    dataset_id = f"{name}-s{seed}{args}-v0"
     path = Path(root) / dataset_id / "data"
     if path.exists() and not overwrite:
         return path
@@ -422,7 +439,8 @@ class TrajectoryWindows(torch.utils.data.Dataset):
 
     ``stride`` keeps every ``stride``-th step (a planner over a coarser time grid);
     ``with_actions=False`` plans states only (the maze, where a tracking controller acts).
-    Items also hold ``value``: the discounted return-to-go at the window start, standardised.
+    With ``return_value`` items also hold ``value``: the discounted return-to-go at the window
+    start, standardised (the regression target of Diffuser's value function).
     """
 
     def __init__(
@@ -432,7 +450,9 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         stride: int = 1,
         with_actions: bool = True,
         discount: float = 0.99,
+        return_value: bool = False,
     ) -> None:
+        self.return_value = return_value
         keys = ["observations", "actions"] if with_actions else ["observations"]
         self.normalizer = MinMaxNormalizer.from_stats(data.stats, keys)
         self.horizon, self.stride, self.with_actions = horizon, stride, with_actions
@@ -464,7 +484,10 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         ep, start = self.index[i]
         span = (self.horizon - 1) * self.stride + 1
         x = self._episodes_x[ep][start : start + span : self.stride]  # (H, D)
-        return {"x": self.normalizer.normalize(x), "value": self.values[i]}
+        item = {"x": self.normalizer.normalize(x)}
+        if self.return_value:
+            item["value"] = self.values[i]
+        return item
 
 
 class ActionChunks(torch.utils.data.Dataset):
@@ -508,3 +531,21 @@ class ActionChunks(torch.utils.data.Dataset):
         obs_idx = torch.arange(first, t + 1).clamp(0, len(obs) - 1)
         act_idx = torch.arange(first, first + self.pred_horizon).clamp(0, len(act) - 1)
         return {"x": act[act_idx], "vector": obs[obs_idx].reshape(-1)}
+
+
+def training_dataset(
+    name: str,
+    view: str,
+    root: str | os.PathLike | None = None,
+    seed: int = 0,
+    generator_kwargs: dict[str, Any] | None = None,
+    **view_kwargs: Any,
+) -> torch.utils.data.Dataset:
+    """Hydra entry point: generate (or reuse) dataset ``name`` and return a training view,
+    ``view="trajectories"`` (:class:`TrajectoryWindows`) or ``"chunks"`` (:class:`ActionChunks`).
+    """
+    views = {"trajectories": TrajectoryWindows, "chunks": ActionChunks}
+    if view not in views:
+        raise KeyError(f"unknown view {view!r}; choose one of {sorted(views)}")
+    data = load_minari(generate_dataset(name, root, seed=seed, **dict(generator_kwargs or {})))
+    return views[view](data, **view_kwargs)

@@ -3,8 +3,9 @@
 Every agent is a callable ``agent(raw_obs) -> action`` with ``reset()`` and ``last_nfe`` (the
 denoiser evaluations spent on the action just returned; 0 when it was read from a cached
 plan or chunk). Latency is the wall time of each agent call, reported per executed action
-(median and p95) and amortised (mean): users judge action diffusion by whether it is fast
-enough to control a robot.
+(median, p95 and the amortised mean) and per inference call (the actions that ran the
+network; chunked policies and receding-horizon planners answer the others from a cache):
+users judge action diffusion by whether it is fast enough to control a robot.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ class RolloutStats:
     latencies_ms: list[float] = field(default_factory=list)  # one per executed action
     nfes: list[int] = field(default_factory=list)  # one per executed action
     infos: list[dict[str, Any]] = field(default_factory=list)  # last info of each episode
+    trajectories: list[np.ndarray] = field(default_factory=list)  # (T+1, Do) flat observations
 
     def summary(self) -> dict[str, float]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        calls = lat[np.asarray(self.nfes) > 0] if any(self.nfes) else lat
         r = np.asarray(self.returns)
         return {
             "episodes": len(self.returns),
@@ -43,6 +46,8 @@ class RolloutStats:
             "latency_ms_median": float(np.median(lat)),
             "latency_ms_p95": float(np.percentile(lat, 95)),
             "latency_ms_mean": float(lat.mean()),
+            "inference_ms_median": float(np.median(calls)),
+            "inference_ms_p95": float(np.percentile(calls, 95)),
         }
 
 
@@ -63,12 +68,14 @@ def run_episodes(
         if hasattr(agent, "reset"):
             agent.reset()
         total, steps = 0.0, 0
+        visited = [flat_obs(obs)]
         while True:
             t0 = time.perf_counter()
             action = agent(obs)
             stats.latencies_ms.append(1e3 * (time.perf_counter() - t0))
             stats.nfes.append(int(getattr(agent, "last_nfe", 0)))
             obs, reward, terminated, truncated, info = env.step(action)
+            visited.append(flat_obs(obs))
             total += float(reward)
             steps += 1
             if terminated or truncated:
@@ -77,6 +84,7 @@ def run_episodes(
         stats.successes.append(bool(info.get("success", False)))
         stats.lengths.append(steps)
         stats.infos.append(dict(info))
+        stats.trajectories.append(np.stack(visited))
         if on_episode_end is not None:
             on_episode_end(int(seed), agent)
     env.close()

@@ -70,7 +70,7 @@ class MazeConfig:
     replan_every: int = 20
     eval_seeds: int = 20
     seed: int = 0
-    data_root: str = "data/rl"
+    data_root: str | None = None  # None: polydiff.rl.datasets.default_data_root()
 
 
 def train_maze_diffuser(cfg: MazeConfig) -> tuple[DiffuserPlanner, TrajectoryWindows, dict]:
@@ -115,19 +115,10 @@ def run_maze_diffuser(cfg: MazeConfig, out_dir: str | Path | None = None) -> dic
     planner, _, info = train_maze_diffuser(cfg)
     seeds = range(1000, 1000 + cfg.eval_seeds)
     agent = MazePlanAgent(planner, cfg.stride, cfg.replan_every)
-    episodes: list[tuple[list, np.ndarray]] = []
-    trace: list[np.ndarray] = []
-
-    def record(seed: int, a: MazePlanAgent) -> None:
-        episodes.append((list(a.plans), np.asarray(trace.copy())))
-        trace.clear()
-
-    def traced(obs: dict) -> np.ndarray:
-        trace.append(np.asarray(obs["observation"][:2]))
-        return agent(obs)
-
-    traced.reset = agent.reset  # type: ignore[attr-defined]
-    diffuser = run_episodes(cfg.env, _NfeProxy(traced, agent), seeds, on_episode_end=record)
+    plans: list[list[tuple[int, np.ndarray]]] = []
+    diffuser = run_episodes(
+        cfg.env, agent, seeds, on_episode_end=lambda _seed, a: plans.append(list(a.plans))
+    )
     expert = run_episodes(cfg.env, MazeExpertAgent(cfg.env), seeds)
     rand = run_episodes(cfg.env, RandomAgent(-1.0, 1.0, 2, seed=cfg.seed), seeds)
     res = {
@@ -145,26 +136,10 @@ def run_maze_diffuser(cfg: MazeConfig, out_dir: str | Path | None = None) -> dic
         from polydiff.rl.plots import plot_maze_plans
 
         path = Path(out_dir) / f"{cfg.env}_diffuser_plans.png"
+        episodes = [(p, t[:, :2]) for p, t in zip(plans, diffuser.trajectories)]
         plot_maze_plans(cfg.env, episodes[:4], path)
         res["plot"] = str(path)
     return res
-
-
-class _NfeProxy:
-    """An agent callable whose ``last_nfe`` / ``reset`` are those of another agent."""
-
-    def __init__(self, fn: Any, agent: Any) -> None:
-        self.fn, self.agent = fn, agent
-
-    def reset(self) -> None:
-        self.agent.reset()
-
-    @property
-    def last_nfe(self) -> int:
-        return self.agent.last_nfe
-
-    def __call__(self, obs: Any) -> np.ndarray:
-        return self.fn(obs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +167,7 @@ class PendulumConfig:
     guide_sigma_min: float = 0.05
     eval_seeds: int = 10
     seed: int = 0
-    data_root: str = "data/rl"
+    data_root: str | None = None  # None: polydiff.rl.datasets.default_data_root()
 
 
 def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None) -> dict:
@@ -206,7 +181,7 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
             n_random=cfg.n_random,
         )
     )
-    windows = TrajectoryWindows(data, cfg.horizon, discount=cfg.discount)
+    windows = TrajectoryWindows(data, cfg.horizon, discount=cfg.discount, return_value=True)
     objective = edm_objective()
     t0 = time.perf_counter()
     ema, metrics = train_network(
@@ -293,7 +268,7 @@ class TwoPathConfig:
     methods: tuple[str, ...] = ("dpmpp_2m", "ddim")
     eval_seeds: int = 50
     seed: int = 0
-    data_root: str = "data/rl"
+    data_root: str | None = None  # None: polydiff.rl.datasets.default_data_root()
 
 
 def two_path_sides(stats: RolloutStats) -> dict[str, float]:
@@ -326,6 +301,7 @@ def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -
     chunks = ActionChunks(data, cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon)
     seeds = range(3000, 3000 + cfg.eval_seeds)
     results: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
+    paths: dict[str, list[np.ndarray]] = {}
     objective = edm_objective()
     for backbone in cfg.backbones:
         t0 = time.perf_counter()
@@ -346,6 +322,7 @@ def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -
                 seed=cfg.seed,
             )
             stats = run_episodes("two-path", ChunkAgent(policy, cfg.action_horizon), seeds)
+            paths[f"diffusion {backbone} {method}"] = stats.trajectories
             results["policies"][f"diffusion_{backbone}_{method}"] = {
                 **_summary(stats),
                 **two_path_sides(stats),
@@ -362,6 +339,7 @@ def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -
         mlp_ema, chunks.obs_norm, chunks.act_norm, cfg.obs_horizon, cfg.pred_horizon
     )
     stats = run_episodes("two-path", ChunkAgent(mse, cfg.action_horizon), seeds)
+    paths["mse"] = stats.trajectories
     results["policies"]["mse"] = {
         **_summary(stats),
         **two_path_sides(stats),
@@ -369,4 +347,24 @@ def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -
         "train_seconds": round(time.perf_counter() - t0, 1),
         "final_loss": m.get("loss"),
     }
+    if out_dir is not None:
+        from polydiff.rl.plots import plot_two_path
+
+        results["plot"] = str(plot_two_path(paths, Path(out_dir) / "two_path_policies.png"))
     return results
+
+
+RUNNERS = {
+    MazeConfig: run_maze_diffuser,
+    PendulumConfig: run_pendulum_diffuser,
+    TwoPathConfig: run_two_path_policy,
+}
+
+
+def run_experiment(
+    cfg: MazeConfig | PendulumConfig | TwoPathConfig, out_dir: str | Path | None = None
+) -> dict:
+    """Run the experiment of a config object (e.g. ``instantiate(composed_cfg.rl)``)."""
+    if type(cfg) not in RUNNERS:
+        raise TypeError(f"no RL experiment for {type(cfg).__name__}; expected one of {RUNNERS}")
+    return RUNNERS[type(cfg)](cfg, out_dir)

@@ -60,3 +60,35 @@ def plot_maze_plans(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def plot_two_path(rollouts: dict[str, Sequence[np.ndarray]], path: str | Path) -> Path:
+    """Executed paths of each policy on the two-path toy (one panel per policy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from polydiff.rl.envs import TwoPathEnv
+
+    n = max(len(rollouts), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.0 * n, 3.2), squeeze=False)
+    for ax, (name, trajs) in zip(axes.ravel(), rollouts.items()):
+        ax.add_patch(plt.Circle((0, 0), TwoPathEnv.obstacle_radius, color="0.4"))
+        ax.add_patch(plt.Circle(tuple(TwoPathEnv.goal), TwoPathEnv.goal_radius, color="tab:red"))
+        for traj in trajs:
+            ax.plot(traj[:, 0], traj[:, 1], "-", lw=0.8, alpha=0.6)
+        ax.set_xlim(-1.5, 1.5)
+        ax.set_ylim(-1.3, 1.3)
+        ax.set_aspect("equal")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

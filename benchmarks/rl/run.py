@@ -1,0 +1,131 @@
+"""RL benchmark: Diffuser on PointMaze, value-guided Pendulum planning, Diffusion Policy vs MSE.
+
+``run(quick)`` trains every model on CPU from locally generated data, rolls them out over many
+seeds and writes ``benchmarks/results/rl.json`` and ``rl.md``. Goals (checked and reported):
+
+- PointMaze U-maze: Diffuser's success rate >= 90% of the waypoint expert's;
+- Pendulum: value-guided return above unguided sampling on the same mixed data;
+- two-path toy: the diffusion policy covers both modes and beats the MSE policy's success.
+
+Every planner and policy reports its NFE and latency per executed action (ms, median / p95).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from polydiff.rl.experiments import (
+    MazeConfig,
+    PendulumConfig,
+    TwoPathConfig,
+    run_maze_diffuser,
+    run_pendulum_diffuser,
+    run_two_path_policy,
+)
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def configs(
+    quick: bool, data_root: str | None = None
+) -> tuple[MazeConfig, PendulumConfig, TwoPathConfig]:
+    """The benchmark's experiment sizes (quick: a smoke run of a couple of minutes)."""
+    if quick:
+        return (
+            MazeConfig(data_episodes=20, train_steps=300, eval_seeds=5, data_root=data_root),
+            PendulumConfig(
+                n_per_level=4, n_random=4, train_steps=300, value_steps=200, eval_seeds=3,
+                data_root=data_root,
+            ),
+            TwoPathConfig(
+                data_episodes=60, train_steps=300, mse_steps=300, eval_seeds=10,
+                backbones=("unet", "transformer"), data_root=data_root,
+            ),
+        )  # fmt: skip
+    return (
+        MazeConfig(data_episodes=60, train_steps=2000, eval_seeds=30, data_root=data_root),
+        PendulumConfig(train_steps=2000, value_steps=1500, eval_seeds=10, data_root=data_root),
+        TwoPathConfig(
+            train_steps=1500, mse_steps=1500, eval_seeds=50, backbones=("unet", "transformer"),
+            data_root=data_root,
+        ),
+    )  # fmt: skip
+
+
+def _row(name: str, r: dict, extra: str = "") -> str:
+    return (
+        f"| {name} | {r['success_rate']:.2f} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
+        f"{r['nfe_per_action']:.2f} | {r['latency_ms_mean']:.2f} | {r['latency_ms_p95']:.2f} | "
+        f"{r['inference_ms_median']:.2f} | {extra} |"
+    )
+
+
+def markdown(res: dict) -> str:
+    """The results as a markdown section."""
+    lines = [
+        "## RL: Diffuser and Diffusion Policy (CPU, locally generated data)",
+        "",
+        "| agent | success | return (mean ± std over seeds) | NFE / action | ms / action (mean) "
+        "| ms / action p95 | ms / inference call (p50) | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    m = res["maze"]
+    lines.append(_row("maze Diffuser", m["diffuser"], f"{m['success_vs_expert']:.2f} x expert"))
+    lines.append(_row("maze expert", m["expert"]))
+    lines.append(_row("maze random", m["random"]))
+    p = res["pendulum"]
+    for k in ("guided", "unguided"):
+        lines.append(_row(f"pendulum Diffuser {k}", p[k], f"score {p[k]['normalized_score']:.1f}"))
+    lines.append(_row("pendulum expert", p["expert"]))
+    lines.append(_row("pendulum random", p["random"]))
+    for name, r in res["two_path"]["policies"].items():
+        lines.append(_row(f"two-path {name}", r, f"left {r['left']:.2f} / right {r['right']:.2f}"))
+    lines += [
+        "",
+        "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in res["goals"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def goals(res: dict) -> dict[str, bool]:
+    """The benchmark goals of issue 9."""
+    toy = res["two_path"]["policies"]
+    best = max((v for k, v in toy.items() if k != "mse"), key=lambda v: v["success_rate"])
+    return {
+        "maze_success_ge_90pct_expert": res["maze"]["success_vs_expert"] >= 0.9,
+        "pendulum_guided_above_unguided": res["pendulum"]["guided_minus_unguided"] > 0,
+        "toy_both_modes": min(best["left"], best["right"]) >= 0.2,
+        "toy_beats_mse": best["success_rate"] > toy["mse"]["success_rate"],
+    }
+
+
+def run(quick: bool = False) -> dict:
+    """Run the three RL experiments; write ``rl.json`` and ``rl.md`` under benchmarks/results."""
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    data_root = None  # polydiff.rl.datasets.default_data_root(): a cache outside the repo
+    maze_cfg, pend_cfg, toy_cfg = configs(quick, data_root)
+    t0 = time.perf_counter()
+    res: dict = {"quick": quick}
+    res["maze"] = run_maze_diffuser(maze_cfg, RESULTS)
+    res["pendulum"] = run_pendulum_diffuser(pend_cfg)
+    res["two_path"] = run_two_path_policy(toy_cfg, RESULTS)
+    res["goals"] = goals(res)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["markdown"] = markdown(res)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name, text in (("rl.json", json.dumps(res, indent=2)), ("rl.md", res["markdown"])):
+        tmp = RESULTS / f".{name}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS / name)
+    return res
+
+
+if __name__ == "__main__":
+    out = run(quick="--quick" in sys.argv)
+    print(out["markdown"])
