@@ -90,9 +90,9 @@ def progressive_distillation_loss(
         )
     n_student = (grid.numel() - 1) // 2
     b = x0.shape[0]
-    i = torch.randint(0, n_student, (b,), generator=generator).to(x0.device)
+    i = torch.randint(0, n_student, (b,), generator=generator, device=x0.device)
     s, s_mid, s_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]  # (B,) each
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x = x0 + append_dims(s.to(x0.dtype), x0.ndim) * eps
     with torch.no_grad():
         x_mid = _ddim(x, teacher(x, s.to(x.dtype), cond), s, s_mid)
@@ -246,9 +246,9 @@ def consistency_loss(
     if grid[-1] <= 0:
         raise ValueError("consistency grids must stay above 0 (end at sigma_min)")
     b = x0.shape[0]
-    i = torch.randint(0, grid.numel() - 1, (b,), generator=generator).to(x0.device)
+    i = torch.randint(0, grid.numel() - 1, (b,), generator=generator, device=x0.device)
     s, s_prev = grid[i], grid[i + 1]  # s > s_prev
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x = x0 + append_dims(s.to(x0.dtype), x0.ndim) * z
     with torch.no_grad():
         if teacher is None:
@@ -347,7 +347,7 @@ def consistency_sample(
     for i, s in enumerate(levels[1:], start=1):
         if s <= sigma_min:
             continue
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x = x0 + math.sqrt(s**2 - sigma_min**2) * z
         x0 = denoiser(x, torch.full((b,), s, dtype=x.dtype, device=x.device), cond)
         if callback is not None:

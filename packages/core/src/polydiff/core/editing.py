@@ -222,6 +222,10 @@ def sdedit(
     sig = [float(s) for s in sigmas]
     for s, s_next in zip(sig[:-1], sig[1:]):
         denoised = denoiser(x, _batch_sigma(s, x), cond)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype) if eta else None
+        z = (
+            torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            if eta
+            else None
+        )
         x = ddim_step(x, denoised, s, s_next, eta=eta, noise=z)
     return x
