@@ -1,8 +1,9 @@
 """The RL part of ``polydiff demo``: Diffusion Policy on the two-path toy, Diffuser in a maze.
 
-``run(out_dir, quick)`` generates its data under ``out_dir/data``, trains small models on CPU,
-rolls them out and writes PNG figures plus ``rl_demo.json``. Quick mode (< 1 min on 2 cores)
-covers the toy's diffusion policy vs the MSE policy; the full mode (a few minutes) adds
+``run(out_dir, quick)`` generates its data (cached under
+:func:`polydiff.rl.datasets.default_data_root`), trains small models on CPU, rolls them out and
+writes PNG figures plus ``rl_demo.json``. Quick mode (< 1 min on 2 idle cores) covers the toy's
+diffusion policy (residual-MLP denoiser) vs the MSE policy; the full mode (a few minutes) adds
 Diffuser on the PointMaze U-maze with its planned-vs-executed figure.
 """
 
@@ -37,12 +38,13 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     """Run the RL demo into ``out_dir``; returns the measured numbers (also in rl_demo.json)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data_root = str(out_dir / "data")
+    data_root = None  # the shared dataset cache
     t0 = time.perf_counter()
     toy_cfg = TwoPathConfig(
         data_episodes=60 if quick else 100,
-        train_steps=250 if quick else 1200,
-        mse_steps=250 if quick else 1000,
+        backbones=("mlp",) if quick else ("unet",),
+        train_steps=600 if quick else 1200,
+        mse_steps=300 if quick else 1000,
         methods=("dpmpp_2m",) if quick else ("dpmpp_2m", "ddim"),
         eval_seeds=10 if quick else 30,
         data_root=data_root,

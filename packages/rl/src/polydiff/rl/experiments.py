@@ -32,6 +32,7 @@ from polydiff.rl.evaluate import (
     run_episodes,
 )
 from polydiff.rl.models import (
+    FlatSequenceMLP,
     MLPPolicy,
     SequenceUNet,
     TrajectoryValue,
@@ -280,15 +281,18 @@ def two_path_sides(stats: RolloutStats) -> dict[str, float]:
 def build_chunk_denoiser(
     backbone: str, chunks: ActionChunks, cfg: TwoPathConfig
 ) -> torch.nn.Module:
-    """The action-chunk network: ``unet`` (FiLM 1-D U-Net) or ``transformer`` (adaLN-Zero)."""
+    """The action-chunk network: ``unet`` (FiLM 1-D U-Net), ``transformer`` (adaLN-Zero) or
+    ``mlp`` (residual MLP over the flattened chunk)."""
     cond_dim = chunks.obs_horizon * chunks.obs_dim
+    if backbone == "mlp":
+        return FlatSequenceMLP(chunks.action_dim, chunks.pred_horizon, cond_dim)
     if backbone == "unet":
         return SequenceUNet(chunks.action_dim, cfg.size, cond_dim=cond_dim)
     if backbone == "transformer":
         return chunk_transformer(
             chunks.action_dim, chunks.pred_horizon, cond_dim, cfg.transformer_size
         )
-    raise KeyError(f"unknown backbone {backbone!r}; choose 'unet' or 'transformer'")
+    raise KeyError(f"unknown backbone {backbone!r}; choose 'unet', 'transformer' or 'mlp'")
 
 
 def run_two_path_policy(cfg: TwoPathConfig, out_dir: str | Path | None = None) -> dict:

@@ -20,6 +20,7 @@ from torch import nn
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.schedules import EDMSchedule
 from polydiff.nn.embeddings import TimestepMLP
+from polydiff.nn.mlp import ResidualMLP
 from polydiff.nn.transformer import TransformerDenoiser
 from polydiff.nn.unet import unet
 
@@ -91,6 +92,27 @@ def chunk_transformer(
         cond_dim=cond_dim,
         **RL_TRANSFORMER_SIZES[size],
     )
+
+
+class FlatSequenceMLP(nn.Module):
+    """``(B, T, D)`` sequences flattened through :class:`polydiff.nn.ResidualMLP` (FiLM by
+    ``cond["vector"]``): the cheapest chunk denoiser, for CPU demos and tests."""
+
+    def __init__(
+        self, transition_dim: int, horizon: int, cond_dim: int | None = None, hidden: int = 256,
+        depth: int = 3,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.shape = (horizon, transition_dim)
+        self.net = ResidualMLP(horizon * transition_dim, hidden, depth, cond_dim=cond_dim)
+        self.accepts_null_mask = self.net.accepts_null_mask
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise ValueError(f"FlatSequenceMLP expects x of shape (B, {self.shape}), got {x.shape}")
+        return self.net(x.flatten(1), t, cond).view(-1, *self.shape)  # (B, T, D)
 
 
 class TrajectoryValue(nn.Module):

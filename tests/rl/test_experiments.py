@@ -1,0 +1,91 @@
+"""End-to-end RL experiments: the benchmark's goal logic, the demo, the toy's two modes (slow)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from polydiff.rl.experiments import TwoPathConfig, run_experiment, run_two_path_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("rl_bench", ROOT / "benchmarks/rl/run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _agent(success: float, ret: float, left: float = 0.5) -> dict:
+    return {
+        "success_rate": success, "return_mean": ret, "return_std": 1.0, "nfe_per_action": 2.0,
+        "latency_ms_mean": 1.0, "latency_ms_p95": 3.0, "inference_ms_median": 5.0,
+        "left": left, "right": 1 - left, "normalized_score": 50.0,
+    }  # fmt: skip
+
+
+def test_benchmark_goals_and_markdown() -> None:
+    bench = _bench()
+    res = {
+        "maze": {
+            "diffuser": _agent(0.9, 0.9), "expert": _agent(1.0, 1.0), "random": _agent(0, 0),
+            "success_vs_expert": 0.9,
+        },
+        "pendulum": {
+            "guided": _agent(0, -300), "unguided": _agent(0, -500), "expert": _agent(0, -150),
+            "random": _agent(0, -1200), "guided_minus_unguided": 200.0,
+        },
+        "two_path": {"policies": {"diffusion_unet_ddim": _agent(0.9, 0.9, left=0.45),
+                                  "mse": _agent(0.0, 0.0, left=0.9)}},
+    }  # fmt: skip
+    goals = bench.goals(res)
+    assert goals == {
+        "maze_success_ge_90pct_expert": True,
+        "pendulum_guided_above_unguided": True,
+        "toy_both_modes": True,
+        "toy_beats_mse": True,
+    }
+    res["two_path"]["policies"]["diffusion_unet_ddim"]["left"] = 0.05
+    res["maze"]["success_vs_expert"] = 0.85
+    goals = bench.goals(res)
+    assert not goals["toy_both_modes"] and not goals["maze_success_ge_90pct_expert"]
+    res["goals"] = goals
+    md = bench.markdown(res)
+    assert "| maze Diffuser | 0.90 | 0.9 ± 1.0 | 2.00 | 1.00 | 3.00 | 5.00 |" in md
+    assert "toy_both_modes: NOT met" in md
+    quick = bench.configs(quick=True)
+    assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"
+
+
+def test_run_experiment_rejects_unknown_config() -> None:
+    with pytest.raises(TypeError, match="no RL experiment for dict"):
+        run_experiment({})
+
+
+@pytest.mark.slow
+def test_diffusion_policy_covers_both_modes_and_beats_mse(tmp_path) -> None:
+    cfg = TwoPathConfig(
+        data_episodes=100, train_steps=800, mse_steps=400, eval_seeds=30, methods=("ddim",),
+        data_root=str(tmp_path),
+    )  # fmt: skip
+    res = run_two_path_policy(cfg, tmp_path)["policies"]
+    dp, mse = res["diffusion_unet_ddim"], res["mse"]
+    assert min(dp["left"], dp["right"]) >= 0.2  # both ways around the obstacle
+    assert dp["success_rate"] >= 0.6 > mse["success_rate"]
+    assert (tmp_path / "two_path_policies.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, monkeypatch) -> None:
+    from polydiff.rl.demo import run
+
+    monkeypatch.setenv("POLYDIFF_RL_DATA", str(tmp_path / "data"))
+    out = run(tmp_path, quick=True)
+    saved = json.loads((tmp_path / "rl_demo.json").read_text())
+    assert saved["two_path"] == out["two_path"]
+    assert set(out["two_path"]) == {"diffusion_mlp_dpmpp_2m", "mse"}
+    assert all(Path(f).is_file() for f in out["figures"])
