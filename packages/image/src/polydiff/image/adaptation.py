@@ -1,0 +1,368 @@
+"""Adapting a trained image model to a new concept from a few images.
+
+The new concept is addressed by a *token*: a class index the base model never saw in training
+(its embedding row is as good as a rare word, DreamBooth's "[V]"), e.g. digit 9 for a model
+trained on digits 0-8. Three methods, each trained with ``polydiff.train.Trainer``:
+
+- :func:`train_lora`: LoRA (Hu et al. 2021) through :mod:`polydiff.nn.lora` on the attention
+  projections, the embedding projections of the residual blocks (``emb_proj``, where the class
+  enters) and optionally the block convolutions; base frozen; the adapter is saved alone.
+- :func:`train_dreambooth`: DreamBooth (Ruiz et al. 2023): the whole model fine-tuned on the
+  concept images under the token, plus the class-specific prior-preservation loss
+  ``lambda * ||D(x_pr + s eps, c_pr) - x_pr||^2`` on samples the frozen model generated for the
+  old classes (paper eq. 2), so the old classes are not forgotten.
+- :func:`train_textual_inversion`: textual inversion (Gal et al. 2023) for class-conditional
+  models: a new conditioning embedding (one row for the token) optimised with every network
+  weight frozen; it replaces the token's class embedding through a forward hook
+  (:class:`ClassTokenEmbedding`) and is saved alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from polydiff.nn.embeddings import ClassEmbedding
+from polydiff.nn.lora import ATTENTION_TARGETS, add_lora, save_lora
+from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+
+__all__ = [
+    "ClassTokenEmbedding",
+    "DreamBoothLoss",
+    "concept_dataset",
+    "finetune",
+    "load_token_embedding",
+    "prior_dataset",
+    "save_token_embedding",
+    "train_dreambooth",
+    "train_lora",
+    "train_textual_inversion",
+]
+
+LORA_TARGETS: tuple[str, ...] = (*ATTENTION_TARGETS, "emb_proj")
+
+
+# --------------------------------------------------------------------------------------------
+# Data and the shared fine-tuning loop
+# --------------------------------------------------------------------------------------------
+
+
+def concept_dataset(images: torch.Tensor, token: int, min_length: int = 64) -> TensorDictDataset:
+    """The few concept images (N, C, H, W) labelled with ``token``, repeated to at least
+    ``min_length`` rows so that a training batch fits."""
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"concept images must be a non-empty (N, C, H, W), got {images.shape}")
+    reps = max(1, -(-min_length // len(images)))
+    x = images.float().repeat(reps, 1, 1, 1)
+    return TensorDictDataset(x, **{"class": torch.full((len(x),), int(token), dtype=torch.long)})
+
+
+def _num_classes(net: nn.Module) -> int:
+    label = _class_embedding(net)
+    return label.num_classes
+
+
+def _class_embedding(net: nn.Module) -> ClassEmbedding:
+    found = [m for m in net.modules() if isinstance(m, ClassEmbedding)]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected one class-conditional embedding (polydiff.nn ClassEmbedding) in "
+            f"{type(net).__name__}, found {len(found)}"
+        )
+    return found[0]
+
+
+def _check_token(net: nn.Module, token: int) -> None:
+    n = _num_classes(net)
+    if not 0 <= token < n:
+        raise ValueError(f"token {token} is not a class index of this model (0..{n - 1})")
+
+
+def finetune(
+    model: nn.Module,
+    loss: Any,
+    dataset: Dataset,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 16,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+) -> dict[str, float]:
+    """Train the parameters of ``model`` that require grad with ``polydiff.train.Trainer``
+    (no EMA, no files); returns the last logged metrics (loss, grad_norm, ...)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("finetune: the model has no trainable parameter")
+    cfg = TrainerConfig(
+        max_steps=steps, batch_size=batch_size, ema_decays=(), progress=False,
+        log_every=steps, cpu=True, seed=seed, clip_grad_norm=1.0,
+    )  # fmt: skip
+    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+    was_training = model.training
+    trainer = Trainer(model, loss, dataset, optimizer, cfg)
+    metrics = trainer.fit()
+    model.train(was_training)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# LoRA
+# --------------------------------------------------------------------------------------------
+
+
+def train_lora(
+    net: nn.Module,
+    objective: Any,
+    images: torch.Tensor,
+    token: int,
+    *,
+    rank: int = 4,
+    include_convs: bool = True,
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    save_to: str | os.PathLike | None = None,
+) -> nn.Module:
+    """LoRA fine-tuning of ``net`` (in place) on the concept ``images`` under class ``token``.
+
+    Targets :data:`LORA_TARGETS` (attention + the class/time embedding projections) and, with
+    ``include_convs``, the residual-block convolutions; the base weights stay frozen. With
+    ``save_to`` the adapter alone is written (``polydiff.nn.lora.save_lora``).
+    """
+    _check_token(net, token)
+    add_lora(net, rank=rank, targets=LORA_TARGETS, include_convs=include_convs)
+    finetune(
+        net, objective, concept_dataset(images, token, 4 * batch_size), steps=steps, lr=lr,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    if save_to is not None:
+        save_lora(net, save_to)
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# DreamBooth with prior preservation
+# --------------------------------------------------------------------------------------------
+
+
+class _PairedDataset(Dataset):
+    """Item i: concept image ``i mod N`` with its token and prior sample i with its class."""
+
+    def __init__(
+        self, concept: torch.Tensor, token: int, prior: torch.Tensor, labels: torch.Tensor
+    ):
+        self.concept, self.token = concept.float(), int(token)
+        self.prior, self.labels = prior.float(), labels.long()
+
+    def __len__(self) -> int:
+        return len(self.prior)
+
+    def get_batch(self, indices) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {
+            "x": self.concept[idx % len(self.concept)],
+            "class": torch.full((len(idx),), self.token, dtype=torch.long),
+            "prior_x": self.prior[idx],
+            "prior_class": self.labels[idx],
+        }
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[0] for k, v in self.get_batch([i]).items()}
+
+
+@torch.no_grad()
+def prior_dataset(
+    denoiser: Any,
+    shape: tuple[int, ...],
+    classes: list[int],
+    n: int,
+    sigmas: torch.Tensor,
+    *,
+    method: str = "heun",
+    seed: int = 0,
+    batch_size: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` samples of the frozen model for the old ``classes`` (cycled): DreamBooth's
+    class-specific prior data. Returns ``(images (n, *shape), labels (n,))``."""
+    from polydiff.train import SamplerSpec, generate
+
+    labels = torch.as_tensor(classes, dtype=torch.long).repeat(-(-n // len(classes)))[:n]
+    spec = SamplerSpec(method=method, steps=len(sigmas) - 1, schedule=lambda _: sigmas)
+    images = generate(
+        denoiser, shape, n, spec, cond={"class": labels},
+        generator=torch.Generator().manual_seed(seed), batch_size=batch_size,
+    )  # fmt: skip
+    return images.clamp(-1, 1), labels
+
+
+class DreamBoothLoss:
+    """``L(concept, token) + prior_weight * L(prior, prior class)`` (Ruiz et al. 2023, eq. 2),
+    both terms the inner objective's loss; a loss callable for ``polydiff.train.Trainer``."""
+
+    def __init__(self, objective: Any, prior_weight: float = 1.0) -> None:
+        self.objective, self.prior_weight = objective, float(prior_weight)
+        self.schedule = getattr(objective, "schedule", None)
+
+    def denoiser(self, net: nn.Module):
+        return self.objective.denoiser(net)
+
+    def __call__(
+        self,
+        net: nn.Module,
+        x: torch.Tensor,
+        cond: Mapping[str, torch.Tensor] | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        cond = dict(cond or {})
+        prior_x, prior_class = cond.pop("prior_x", None), cond.pop("prior_class", None)
+        loss = self.objective.loss(net, x, cond, generator=generator)
+        if self.prior_weight and prior_x is not None:
+            prior = self.objective.loss(net, prior_x, {"class": prior_class}, generator=generator)
+            loss = loss + self.prior_weight * prior
+        return loss
+
+
+def train_dreambooth(
+    net: nn.Module,
+    objective: Any,
+    images: torch.Tensor,
+    token: int,
+    prior_images: torch.Tensor | None = None,
+    prior_labels: torch.Tensor | None = None,
+    *,
+    prior_weight: float = 1.0,
+    steps: int = 200,
+    lr: float = 2e-4,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> nn.Module:
+    """DreamBooth: fine-tune every weight of ``net`` (in place) on the concept under ``token``,
+    with the prior-preservation term on ``(prior_images, prior_labels)`` (from
+    :func:`prior_dataset`); ``prior_weight=0`` or no prior data is plain fine-tuning."""
+    _check_token(net, token)
+    net.requires_grad_(True)
+    if prior_images is None or prior_weight == 0:
+        data: Dataset = concept_dataset(images, token, 4 * batch_size)
+    else:
+        if prior_labels is None or len(prior_labels) != len(prior_images):
+            raise ValueError("prior_images need prior_labels of the same length")
+        data = _PairedDataset(images, token, prior_images, prior_labels)
+    loss = DreamBoothLoss(objective, prior_weight)
+    finetune(net, loss, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+    return net
+
+
+# --------------------------------------------------------------------------------------------
+# Textual inversion (a new class embedding, model frozen)
+# --------------------------------------------------------------------------------------------
+
+
+class ClassTokenEmbedding(nn.Module):
+    """A frozen class-conditional network whose class ``token`` uses a learned embedding.
+
+    ``forward(x, t, cond)`` is the network's, except that rows with ``cond["class"] == token``
+    (and not nulled) get :attr:`embedding` instead of the table's row: a forward hook on the
+    network's :class:`polydiff.nn.embeddings.ClassEmbedding`. Only :attr:`embedding` trains.
+    """
+
+    def __init__(self, net: nn.Module, token: int, init_from: int | None = None) -> None:
+        super().__init__()
+        _check_token(net, token)
+        self.net = net.requires_grad_(False)
+        self.token = int(token)
+        label = _class_embedding(net)
+        row = label.table.weight[init_from if init_from is not None else token]
+        self.embedding = nn.Parameter(row.detach().clone())  # (E,)
+        self._hook = label.register_forward_hook(self._replace)
+
+    @property
+    def accepts_null_mask(self) -> bool:
+        return bool(getattr(self.net, "accepts_null_mask", False))
+
+    def _replace(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        labels = inputs[0].long()
+        hit = labels == self.token
+        if len(inputs) > 1 and inputs[1] is not None:
+            hit = hit & ~inputs[1].to(hit.device).bool()
+        return torch.where(hit[:, None], self.embedding.to(output.dtype)[None], output)
+
+    def remove(self) -> nn.Module:
+        """Detach the hook and return the untouched network."""
+        self._hook.remove()
+        return self.net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        return self.net(x, t, cond)
+
+
+def train_textual_inversion(
+    net: nn.Module,
+    objective: Any,
+    images: torch.Tensor,
+    token: int,
+    *,
+    init_from: int | None = None,
+    steps: int = 200,
+    lr: float = 5e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    save_to: str | os.PathLike | None = None,
+) -> ClassTokenEmbedding:
+    """Textual inversion: optimise one embedding for ``token`` with ``net`` frozen; returns the
+    wrapped model (sample with it). ``init_from`` starts from another class's row (the paper
+    starts from a coarse descriptor word)."""
+    model = ClassTokenEmbedding(net, token, init_from)
+    finetune(
+        model, objective, concept_dataset(images, token, 4 * batch_size), steps=steps, lr=lr,
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    if save_to is not None:
+        save_token_embedding(model, save_to)
+    return model
+
+
+def save_token_embedding(model: ClassTokenEmbedding, path: str | os.PathLike) -> Path:
+    """Write the learned embedding alone (safetensors, atomic)."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(
+        {"embedding": model.embedding.detach().cpu().contiguous()}, str(tmp),
+        metadata={"token": str(model.token)},
+    )  # fmt: skip
+    os.replace(tmp, target)
+    return target
+
+
+def load_token_embedding(net: nn.Module, path: str | os.PathLike) -> ClassTokenEmbedding:
+    """Wrap ``net`` with an embedding written by :func:`save_token_embedding`."""
+    from safetensors import safe_open
+
+    source = Path(path)
+    if not source.exists():
+        raise FileNotFoundError(f"token embedding file not found: {source}")
+    with safe_open(str(source), "pt") as f:
+        meta = f.metadata() or {}
+        if "token" not in meta or "embedding" not in f.keys():  # noqa: SIM118
+            raise ValueError(f"{source} is not a token-embedding file (no 'token' metadata)")
+        embedding = f.get_tensor("embedding")
+    model = ClassTokenEmbedding(net, int(meta["token"]))
+    if embedding.shape != model.embedding.shape:
+        raise ValueError(
+            f"{source}: embedding of shape {tuple(embedding.shape)} does not fit this model's "
+            f"{tuple(model.embedding.shape)}"
+        )
+    with torch.no_grad():
+        model.embedding.copy_(embedding)
+    return model
