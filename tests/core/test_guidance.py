@@ -231,3 +231,21 @@ def test_dynamic_thresholding_values() -> None:
     with pytest.raises(ValueError, match="percentile"):
         dynamic_thresholding(big, 0.0)
     assert math.isfinite(out.sum().item())
+
+
+def test_value_guidance_raises_return_of_trajectories() -> None:
+    # plans of shape (B, horizon 8, state 2) from a 16-D mixture; value = mean final-state x
+    g = torch.Generator().manual_seed(6)
+    gmm = GaussianMixture(torch.randn(6, 16, generator=g, dtype=F64) * 1.5, 0.4)
+
+    def value(x, sigma, cond):  # (B, 8, 2) -> (B,)
+        return x[:, -1, 0]
+
+    sigmas = karras_sigmas(20, 0.01, 20.0)
+    noise = torch.randn(512, 8, 2, generator=g, dtype=F64) * sigmas[0]
+    plain = sample(gmm, noise, sigmas, "heun")
+    returns = [value(plain, None, None).mean().item()]
+    for scale in (0.5, 2.0):
+        guided = value_guidance(gmm, value, scale, through="denoised", sigma_min=0.05)
+        returns.append(value(sample(guided, noise, sigmas, "heun"), None, None).mean().item())
+    assert returns[0] < returns[1] < returns[2], returns
