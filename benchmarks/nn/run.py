@@ -251,7 +251,7 @@ def variants_for(model: str, quick: bool) -> list[str]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the networks benchmark; writes ``benchmarks/results/nn.json`` and ``nn.md``."""
-    rounds = 5 if quick else 4
+    rounds = 5 if quick else 3
     threads = int(os.environ.get("POLYDIFF_BENCH_THREADS", "1"))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
