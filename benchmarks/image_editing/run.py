@@ -1,0 +1,421 @@
+"""Image editing and adaptation benchmark (issue 8): every capability shown by a number.
+
+Trains tiny models on the built-in data (CPU, minutes) and measures, with the image package's
+feature classifier (``polydiff.image.metrics``, digits):
+
+- inpainting: known pixels kept exactly; rate at which the filled image is classified as the
+  class of the (hidden) original, replacement vs RePaint vs unguided samples pasted in the hole;
+- SDEdit and inversion edits: target-class accuracy after editing, reconstruction error;
+- cascade: FID / class accuracy at 32x32 of base 16x16 + SR vs a direct 32x32 model, and the SR
+  output's low-res consistency (downsampled vs input);
+- ControlNet: IoU of the generated shape vs the outline's filled region (goal >= 0.8), base
+  weights unchanged after training;
+- adaptation (new concept = digit 9, unseen by the base model, 5 images): rate at which samples
+  for the concept token are recognised as 9, and old-class accuracy, before/after LoRA,
+  DreamBooth with and without prior preservation, and textual inversion.
+
+    python -m benchmarks.run --only image_editing [--quick]
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from polydiff.core.guidance import classifier_free_guidance
+from polydiff.core.objective import DiffusionObjective
+from polydiff.core.samplers import sample
+from polydiff.core.schedules import EDMSchedule
+from polydiff.image import adaptation, controlnet, editing, superres
+from polydiff.image.data import DigitsDataset
+from polydiff.nn.unet import UNet
+from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "results"
+OLD = list(range(9))  # the base models see digits 0-8; 9 is the new concept
+TOKEN = 9
+
+
+@dataclass
+class Budget:
+    feature_steps: int = 1500
+    base_steps: int = 3000
+    sr_steps: int = 3000
+    direct_steps: int = 3000
+    shapes_steps: int = 3000
+    control_steps: int = 2000
+    adapt_steps: int = 400
+    batch: int = 64
+    n_eval: int = 256
+    steps: int = 18  # sampler steps (Heun: 2 * steps - 1 evaluations)
+    width: int = 32
+
+
+QUICK = Budget(
+    feature_steps=300, base_steps=800, sr_steps=400, direct_steps=400, shapes_steps=600,
+    control_steps=400, adapt_steps=100, batch=32, n_eval=64, steps=10, width=16,
+)  # fmt: skip
+
+
+def _objective(drop: float = 0.1) -> DiffusionObjective:
+    return DiffusionObjective(EDMSchedule(), "edm", cond_drop_prob=drop)
+
+
+def _unet(channels: int, width: int, **kw: Any) -> UNet:
+    return UNet(
+        in_channels=channels, model_channels=width, channel_mult=(1, 2), num_res_blocks=1,
+        attention_levels=(), **kw,
+    )  # fmt: skip
+
+
+def _train(model: nn.Module, loss: Any, data: Any, steps: int, batch: int, lr: float = 2e-3):
+    """Trainer run with warmup + cosine LR and an EMA; returns (EMA model, seconds)."""
+    cfg = TrainerConfig(
+        max_steps=steps, batch_size=batch, ema_decays=(0.995,), progress=False,
+        log_every=max(1, steps // 4), cpu=True, lr_schedule="cosine",
+        lr_warmup_steps=min(100, steps // 10), lr_min_ratio=0.1,
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
+    trainer.fit()
+    ema = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
+    return ema, time.perf_counter() - start
+
+
+def _sigmas(steps: int) -> torch.Tensor:
+    return EDMSchedule().sigmas_for(steps).float()
+
+
+@torch.no_grad()
+def _generate(denoiser, shape, cond, steps: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    n = len(next(iter(cond.values()))) if cond else shape[0]
+    sig = _sigmas(steps)
+    x = torch.randn((n, *shape[-3:]), generator=g) * sig[0]
+    return sample(denoiser, x, sig, "heun", cond=cond, generator=g).clamp(-1, 1)
+
+
+def _null(n: int) -> dict[str, torch.Tensor]:
+    return {"class": torch.zeros(n, dtype=torch.long), "null_mask": torch.ones(n, dtype=torch.bool)}
+
+
+def _labels(n: int) -> torch.Tensor:
+    return torch.as_tensor(OLD).repeat(-(-n // len(OLD)))[:n]
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def section_inpainting(base, evaluator, b: Budget) -> dict[str, Any]:
+    test = DigitsDataset(size=16, split="test", classes=OLD)
+    x, y = test.images[: b.n_eval], test.labels[: b.n_eval]
+    n = len(x)
+    D = _objective().denoiser(base)
+    known = editing.box_mask(16, 8, 0, 8, 16)  # bottom half unknown
+    sig = _sigmas(b.steps)
+    out: dict[str, Any] = {"n": n, "mask": "bottom half unknown", "cond": "null (unconditional)"}
+    out["original_acc"] = evaluator.class_accuracy(x, y)
+    for name, kw in {
+        "replacement": {"method": "replacement"},
+        "repaint": {"method": "repaint", "jump_length": 2, "resample": 3},
+    }.items():
+        t0 = time.perf_counter()
+        filled = editing.inpaint(
+            D, x, known, sig, cond=_null(n), generator=torch.Generator().manual_seed(0), **kw
+        )
+        k = known.expand_as(x)
+        out[name] = {
+            "consistent_rate": evaluator.class_accuracy(filled, y),
+            "known_max_abs_diff": float((filled[k] - x[k]).abs().max()),
+            "seconds": time.perf_counter() - t0,
+        }
+    free = _generate(D, x.shape, _null(n), b.steps, seed=1)
+    pasted = torch.where(known, x, free)
+    out["unguided_pasted_rate"] = evaluator.class_accuracy(pasted, y)
+    out["unguided_sample_rate"] = evaluator.class_accuracy(free, y)
+    return out
+
+
+def section_edits(base, evaluator, b: Budget) -> dict[str, Any]:
+    test = DigitsDataset(size=16, split="test", classes=OLD)
+    x, y = test.images[: b.n_eval], test.labels[: b.n_eval]
+    target = (y + 1) % len(OLD)
+    D = classifier_free_guidance(_objective().denoiser(base), 2.0)
+    sig = _sigmas(b.steps)
+    out: dict[str, Any] = {"n": len(x), "edit": "class y -> (y + 1) mod 9", "cfg_scale": 2.0}
+    for strength in (0.4, 0.7):
+        edited = editing.img2img(
+            D, x, sig, strength, cond={"class": target}, generator=torch.Generator().manual_seed(0)
+        )
+        out[f"sdedit_{strength}"] = {
+            "target_acc": evaluator.class_accuracy(edited, target),
+            "source_acc": evaluator.class_accuracy(edited, y),
+            "mean_abs_change": float((edited - x).abs().mean()),
+        }
+    inv = editing.invert(
+        D, x, sig, cond={"class": y}, method="ddpm", generator=torch.Generator().manual_seed(0)
+    )
+    back = editing.regenerate(D, inv, cond={"class": y})
+    edited = editing.regenerate(D, inv, cond={"class": target}).clamp(-1, 1)
+    out["ddpm_inversion"] = {
+        "reconstruction_max_abs": float((back - x).abs().max()),
+        "target_acc": evaluator.class_accuracy(edited, target),
+        "mean_abs_change": float((edited - x).abs().mean()),
+    }
+    return out
+
+
+def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
+    train32 = DigitsDataset(size=32, split="train", classes=OLD)
+    test32 = DigitsDataset(size=32, split="test", classes=OLD)
+    out: dict[str, Any] = {}
+    # SR model 16 -> 32 with conditioning augmentation (unconditional on the class)
+    sr_net = superres.sr_unet(1, "tiny", model_channels=b.width, attention_levels=())
+    sr_loss = superres.SuperResolutionLoss(_objective(0.0), 16, max_aug_sigma=0.4)
+    sr, t_sr = _train(sr_net, sr_loss, TensorDictDataset(train32.images), b.sr_steps, b.batch)
+    D_sr = sr_loss.denoiser(sr)
+    # low-res consistency on real inputs
+    real = test32.images[: b.n_eval]
+    low = superres.downsample(real, 16)
+    up = superres.super_resolve(
+        D_sr, low, 32, _sigmas(b.steps), generator=torch.Generator().manual_seed(0)
+    ).clamp(-1, 1)
+    out["sr_on_real_lowres"] = {
+        **superres.lowres_consistency(up, low),
+        "bilinear_baseline": superres.lowres_consistency(superres.upsample(low, 32), low),
+        "tolerance_mae": 0.05,
+    }
+    # cascade vs direct 32x32 model
+    direct_net = _unet(1, b.width, num_classes=10)
+    data32 = TensorDictDataset(train32.images, **{"class": train32.labels})
+    direct, t_direct = _train(direct_net, _objective(), data32, b.direct_steps, b.batch)
+    labels = _labels(b.n_eval)
+    cfg_base = classifier_free_guidance(_objective().denoiser(base), 2.0)
+    cfg_direct = classifier_free_guidance(_objective().denoiser(direct), 2.0)
+    g = torch.Generator().manual_seed(3)
+    high, low_s = superres.cascade_sample(
+        cfg_base, D_sr, len(labels), (1, 16, 16), 32, _sigmas(b.steps), _sigmas(b.steps),
+        aug_sigma=0.1, cond={"class": labels}, generator=g,
+    )  # fmt: skip
+    high = high.clamp(-1, 1)
+    direct_samples = _generate(cfg_direct, (1, 32, 32), {"class": labels}, b.steps, seed=3)
+    bilinear = superres.upsample(low_s, 32)
+    out["cascade_32"] = {
+        "fid": evaluator.fid(high),
+        "class_acc": evaluator.class_accuracy(high, labels),
+        "lowres_consistency": superres.lowres_consistency(high, low_s),
+    }
+    out["base16_bilinear_32"] = {
+        "fid": evaluator.fid(bilinear),
+        "class_acc": evaluator.class_accuracy(bilinear, labels),
+    }
+    out["direct_32"] = {
+        "fid": evaluator.fid(direct_samples),
+        "class_acc": evaluator.class_accuracy(direct_samples, labels),
+    }
+    out["real_train_32_fid"] = evaluator.fid(train32.images[: len(labels)])  # same n: the floor
+    out["train_seconds"] = {"sr": t_sr, "direct": t_direct}
+    out["n"] = len(labels)
+    return out
+
+
+def section_controlnet(b: Budget) -> dict[str, Any]:
+    data = controlnet.OutlineFillDataset(n=1200, size=16, seed=0)
+    obj = _objective(0.0)
+    base_net = _unet(3, b.width)
+    base, t_base = _train(base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.batch)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    cn_net = controlnet.ControlNet(base, hint_channels=1)
+    cn, t_cn = _train(cn_net, obj, data, b.control_steps, b.batch, lr=1e-3)
+    unchanged = all(torch.equal(v, before[k]) for k, v in cn_net.base.state_dict().items())
+    test = controlnet.OutlineFillDataset(n=b.n_eval, size=16, seed=123)
+    cond = {"control": test.control}
+    samples = _generate(obj.denoiser(cn), test.images.shape, cond, b.steps, seed=0)
+    free = _generate(obj.denoiser(base), test.images.shape, None, b.steps, seed=0)
+    iou = controlnet.mask_iou(controlnet.shape_mask(samples), test.fill_mask)
+    iou_free = controlnet.mask_iou(controlnet.shape_mask(free), test.fill_mask)
+    return {
+        "n": len(iou),
+        "iou_mean": float(iou.mean()),
+        "iou_median": float(iou.median()),
+        "frac_iou_ge_0.8": float((iou >= 0.8).float().mean()),
+        "base_iou_mean (no control)": float(iou_free.mean()),
+        "goal": 0.8,
+        "base_weights_unchanged": unchanged,
+        "train_seconds": {"base": t_base, "controlnet": t_cn},
+    }
+
+
+def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
+    nines = DigitsDataset(size=16, split="train", classes=[TOKEN]).images[:5]
+    obj = _objective(0.0)  # fine-tuning without condition dropout (token rows only)
+    old = _labels(b.n_eval)
+    token = torch.full((b.n_eval,), TOKEN)
+
+    def measure(model: nn.Module) -> dict[str, float]:
+        D = classifier_free_guidance(_objective().denoiser(model), 2.0)
+        new = _generate(D, (1, 16, 16), {"class": token}, b.steps, seed=5)
+        prior = _generate(D, (1, 16, 16), {"class": old}, b.steps, seed=6)
+        return {
+            "concept_rate": evaluator.class_accuracy(new, token),
+            "old_class_acc": evaluator.class_accuracy(prior, old),
+        }
+
+    out: dict[str, Any] = {"concept": "digit 9 (unseen in training), 5 images", "n": b.n_eval}
+    out["before"] = measure(base)
+    steps, batch = b.adapt_steps, min(b.batch, 16)
+
+    prior_x, prior_y = adaptation.prior_dataset(
+        classifier_free_guidance(_objective().denoiser(base), 2.0), (1, 16, 16), OLD,
+        max(4 * batch, 9 * 16), _sigmas(b.steps),
+    )  # fmt: skip
+    common = {"steps": steps, "batch_size": batch}
+    methods = {
+        "lora": lambda m: adaptation.train_lora(m, obj, nines, TOKEN, rank=4, lr=3e-3, **common),
+        "textual_inversion": lambda m: adaptation.train_textual_inversion(
+            m, obj, nines, TOKEN, init_from=4, lr=3e-2, **common
+        ),
+        "dreambooth_no_prior": lambda m: adaptation.train_dreambooth(
+            m, obj, nines, TOKEN, prior_weight=0.0, lr=5e-4, **common
+        ),
+        "dreambooth_prior": lambda m: adaptation.train_dreambooth(
+            m, obj, nines, TOKEN, prior_x, prior_y, prior_weight=1.0, lr=5e-4, **common
+        ),
+    }
+    for name, fn in methods.items():
+        t0 = time.perf_counter()
+        model = fn(copy.deepcopy(base).requires_grad_(True))
+        out[name] = {**measure(model.eval()), "seconds": time.perf_counter() - t0}
+    return out
+
+
+# ------------------------------------------------------------------------------ runner
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    s = res["sections"]
+    rows = ["| capability | metric | value |", "|---|---|---|"]
+
+    def add(cap: str, metric: str, value: Any) -> None:
+        v = f"{value:.3f}" if isinstance(value, float) else str(value)
+        rows.append(f"| {cap} | {metric} | {v} |")
+
+    if "inpainting" in s and "error" not in s["inpainting"]:
+        p = s["inpainting"]
+        for m in ("replacement", "repaint"):
+            add(f"inpaint ({m})", "filled classified as original class", p[m]["consistent_rate"])
+            add(f"inpaint ({m})", "known pixels max abs diff", p[m]["known_max_abs_diff"])
+        add("inpaint (unguided pasted)", "classified as original class", p["unguided_pasted_rate"])
+        add("real test digits", "classifier accuracy", p["original_acc"])
+    if "edits" in s and "error" not in s["edits"]:
+        p = s["edits"]
+        for k in ("sdedit_0.4", "sdedit_0.7"):
+            add(k, "target class acc", p[k]["target_acc"])
+        add("ddpm inversion edit", "target class acc", p["ddpm_inversion"]["target_acc"])
+        add(
+            "ddpm inversion",
+            "reconstruction max abs",
+            p["ddpm_inversion"]["reconstruction_max_abs"],
+        )
+    if "superres" in s and "error" not in s["superres"]:
+        p = s["superres"]
+        for k in ("cascade_32", "direct_32", "base16_bilinear_32"):
+            add(k, "FID (digits feature net)", p[k]["fid"])
+            add(k, "class acc", p[k]["class_acc"])
+        add("SR on real 16x16", "downsampled MAE (tol 0.05)", p["sr_on_real_lowres"]["mae"])
+        add("SR on real 16x16", "PSNR vs input (dB)", p["sr_on_real_lowres"]["psnr"])
+        add("real train 32x32 (same n)", "FID", p["real_train_32_fid"])
+    if "controlnet" in s and "error" not in s["controlnet"]:
+        p = s["controlnet"]
+        add("ControlNet", "IoU mean (goal 0.8)", p["iou_mean"])
+        add("ControlNet", "share IoU >= 0.8", p["frac_iou_ge_0.8"])
+        add("base, no control", "IoU mean", p["base_iou_mean (no control)"])
+        add("ControlNet", "base weights unchanged", p["base_weights_unchanged"])
+    if "adaptation" in s and "error" not in s["adaptation"]:
+        p = s["adaptation"]
+        for k in ("before", "lora", "textual_inversion", "dreambooth_no_prior", "dreambooth_prior"):
+            if k in p:
+                add(f"adapt: {k}", "concept recognised as 9", p[k]["concept_rate"])
+                add(f"adapt: {k}", "old-class acc", p[k]["old_class_acc"])
+    for name, sec in s.items():
+        if "error" in sec:
+            add(name, "error", sec["error"].splitlines()[-1][:80])
+    return "\n".join(rows) + "\n"
+
+
+def _write(res: dict[str, Any]) -> str:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    md = _markdown(res)
+    for path, text in (
+        (RESULTS / "image_editing.json", json.dumps(res, indent=2, default=str)),
+        (RESULTS / "image_editing.md", md),
+    ):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return md
+
+
+def run(
+    quick: bool = False, only: list[str] | None = None, budget: Budget | None = None
+) -> dict[str, Any]:
+    """Run every section (or ``only`` some) and write ``benchmarks/results/image_editing.*``."""
+    import traceback
+
+    from polydiff.image.metrics import ImageEvaluator
+
+    torch.manual_seed(0)
+    b = budget or (QUICK if quick else Budget())
+    res: dict[str, Any] = {"quick": quick, "budget": asdict(b), "sections": {}}
+    t0 = time.perf_counter()
+    evaluator = ImageEvaluator(
+        "digits", feature_steps=b.feature_steps,
+        reference=DigitsDataset(size=32, split="test", classes=OLD).images,
+    )  # fmt: skip
+    train16 = DigitsDataset(size=16, split="train", classes=OLD)
+    data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
+    base, t_base = _train(_unet(1, b.width, num_classes=10), _objective(), data16,
+                          b.base_steps, b.batch)  # fmt: skip
+    res["base16_train_seconds"] = t_base
+    sections = {
+        "inpainting": lambda: section_inpainting(base, evaluator, b),
+        "edits": lambda: section_edits(base, evaluator, b),
+        "adaptation": lambda: section_adaptation(base, evaluator, b),
+        "controlnet": lambda: section_controlnet(b),
+        "superres": lambda: section_superres(base, evaluator, b),
+    }
+    for name, fn in sections.items():
+        if only and name not in only:
+            continue
+        start = time.perf_counter()
+        try:
+            res["sections"][name] = fn()
+        except Exception:  # one broken section must not hide the others
+            res["sections"][name] = {"error": traceback.format_exc()}
+        res["sections"][name]["section_seconds"] = time.perf_counter() - start
+        print(f"[image_editing] {name}: {json.dumps(res['sections'][name], default=str)[:400]}",
+              flush=True)  # fmt: skip
+        _write(res)
+    res["seconds"] = time.perf_counter() - t0
+    res["markdown"] = _write(res)
+    return res
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated sections")
+    args = parser.parse_args()
+    out = run(args.quick, [s for s in args.only.split(",") if s] or None)
+    print(out["markdown"])
