@@ -234,9 +234,9 @@ def test_ddim_is_euler_and_ddpm_is_ddim_eta_one(gmm8: GaussianMixture) -> None:
 
 def test_adaptive_reports_its_nfe(gmm8: GaussianMixture) -> None:
     x, grid = _start((6, 8), 10.0), karras_sigmas(8, 0.05, 10.0)
-    for tableau in ["bosh3", "dopri5"]:
+    for solver in ["dpmpp32", "bosh3", "dopri5"]:
         rec, info = Recorder(gmm8), {}
-        sample(rec, x, grid, "adaptive", tableau=tableau, info=info)
+        sample(rec, x, grid, "adaptive", solver=solver, info=info)
         assert info["nfe"] == len(rec.calls) > 0
         assert info["accepted"] >= 1 and info["rejected"] >= 0
 
@@ -271,7 +271,7 @@ def test_adaptive_error_follows_its_tolerance(ring, ode_case) -> None:
     errs, nfes = [], []
     for tol in [1e-3, 1e-5, 1e-7]:
         info = {}
-        out = sample(ring, x, grid, "adaptive", tableau="dopri5", rtol=tol, atol=tol, info=info)
+        out = sample(ring, x, grid, "adaptive", solver="dopri5", rtol=tol, atol=tol, info=info)
         errs.append((out - exact).norm(dim=1).max().item())
         nfes.append(info["nfe"])
     assert nfes[0] < nfes[1] < nfes[2], nfes
