@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from polydiff.rl.experiments import TwoPathConfig, run_experiment, run_two_path_policy
+from polydiff.rl.experiments import (
+    MazeConfig,
+    PendulumConfig,
+    TwoPathConfig,
+    run_experiment,
+    run_two_path_policy,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +65,37 @@ def test_benchmark_goals_and_markdown() -> None:
     assert "toy_both_modes: NOT met" in md
     quick = bench.configs(quick=True)
     assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"
+
+
+def test_tiny_maze_and_pendulum_experiments(tmp_path) -> None:
+    maze = run_experiment(
+        MazeConfig(
+            data_episodes=2, episode_len=100, horizon=8, stride=4, size="diffuser-tiny",
+            train_steps=5, batch_size=16, n_steps=3, replan_every=10, eval_seeds=2,
+            max_episode_steps=150, gif=False, data_root=str(tmp_path),
+        ),
+        tmp_path,
+    )  # fmt: skip
+    assert maze["expert"]["success_rate"] == 1.0 >= maze["random"]["success_rate"]
+    assert maze["diffuser"]["episodes"] == 2 and maze["diffuser"]["nfe_per_action"] > 0
+    assert maze["success_vs_expert"] == pytest.approx(
+        maze["diffuser"]["success_rate"] / maze["expert"]["success_rate"], abs=1e-3
+    )
+    assert Path(maze["plot"]).stat().st_size > 10_000
+    pend = run_experiment(
+        PendulumConfig(
+            n_per_level=1, n_random=1, horizon=8, size="diffuser-tiny", train_steps=5,
+            value_steps=5, batch_size=16, n_steps=2, execute=8, n_candidates=2, eval_seeds=1,
+            data_root=str(tmp_path),
+        )
+    )  # fmt: skip
+    assert pend["expert"]["return_mean"] > -400 > pend["random"]["return_mean"]
+    for k in ("guided", "unguided"):
+        assert pend[k]["nfe_per_action"] == pytest.approx(2 / 8)
+        assert -16.3 * 200 <= pend[k]["return_mean"] <= 0
+    assert pend["guided_minus_unguided"] == pytest.approx(
+        pend["guided"]["return_mean"] - pend["unguided"]["return_mean"], abs=0.01
+    )
 
 
 def test_run_experiment_rejects_unknown_config() -> None:

@@ -70,6 +70,8 @@ class MazeConfig:
     n_steps: int = 12
     replan_every: int = 20
     eval_seeds: int = 20
+    gif: bool = True  # a rollout animation when out_dir is given (MuJoCo EGL rendering)
+    max_episode_steps: int | None = None  # None: gymnasium-robotics' limit (300 for U-maze)
     seed: int = 0
     data_root: str | None = None  # None: polydiff.rl.datasets.default_data_root()
 
@@ -117,11 +119,16 @@ def run_maze_diffuser(cfg: MazeConfig, out_dir: str | Path | None = None) -> dic
     seeds = range(1000, 1000 + cfg.eval_seeds)
     agent = MazePlanAgent(planner, cfg.stride, cfg.replan_every)
     plans: list[list[tuple[int, np.ndarray]]] = []
+    env_kwargs = {"max_episode_steps": cfg.max_episode_steps} if cfg.max_episode_steps else {}
     diffuser = run_episodes(
-        cfg.env, agent, seeds, on_episode_end=lambda _seed, a: plans.append(list(a.plans))
+        cfg.env,
+        agent,
+        seeds,
+        env_kwargs,
+        on_episode_end=lambda _seed, a: plans.append(list(a.plans)),
     )
-    expert = run_episodes(cfg.env, MazeExpertAgent(cfg.env), seeds)
-    rand = run_episodes(cfg.env, RandomAgent(-1.0, 1.0, 2, seed=cfg.seed), seeds)
+    expert = run_episodes(cfg.env, MazeExpertAgent(cfg.env), seeds, env_kwargs)
+    rand = run_episodes(cfg.env, RandomAgent(-1.0, 1.0, 2, seed=cfg.seed), seeds, env_kwargs)
     res = {
         "config": asdict(cfg),
         "train": info,
@@ -140,6 +147,18 @@ def run_maze_diffuser(cfg: MazeConfig, out_dir: str | Path | None = None) -> dic
         episodes = [(p, t[:, :2]) for p, t in zip(plans, diffuser.trajectories)]
         plot_maze_plans(cfg.env, episodes[:4], path)
         res["plot"] = str(path)
+        if cfg.gif:
+            from polydiff.rl.io import save_rollout_gif
+
+            gif = Path(out_dir) / f"{cfg.env}_diffuser_rollout.gif"
+            try:
+                res["animation"] = str(
+                    save_rollout_gif(
+                        cfg.env, agent, seeds[0], gif, every=3, max_steps=cfg.max_episode_steps
+                    )
+                )
+            except Exception as err:  # no off-screen OpenGL: the figures are still written
+                res["animation"] = f"unavailable: {type(err).__name__}: {err}"
     return res
 
 
