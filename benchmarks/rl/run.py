@@ -105,21 +105,46 @@ def goals(res: dict) -> dict[str, bool]:
     }
 
 
-def run(quick: bool = False) -> dict:
-    """Run the three RL experiments; write ``rl.json`` and ``rl.md`` under benchmarks/results."""
+PARTS = ("maze", "pendulum", "two_path")
+
+
+def run(quick: bool = False, only: tuple[str, ...] | None = None) -> dict:
+    """Run the RL experiments; write ``rl.json`` and ``rl.md`` under benchmarks/results.
+
+    ``only`` runs a subset and merges it into the existing ``rl.json`` (to spread the three
+    experiments over processes); goals and markdown need all three parts present.
+    """
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    data_root = None  # polydiff.rl.datasets.default_data_root(): a cache outside the repo
-    maze_cfg, pend_cfg, toy_cfg = configs(quick, data_root)
+    parts = tuple(only or PARTS)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; choose from {PARTS}")
+    maze_cfg, pend_cfg, toy_cfg = configs(quick)
     t0 = time.perf_counter()
-    res: dict = {"quick": quick}
-    res["maze"] = run_maze_diffuser(maze_cfg, RESULTS)
-    res["pendulum"] = run_pendulum_diffuser(pend_cfg)
-    res["two_path"] = run_two_path_policy(toy_cfg, RESULTS)
-    res["goals"] = goals(res)
-    res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["markdown"] = markdown(res)
+    res: dict = {}
+    if "maze" in parts:
+        res["maze"] = run_maze_diffuser(maze_cfg, RESULTS)
+    if "pendulum" in parts:
+        res["pendulum"] = run_pendulum_diffuser(pend_cfg)
+    if "two_path" in parts:
+        res["two_path"] = run_two_path_policy(toy_cfg, RESULTS)
+    seconds = round(time.perf_counter() - t0, 1)
+    previous = RESULTS / "rl.json"  # merged at the end: parts may run in parallel processes
+    if only and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("quick") == quick:
+            res = {**{k: old[k] for k in PARTS if k in old and k not in res}, **res}
+            res["seconds"] = old.get("seconds", {})
+    res["quick"] = quick
+    res.setdefault("seconds", {})[",".join(parts)] = seconds
+    if all(p in res for p in PARTS):
+        res["goals"] = goals(res)
+        res["markdown"] = markdown(res)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name, text in (("rl.json", json.dumps(res, indent=2)), ("rl.md", res["markdown"])):
+    outputs = [("rl.json", json.dumps(res, indent=2))]
+    if "markdown" in res:
+        outputs.append(("rl.md", res["markdown"]))
+    for name, text in outputs:
         tmp = RESULTS / f".{name}.tmp{os.getpid()}"
         tmp.write_text(text)
         os.replace(tmp, RESULTS / name)
@@ -127,5 +152,7 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    out = run(quick="--quick" in sys.argv)
-    print(out["markdown"])
+    args = sys.argv[1:]
+    chosen = tuple(a for a in args if not a.startswith("--")) or None
+    out = run(quick="--quick" in args, only=chosen)
+    print(out.get("markdown", json.dumps(out, indent=1)))
