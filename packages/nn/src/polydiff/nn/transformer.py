@@ -361,13 +361,17 @@ class TransformerDenoiser(nn.Module):
 def sincos_pos_embed(
     grid: Sequence[int], dim: int, device: torch.device | None = None
 ) -> torch.Tensor:
-    """Fixed N-d sin-cos positions (N, dim): an even share of channels per axis (DiT / MAE);
-    channels left over when ``dim`` is not divisible by ``2 * len(grid)`` are zero."""
+    """Fixed N-d sin-cos positions (N, dim) over a row-major grid: an even share of channels per
+    axis, ``[sin, cos]`` each, the *last* axis first (DiT / MAE ``get_2d_sincos_pos_embed``, so
+    DiT checkpoints port); channels left over when ``dim`` is not divisible by
+    ``2 * len(grid)`` are zero."""
     per_axis = 2 * (dim // (2 * len(grid)))
     coords = torch.meshgrid(
         *[torch.arange(n, dtype=torch.float32, device=device) for n in grid], indexing="ij"
     )
-    parts = [timestep_embedding(c.reshape(-1), per_axis, flip_sin_to_cos=False) for c in coords]
+    parts = [
+        timestep_embedding(c.reshape(-1), per_axis, flip_sin_to_cos=False) for c in coords[::-1]
+    ]
     emb = torch.cat(parts, dim=-1)  # (N, per_axis * n_axes)
     return F.pad(emb, (0, dim - emb.shape[1]))  # (N, dim)
 

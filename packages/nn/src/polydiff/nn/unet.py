@@ -218,6 +218,7 @@ class UNet(nn.Module):
     Level ``i`` has ``model_channels * channel_mult[i]`` channels and ``num_res_blocks`` residual
     blocks (attention after each when ``i in attention_levels``); each spatial size must be
     divisible by ``2 ** (len(channel_mult) - 1)``. ``num_heads`` is overridden by ``head_dim``.
+    ``scale_shift_norm=False`` adds the embedding before the norm instead (DDPM, Ho et al. 2020).
     """
 
     def __init__(
@@ -242,6 +243,7 @@ class UNet(nn.Module):
         mid_attention: bool = True,
         kernel_size: int = 3,
         norm_groups: int = 32,
+        scale_shift_norm: bool = True,
         time_embedding: str = "sinusoidal",
         time_scale: float = 1.0,
         emb_dim: int | None = None,
@@ -275,7 +277,9 @@ class UNet(nn.Module):
         self.accepts_null_mask = self.embed.is_conditional or bool(context_dim or concat_channels)
 
         def res(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dims, dropout, kernel_size, norm_groups)
+            return ResBlock(
+                cin, cout, emb_dim, dims, dropout, kernel_size, norm_groups, scale_shift_norm
+            )
 
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, num_heads, head_dim, context_dim, norm_groups)
