@@ -183,3 +183,23 @@ def test_references_and_normalized_score() -> None:
     )
     assert expert.summary()["success_rate"] == 1.0 and expert.returns == [1.0, 1.0, 1.0]
     assert rand.summary()["nfe_per_action"] == 0.0
+
+
+def test_candidates_without_value_keep_the_smoothest_plan() -> None:
+    from polydiff.rl.datasets import MinMaxNormalizer
+
+    smooth = torch.linspace(-1, 1, 8)[:, None].repeat(1, 4)  # (8, 4) straight line
+    jumpy = smooth.clone()
+    jumpy[3:5, :2] = 0.9  # a jump through the middle
+    rows = torch.stack([jumpy, smooth, jumpy])  # candidate 1 is the smooth one
+
+    def fake_denoiser(x, sigma, cond=None):
+        return rows.to(x.dtype)
+
+    norm = MinMaxNormalizer([-1.0] * 4, [1.0] * 4)
+    planner = DiffuserPlanner(
+        fake_denoiser, norm, 8, 4, n_steps=3, n_candidates=3, goal_zero_dims=()
+    )
+    plan = planner.plan(np.full(4, -1.0, dtype=np.float32))
+    np.testing.assert_allclose(plan.trajectory, smooth.numpy(), atol=1e-5)
+    assert plan.nfe == 3

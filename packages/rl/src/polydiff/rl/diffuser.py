@@ -8,7 +8,9 @@ only). Planning is conditional sampling through the core's denoiser transformati
   replaced by their values noised to the current level;
 - a value function on noisy trajectories steers sampling by gradient guidance
   ``D + s sigma^2 grad V`` (sec. 3.3), switched off below ``guide_sigma_min`` (stop-grad near
-  sigma = 0), and ranks a batch of candidate plans.
+  sigma = 0), and ranks a batch of candidate plans; without a value function the candidate
+  with the smallest largest jump between consecutive planned positions is kept (jumps are
+  where an under-trained model cuts through walls).
 
 Execution is receding-horizon: :class:`MazePlanAgent` tracks the planned states with a PD
 controller and replans every ``replan_every`` steps; :class:`PlanActionAgent` executes the
@@ -104,6 +106,9 @@ class DiffuserPlanner:
         if self.value is not None:
             v = self.value(x0, torch.full((b,), self.sigma_min))
             best, value = int(v.argmax()), float(v.max())
+        elif b > 1:  # no value: keep the smoothest plan (largest step between waypoints)
+            steps = x0[:, 1:, list(self.goal_dims)] - x0[:, :-1, list(self.goal_dims)]
+            best = int(steps.norm(dim=-1).amax(dim=1).argmin())
         traj = self.normalizer.unnormalize(x0[best]).numpy()
         return Plan(traj, counter.calls, time.perf_counter() - start, value)
 

@@ -68,6 +68,7 @@ class MazeConfig:
     batch_size: int = 64
     lr: float = 1e-3
     n_steps: int = 12
+    n_candidates: int = 1
     replan_every: int = 20
     eval_seeds: int = 20
     gif: bool = True  # a rollout animation when out_dir is given (MuJoCo EGL rendering)
@@ -108,6 +109,7 @@ def train_maze_diffuser(cfg: MazeConfig) -> tuple[DiffuserPlanner, TrajectoryWin
         cfg.horizon,
         windows.obs_dim,
         n_steps=cfg.n_steps,
+        n_candidates=cfg.n_candidates,
         seed=cfg.seed,
     )
     return planner, windows, info
