@@ -77,8 +77,31 @@ def _unet(channels: int, width: int, **kw: Any) -> UNet:
     )  # fmt: skip
 
 
-def _train(model: nn.Module, loss: Any, data: Any, steps: int, batch: int, lr: float = 2e-3):
-    """Trainer run with warmup + cosine LR and an EMA; returns (EMA model, seconds)."""
+def _cache_dir() -> Path:
+    from polydiff.image.metrics import cache_root
+
+    return cache_root() / "image_editing"
+
+
+def _train(
+    name: str, model: nn.Module, loss: Any, data: Any, steps: int, batch: int, lr: float = 2e-3
+) -> tuple[nn.Module, float]:
+    """Trainer run with warmup + cosine LR and an EMA; returns (EMA model, seconds).
+
+    The EMA weights are cached (safetensors, keyed by name, budget and model size), so a
+    section can be re-run without retraining what it depends on.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    size = sum(p.numel() for p in model.parameters())
+    path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}-p{size}.safetensors"
+    if path.is_file():
+        ema = copy.deepcopy(model)
+        ema.load_state_dict(load_file(str(path)))
+        with safe_open(str(path), "pt") as f:
+            seconds = float((f.metadata() or {}).get("seconds", "nan"))
+        return ema.eval().requires_grad_(False), seconds
     cfg = TrainerConfig(
         max_steps=steps, batch_size=batch, ema_decays=(0.995,), progress=False,
         log_every=max(1, steps // 4), cpu=True, lr_schedule="cosine",
@@ -88,7 +111,13 @@ def _train(model: nn.Module, loss: Any, data: Any, steps: int, batch: int, lr: f
     trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
     trainer.fit()
     ema = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
-    return ema, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().contiguous() for k, v in ema.state_dict().items()}
+    save_file(state, str(tmp), metadata={"seconds": str(seconds)})
+    tmp.replace(path)
+    return ema, seconds
 
 
 def _sigmas(steps: int) -> torch.Tensor:
@@ -181,7 +210,9 @@ def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     # SR model 16 -> 32 with conditioning augmentation (unconditional on the class)
     sr_net = superres.sr_unet(1, "tiny", model_channels=b.width, attention_levels=())
     sr_loss = superres.SuperResolutionLoss(_objective(0.0), 16, max_aug_sigma=0.4)
-    sr, t_sr = _train(sr_net, sr_loss, TensorDictDataset(train32.images), b.sr_steps, b.batch)
+    sr, t_sr = _train(
+        "sr16to32", sr_net, sr_loss, TensorDictDataset(train32.images), b.sr_steps, b.batch
+    )
     D_sr = sr_loss.denoiser(sr)
     # low-res consistency on real inputs
     real = test32.images[: b.n_eval]
@@ -197,7 +228,7 @@ def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     # cascade vs direct 32x32 model
     direct_net = _unet(1, b.width, num_classes=10)
     data32 = TensorDictDataset(train32.images, **{"class": train32.labels})
-    direct, t_direct = _train(direct_net, _objective(), data32, b.direct_steps, b.batch)
+    direct, t_direct = _train("direct32", direct_net, _objective(), data32, b.direct_steps, b.batch)
     labels = _labels(b.n_eval)
     cfg_base = classifier_free_guidance(_objective().denoiser(base), 2.0)
     cfg_direct = classifier_free_guidance(_objective().denoiser(direct), 2.0)
@@ -232,10 +263,12 @@ def section_controlnet(b: Budget) -> dict[str, Any]:
     data = controlnet.OutlineFillDataset(n=1200, size=16, seed=0)
     obj = _objective(0.0)
     base_net = _unet(3, b.width)
-    base, t_base = _train(base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.batch)
+    base, t_base = _train(
+        "shapes16", base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.batch
+    )
     before = {k: v.clone() for k, v in base.state_dict().items()}
     cn_net = controlnet.ControlNet(base, hint_channels=1)
-    cn, t_cn = _train(cn_net, obj, data, b.control_steps, b.batch, lr=1e-3)
+    cn, t_cn = _train("controlnet16", cn_net, obj, data, b.control_steps, b.batch, lr=1e-3)
     unchanged = all(torch.equal(v, before[k]) for k, v in cn_net.base.state_dict().items())
     test = controlnet.OutlineFillDataset(n=b.n_eval, size=16, seed=123)
     cond = {"control": test.control}
@@ -281,6 +314,9 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
     common = {"steps": steps, "batch_size": batch}
     methods = {
         "lora": lambda m: adaptation.train_lora(m, obj, nines, TOKEN, rank=4, lr=3e-3, **common),
+        "lora_prior": lambda m: adaptation.train_lora(
+            m, obj, nines, TOKEN, prior_x, prior_y, rank=4, lr=3e-3, **common
+        ),
         "textual_inversion": lambda m: adaptation.train_textual_inversion(
             m, obj, nines, TOKEN, init_from=4, lr=3e-2, **common
         ),
@@ -342,7 +378,10 @@ def _markdown(res: dict[str, Any]) -> str:
         add("ControlNet", "base weights unchanged", p["base_weights_unchanged"])
     if "adaptation" in s and "error" not in s["adaptation"]:
         p = s["adaptation"]
-        for k in ("before", "lora", "textual_inversion", "dreambooth_no_prior", "dreambooth_prior"):
+        for k in (
+            "before", "lora", "lora_prior", "textual_inversion", "dreambooth_no_prior",
+            "dreambooth_prior",
+        ):  # fmt: skip
             if k in p:
                 add(f"adapt: {k}", "concept recognised as 9", p[k]["concept_rate"])
                 add(f"adapt: {k}", "old-class acc", p[k]["old_class_acc"])
@@ -383,7 +422,7 @@ def run(
     )  # fmt: skip
     train16 = DigitsDataset(size=16, split="train", classes=OLD)
     data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
-    base, t_base = _train(_unet(1, b.width, num_classes=10), _objective(), data16,
+    base, t_base = _train("digits16", _unet(1, b.width, num_classes=10), _objective(), data16,
                           b.base_steps, b.batch)  # fmt: skip
     res["base16_train_seconds"] = t_base
     sections = {

@@ -121,6 +121,11 @@ def test_dreambooth_trains_all_weights_with_prior_data(concept) -> None:
     assert _concept_loss(net, concept) < 0.97 * before
     changed = [k for k, v in net.state_dict().items() if not torch.equal(v, frozen.state_dict()[k])]
     assert any("conv_in" in k for k in changed) and any("down" in k for k in changed)
+    # LoRA takes the same prior data (DreamBooth-LoRA); too few prior rows are named
+    lora = train_lora(copy.deepcopy(frozen), OBJ, concept, TOKEN, prior, labels, steps=2)
+    assert lora_parameters(lora)
+    with pytest.raises(ValueError, match="prior images"):
+        train_lora(copy.deepcopy(frozen), OBJ, concept, TOKEN, prior[:4], labels[:4], steps=1)
 
 
 def test_textual_inversion_learns_only_the_embedding(concept, tmp_path) -> None:

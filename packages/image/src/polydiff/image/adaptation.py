@@ -123,7 +123,10 @@ def train_lora(
     objective: Any,
     images: torch.Tensor,
     token: int,
+    prior_images: torch.Tensor | None = None,
+    prior_labels: torch.Tensor | None = None,
     *,
+    prior_weight: float = 1.0,
     rank: int = 4,
     include_convs: bool = True,
     steps: int = 200,
@@ -135,13 +138,16 @@ def train_lora(
     """LoRA fine-tuning of ``net`` (in place) on the concept ``images`` under class ``token``.
 
     Targets :data:`LORA_TARGETS` (attention + the class/time embedding projections) and, with
-    ``include_convs``, the residual-block convolutions; the base weights stay frozen. With
-    ``save_to`` the adapter alone is written (``polydiff.nn.lora.save_lora``).
+    ``include_convs``, the residual-block convolutions; the base weights stay frozen. With prior
+    data (:func:`prior_dataset`) the loss adds DreamBooth's prior-preservation term
+    (:class:`DreamBoothLoss`). With ``save_to`` the adapter alone is written
+    (``polydiff.nn.lora.save_lora``).
     """
     _check_token(net, token)
     add_lora(net, rank=rank, targets=LORA_TARGETS, include_convs=include_convs)
+    data = _concept_data(images, token, prior_images, prior_labels, prior_weight, batch_size)
     finetune(
-        net, objective, concept_dataset(images, token, 4 * batch_size), steps=steps, lr=lr,
+        net, DreamBoothLoss(objective, prior_weight), data, steps=steps, lr=lr,
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
     if save_to is not None:
@@ -177,6 +183,26 @@ class _PairedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.get_batch([i]).items()}
+
+
+def _concept_data(
+    images: torch.Tensor,
+    token: int,
+    prior_images: torch.Tensor | None,
+    prior_labels: torch.Tensor | None,
+    prior_weight: float,
+    batch_size: int,
+) -> Dataset:
+    """The concept dataset, paired with prior samples when there are any (and a weight)."""
+    if prior_images is None or prior_weight == 0:
+        return concept_dataset(images, token, 4 * batch_size)
+    if prior_labels is None or len(prior_labels) != len(prior_images):
+        raise ValueError("prior_images need prior_labels of the same length")
+    if len(prior_images) < batch_size:
+        raise ValueError(
+            f"need at least batch_size={batch_size} prior images, got {len(prior_images)}"
+        )
+    return _PairedDataset(images, token, prior_images, prior_labels)
 
 
 @torch.no_grad()
@@ -250,12 +276,7 @@ def train_dreambooth(
     :func:`prior_dataset`); ``prior_weight=0`` or no prior data is plain fine-tuning."""
     _check_token(net, token)
     net.requires_grad_(True)
-    if prior_images is None or prior_weight == 0:
-        data: Dataset = concept_dataset(images, token, 4 * batch_size)
-    else:
-        if prior_labels is None or len(prior_labels) != len(prior_images):
-            raise ValueError("prior_images need prior_labels of the same length")
-        data = _PairedDataset(images, token, prior_images, prior_labels)
+    data = _concept_data(images, token, prior_images, prior_labels, prior_weight, batch_size)
     loss = DreamBoothLoss(objective, prior_weight)
     finetune(net, loss, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     return net
