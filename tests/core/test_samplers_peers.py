@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polydiff.core.samplers import SAMPLERS, sample
+from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
 from tests.peers import (
@@ -273,7 +273,10 @@ def test_dpmpp_2m_and_euler_equal_diffusers(karras: bool, gmm) -> None:
 MOMENT_OPTIONS = {"langevin": {"step_size": 0.3, "n_steps_each": 6}, "pc": {"n_corrector": 2}}
 
 
-@pytest.mark.parametrize("name", [n for n in SAMPLERS if n not in ("adaptive",)])
+@pytest.mark.parametrize(
+    "name",
+    [n if n not in DETERMINISTIC else pytest.param(n, marks=pytest.mark.slow) for n in SAMPLERS],
+)  # ODE solvers are checked against the exact ODE solution; here only in the slow suite
 def test_samples_match_the_exact_mixture_moments(name: str) -> None:
     """Mean and covariance of 3000 samples (60 steps) within a few Monte-Carlo standard errors
     (0.02 for the mean, 0.03 for the covariance, normalised) of the exact mixture moments, in
