@@ -416,21 +416,32 @@ def run(
     b = budget or (QUICK if quick else Budget())
     res: dict[str, Any] = {"quick": quick, "budget": asdict(b), "sections": {}}
     t0 = time.perf_counter()
-    evaluator = ImageEvaluator(
-        "digits", feature_steps=b.feature_steps,
-        reference=DigitsDataset(size=32, split="test", classes=OLD).images,
-    )  # fmt: skip
-    train16 = DigitsDataset(size=16, split="train", classes=OLD)
-    data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
-    base, t_base = _train("digits16", _unet(1, b.width, num_classes=10), _objective(), data16,
-                          b.base_steps, b.batch)  # fmt: skip
-    res["base16_train_seconds"] = t_base
+    built: dict[str, Any] = {}
+
+    def evaluator() -> ImageEvaluator:  # built on first use (the ControlNet section needs none)
+        if "evaluator" not in built:
+            built["evaluator"] = ImageEvaluator(
+                "digits", feature_steps=b.feature_steps,
+                reference=DigitsDataset(size=32, split="test", classes=OLD).images,
+            )  # fmt: skip
+        return built["evaluator"]
+
+    def base() -> nn.Module:  # class-conditional digits 0-8 at 16x16, shared by 4 sections
+        if "base" not in built:
+            train16 = DigitsDataset(size=16, split="train", classes=OLD)
+            data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
+            net = _unet(1, b.width, num_classes=10)
+            built["base"], res["base16_train_seconds"] = _train(
+                "digits16", net, _objective(), data16, b.base_steps, b.batch
+            )
+        return built["base"]
+
     sections = {
-        "inpainting": lambda: section_inpainting(base, evaluator, b),
-        "edits": lambda: section_edits(base, evaluator, b),
-        "adaptation": lambda: section_adaptation(base, evaluator, b),
+        "inpainting": lambda: section_inpainting(base(), evaluator(), b),
+        "edits": lambda: section_edits(base(), evaluator(), b),
+        "adaptation": lambda: section_adaptation(base(), evaluator(), b),
         "controlnet": lambda: section_controlnet(b),
-        "superres": lambda: section_superres(base, evaluator, b),
+        "superres": lambda: section_superres(base(), evaluator(), b),
     }
     for name, fn in sections.items():
         if only and name not in only:
