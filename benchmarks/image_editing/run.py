@@ -293,14 +293,23 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
     obj = _objective(0.0)  # fine-tuning without condition dropout (token rows only)
     old = _labels(b.n_eval)
     token = torch.full((b.n_eval,), TOKEN)
+    held = DigitsDataset(size=16, split="test", classes=[TOKEN]).images[:32]
+    held_sigma = torch.logspace(-1.5, 1.0, len(held), dtype=torch.float64)
+    held_noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(11))
 
     def measure(model: nn.Module) -> dict[str, float]:
         D = classifier_free_guidance(_objective().denoiser(model), 2.0)
         new = _generate(D, (1, 16, 16), {"class": token}, b.steps, seed=5)
         prior = _generate(D, (1, 16, 16), {"class": old}, b.steps, seed=6)
+        with torch.no_grad():  # denoising loss of held-out 9s under the token, fixed draws
+            loss = obj.per_sample_loss(
+                model, held, {"class": torch.full((len(held),), TOKEN)}, sigma=held_sigma,
+                noise=held_noise,
+            )  # fmt: skip
         return {
             "concept_rate": evaluator.class_accuracy(new, token),
             "old_class_acc": evaluator.class_accuracy(prior, old),
+            "heldout_concept_loss": float(loss.mean()),
         }
 
     out: dict[str, Any] = {"concept": "digit 9 (unseen in training), 5 images", "n": b.n_eval}
