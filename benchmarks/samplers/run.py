@@ -50,7 +50,8 @@ SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end":
 OURS: dict[str, tuple[str, dict]] = {name: (name, {}) for name in SAMPLERS}
 OURS["dpmpp_3m (eta=0)"] = ("dpmpp_3m_sde", {"eta": 0.0})
 OURS["unipc (order 3)"] = ("unipc", {"order": 3})
-ODE_ROWS = set(DETERMINISTIC) | {"dpmpp_3m (eta=0)", "unipc (order 3)"}
+OURS["adaptive (batch step)"] = ("adaptive", {"per_sample": False})
+ODE_ROWS = set(DETERMINISTIC) | {"dpmpp_3m (eta=0)", "unipc (order 3)", "adaptive (batch step)"}
 DDIM_GRID_ROWS = {"ddim", "ddpm"}
 
 # k-diffusion function per row (same grid, same start; noise from the same generator)
@@ -188,14 +189,16 @@ def run_diffusers(row: str, mix, x, steps: int, seed: int) -> tuple[torch.Tensor
     return run_diffusers_scheduler(sched, counter, x, step_kwargs=kwargs), counter.calls
 
 
-def adaptive_ladder(impl: str, mix, x, max_nfe: int) -> list[tuple[float, torch.Tensor, int]]:
+def adaptive_ladder(
+    row: str, impl: str, mix, x, max_nfe: int
+) -> list[tuple[float, torch.Tensor, int]]:
     """``(tolerance, output, nfe)`` down the tolerance ladder until the NFE exceeds ``max_nfe``."""
     runs = []
     sigmas = _grid("adaptive", 10)
     for tol in TOLERANCES:
         counter = Counter(mix)
         if impl == "polydiff":
-            out = sample(counter, x, sigmas, "adaptive", rtol=tol, atol=tol)
+            out = sample(counter, x, sigmas, "adaptive", rtol=tol, atol=tol, **OURS[row][1])
         else:
             k = load_k_diffusion_sampling()
             smin, smax = float(sigmas[-2]), float(sigmas[0])
@@ -253,7 +256,8 @@ def bench_accuracy(quick: bool) -> list[dict]:
             impls = ["polydiff"] + ["k-diffusion"] * (row in K_DIFFUSION)
             impls += ["diffusers"] * (row in DIFFUSERS)
             for impl in impls:
-                ladder = adaptive_ladder(impl, mix, x, max(BUDGETS)) if row == "adaptive" else []
+                adaptive = row.startswith("adaptive")
+                ladder = adaptive_ladder(row, impl, mix, x, max(BUDGETS)) if adaptive else []
                 for budget in BUDGETS:
                     rows.append(_measure(prob["name"], row, impl, budget, mix, x, ref, exact,
                                          ladder))  # fmt: skip
@@ -284,7 +288,7 @@ class SlicedW2:
 def _measure(problem, row, impl, budget, mix, x, ref, exact, ladder) -> dict:
     record = {"problem": problem, "sampler": row, "impl": impl, "nfe_budget": budget}
     start = time.perf_counter()
-    if row == "adaptive":
+    if row.startswith("adaptive"):
         fits = [run for run in ladder if run[2] <= budget]
         if not fits:
             return {**record, "nfe": None}

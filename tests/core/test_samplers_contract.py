@@ -232,6 +232,18 @@ def test_ddim_is_euler_and_ddpm_is_ddim_eta_one(gmm8: GaussianMixture) -> None:
     )
 
 
+def test_adaptive_shared_step_size_mode(ring, ode_case) -> None:
+    x, exact = ode_case
+    grid = karras_sigmas(2, 0.02, 40.0)
+    info_rows, info_batch = {}, {}
+    per_row = sample(ring, x, grid, "adaptive", rtol=1e-4, atol=1e-4, info=info_rows)
+    shared = sample(ring, x, grid, "adaptive", rtol=1e-4, atol=1e-4, per_sample=False,
+                    info=info_batch)  # fmt: skip
+    assert info_batch["nfe"] < info_rows["nfe"]  # one step size: no waiting for the worst row
+    for out in (per_row, shared):
+        assert (out - exact).norm(dim=1).mean() < 1e-3
+
+
 def test_adaptive_reports_its_nfe(gmm8: GaussianMixture) -> None:
     x, grid = _start((6, 8), 10.0), karras_sigmas(8, 0.05, 10.0)
     for solver in ["dpmpp32", "bosh3", "dopri5"]:

@@ -121,13 +121,17 @@ def adaptive(
     h_init: float = 0.1,
     safety: float = 0.9,
     max_steps: int = 10_000,
+    per_sample: bool = True,
     info: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Adaptive embedded solver (DPM-Solver++ 3(2), Bogacki-Shampine 3(2) or Dormand-Prince 5(4)).
 
     Integrates from ``sigmas[0]`` to the last positive sigma (interior grid points are ignored),
     then denoises cleanly if the grid ends in 0. Per row the error ``RMS(err / (atol + rtol *
-    max|x|))`` must be <= 1; steps (in log-sigma) adapt by ``safety * err^(-1/(q+1))``. The NFE
+    max|x|))`` must be <= 1; steps (in log-sigma) adapt by ``safety * err^(-1/(q+1))``. With
+    ``per_sample=False`` the RMS runs over the whole batch and all rows share one step size (as
+    k-diffusion's ``dpm_adaptive``): fewer denoiser calls for large batches, but a row's result
+    then depends on the rest of the batch. The NFE
     (denoiser calls) and the mean accepted / rejected steps per sample are written into ``info``
     if given and passed to ``callback`` as ``"nfe"``.
     """
@@ -163,6 +167,8 @@ def adaptive(
             x_new, err, d_fsal = step_fn(evaluate, x, d0, lam, h)
             scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
             err_norm = (err / scale).double().pow(2).flatten(1).mean(1).sqrt()  # (B,)
+            if not per_sample:  # one error (RMS over the batch) and one step for all rows
+                err_norm = err_norm.pow(2).mean().sqrt().expand(batch)
             accept = active & (err_norm <= 1)
             keep = append_dims(accept, x.ndim)
             x = torch.where(keep, x_new, x)
