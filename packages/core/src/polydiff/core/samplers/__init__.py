@@ -9,7 +9,16 @@ Contract shared by every sampler (checked by ``tests/core/test_samplers_contract
   and are skipped); the result is ``x`` at ``sigmas[-1]``, and a final step into sigma 0 is a
   clean denoise;
 - all noise comes from ``generator`` (same seed, same samples); no state survives a call;
+- the denoiser sees sigma as float32 (float64 for float64 ``x``); a non-finite output raises
+  FloatingPointError naming the step and sigma;
+- ``callback`` gets ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` once per step (``adaptive``:
+  per iteration, with per-row sigma tensors and ``"nfe"``; pass ``info={}`` to get its NFE);
 - grad mode is the caller's: wrap in ``torch.no_grad()`` for inference.
+
+Families: ``karras`` (Euler / Heun / DPM-2 with EDM churn ``s_churn, s_tmin, s_tmax, s_noise``,
+ancestral variants, LMS, DDIM / DDPM in sigma space), ``dpm_solver`` (DPM-Solver++ 2S / SDE /
+2M / 2M-SDE / 3M-SDE), ``unipc``, ``adaptive`` (error-controlled embedded solvers) and
+``score_sde`` (annealed Langevin, predictor-corrector).
 
 Add a sampler: write the function, add one line to ``SAMPLERS``, pass the contract tests.
 """

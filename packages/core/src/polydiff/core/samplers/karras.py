@@ -68,7 +68,11 @@ def heun(
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """EDM stochastic sampler with Heun's 2nd-order correction (Karras et al. 2022, Alg. 2)."""
+    """EDM stochastic sampler with Heun's 2nd-order correction (Karras et al. 2022, Alg. 2).
+
+    ``s_churn, s_tmin, s_tmax, s_noise`` are EDM's S_churn, S_tmin, S_tmax, S_noise; with
+    ``s_churn=0`` (default) this is the deterministic Heun ODE solver (Alg. 1).
+    """
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
     n = len(grid) - 1
     for i in range(n):
