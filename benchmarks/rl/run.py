@@ -49,7 +49,10 @@ def configs(
             ),
         )  # fmt: skip
     return (
-        MazeConfig(data_episodes=60, train_steps=1500, eval_seeds=30, data_root=data_root),
+        MazeConfig(
+            data_episodes=60, train_steps=1500, n_candidates=4, replan_every=10, eval_seeds=30,
+            data_root=data_root,
+        ),
         PendulumConfig(train_steps=1200, value_steps=800, eval_seeds=10, data_root=data_root),
         TwoPathConfig(
             train_steps=1200, mse_steps=1000, eval_seeds=50, backbones=("unet", "transformer"),

@@ -55,7 +55,14 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         "figures": [toy["plot"]],
     }
     if not quick:
-        maze_cfg = MazeConfig(data_episodes=40, train_steps=1000, eval_seeds=8, data_root=data_root)
+        maze_cfg = MazeConfig(
+            data_episodes=40,
+            train_steps=1000,
+            n_candidates=4,
+            replan_every=10,
+            eval_seeds=8,
+            data_root=data_root,
+        )
         maze = run_maze_diffuser(maze_cfg, out_dir)
         summary["pointmaze_umaze"] = {
             "diffuser": _brief(maze["diffuser"]),
