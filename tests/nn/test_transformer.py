@@ -192,3 +192,26 @@ def test_model_aux_loss() -> None:
     assert net.blocks[0].mlp.router.weight.grad is not None
     plain = TransformerDenoiser(4, hidden=16, depth=1, heads=2)
     assert float(plain.aux_loss) == 0.0
+
+
+def test_attention_combines_padding_causal_and_bias() -> None:
+    from polydiff.nn.attention import Attention, combine_masks
+
+    b, n, h = 2, 5, 2
+    pad = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    bias = torch.randn(1, h, n, n)
+    mask = combine_masks(b, n, n, pad, bias, causal=True)
+    assert mask.shape == (b, h, n, n)
+    allowed = pad[:, None, None, :] & torch.ones(n, n, dtype=torch.bool).tril()
+    torch.testing.assert_close(
+        mask[allowed.expand(b, h, n, n)], bias.expand(b, h, n, n)[allowed.expand(b, h, n, n)]
+    )
+    assert bool(torch.isinf(mask[~allowed.expand(b, h, n, n)]).all())
+    # the attention output equals a manual softmax with that mask
+    attn = Attention(8, heads=h)
+    x = torch.randn(b, n, 8)
+    out = attn(x, key_padding_mask=pad, attn_mask=bias, causal=True)
+    q, k, v = (m(x).view(b, n, h, 4).transpose(1, 2) for m in (attn.to_q, attn.to_k, attn.to_v))
+    w = (q @ k.transpose(-1, -2) / 2.0 + mask).softmax(-1)
+    ref = attn.to_out((w @ v).transpose(1, 2).reshape(b, n, 8))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -55,7 +55,7 @@ def combine_masks(
         allowed = allowed | ~allowed.any(dim=-1, keepdim=True)  # no all-masked rows (NaN)
         if bias is None:
             return allowed
-        return bias.masked_fill(~allowed, float("-inf"))
+        return torch.where(allowed, bias, torch.full((), float("-inf"), dtype=bias.dtype))
     return bias
 
 
