@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def editable_specs() -> list[str]:
-    """Return ``-e path[extras]`` arguments, packages first (sorted), apps last."""
-    projects = sorted(ROOT.glob("packages/*/pyproject.toml")) + [ROOT / "apps" / "pyproject.toml"]
+    """Return ``-e path[extras]`` arguments in layer order: core, nn, train, modalities, apps.
+
+    (pip 23's resolver can miss an editable with extras named after a package that needs it.)
+    """
+    layer = {"core": 0, "nn": 1, "train": 2}
+    found = ROOT.glob("packages/*/pyproject.toml")
+    ordered = sorted(found, key=lambda p: (layer.get(p.parent.name, 3), p.parent.name))
+    projects = ordered + [ROOT / "apps" / "pyproject.toml"]
     args: list[str] = []
     for pyproject in projects:
         if not pyproject.exists():
