@@ -185,6 +185,11 @@ def markdown(r: dict) -> str:
     lines = [
         "## image: class-conditional digits (16x16), pixel vs latent, sampler x NFE",
         "",
+        *(
+            ["**Quick smoke run** (tiny models, a few hundred steps): not converged.", ""]
+            if r.get("quick")
+            else []
+        ),
         f"Models: {r['model']['pixel']}; {r['model']['latent']}. EDM objective, 10% label "
         f"dropout, CFG scale {r['guidance_scale']}, DPM-Solver++(2M) 20 NFE unless stated; "
         f"{r['eval_samples']} samples, class accuracy and FID from the built-in digits feature "
