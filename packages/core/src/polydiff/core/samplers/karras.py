@@ -51,7 +51,7 @@ def euler(
         x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = model(x, s_hat, i)
         _report(callback, x, i, grid[i], s_hat, denoised)
-        x = x + (x - denoised) * ((grid[i + 1] - s_hat) / s_hat)
+        x = torch.lerp(denoised, x, grid[i + 1] / s_hat)  # = x + (s_next - s_hat) * d
     return x
 
 
@@ -144,7 +144,7 @@ def euler_ancestral(
         denoised = model(x, s, i)
         _report(callback, x, i, s, s, denoised)
         s_down, s_up = ancestral_step(s, grid[i + 1], eta)
-        x = add_noise(denoised + (x - denoised) * (s_down / s), s_noise * s_up, generator)
+        x = add_noise(torch.lerp(denoised, x, s_down / s), s_noise * s_up, generator)
     return x
 
 
@@ -192,7 +192,7 @@ def ddpm(
         _report(callback, x, i, s, s, denoised)
         ratio = s_next**2 / s**2
         std = s_next * math.sqrt(1.0 - ratio)
-        x = add_noise(denoised + (x - denoised) * ratio, std, generator)
+        x = add_noise(torch.lerp(denoised, x, ratio), std, generator)
     return x
 
 
