@@ -17,7 +17,10 @@ from .embeddings import (
 from .mlp import ResidualMLP
 from .spacetime import SpaceTimeBlock, TemporalAttention, VideoUNet
 from .transformer import DIT_SIZES, AdaLNZeroBlock, DiT, MoEFeedForward, TransformerDenoiser, dit
-from .unet import UNET_SIZES, UNet, unet
+from .unet import UNET_SIZES, UNet
+
+# the factory ``unet(size, **overrides)`` stays in ``polydiff.nn.unet`` (exporting it here would
+# shadow the submodule: ``import polydiff.nn.unet`` must give the module)
 
 __all__ = [
     "DIT_SIZES",
@@ -38,5 +41,4 @@ __all__ = [
     "VideoUNet",
     "dit",
     "timestep_embedding",
-    "unet",
 ]
