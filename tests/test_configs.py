@@ -1,7 +1,8 @@
 """Every config in ``configs/`` composes and builds (generic: new files are picked up).
 
 Each experiment is composed and all of its nodes instantiated; each group option that no
-experiment uses is composed on top of the defaults and its own node instantiated.
+experiment uses is composed on top of the defaults and its own node instantiated. Data nodes
+(which may generate a dataset or train a cached autoencoder) are built by slow tests.
 """
 
 from __future__ import annotations
@@ -77,20 +78,34 @@ def _build_node(cfg: DictConfig, group: str) -> None:
         assert isinstance(opt, torch.optim.Optimizer) and tc.max_steps >= 1
 
 
+# data nodes may build real datasets (procedural images, a cached autoencoder...): slow tests
+CHEAP = tuple(g for g in GROUPS if g != "data")
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_experiment_composes_and_builds(experiment):
     cfg = compose([f"experiment={experiment}"], CONFIGS)
     assert cfg.name, "an experiment sets its name (runs/<name>/...)"
-    for group in GROUPS:
+    for group in CHEAP:
         _build_node(cfg, group)
     text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
     assert text.startswith("# @package _global_"), "experiments hold deltas at the global level"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiment_data_builds(experiment):
+    _build_node(compose([f"experiment={experiment}"], CONFIGS), "data")
+
+
 _UNUSED = [(g, o) for g in GROUPS for o in _options(g) if (g, o) not in _used_by_experiments()]
 
 
-@pytest.mark.parametrize("group,option", _UNUSED, ids=[f"{g}={o}" for g, o in _UNUSED])
+@pytest.mark.parametrize(
+    "group,option",
+    [pytest.param(g, o, marks=[pytest.mark.slow] if g == "data" else []) for g, o in _UNUSED],
+    ids=[f"{g}={o}" for g, o in _UNUSED],
+)
 def test_group_option_composes_and_builds(group, option):
     """Options no experiment selects, on top of the defaults (the others: experiments above)."""
     cfg = compose([f"{group}={option}"], CONFIGS)

@@ -84,6 +84,7 @@ class TrainerConfig:
     progress: bool = True
     tensorboard: bool = False
     cpu: bool = False  # force CPU even if an accelerator is available
+    num_threads: int | None = None  # torch intra-op threads (1 is fastest for small models)
     resume: str | None = None  # None | "auto" (latest in run_dir) | path of a checkpoint dir
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -146,6 +147,8 @@ class Trainer:
         run_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg = config or TrainerConfig()
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
         self.accelerator = acc = _build_accelerator(cfg)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.objective = objective
