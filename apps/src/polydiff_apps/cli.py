@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -52,7 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from polydiff.train.run import train
 
     run_dir = train(args.overrides)
-    print(f"polydiff: trained; run directory {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # torchrun / accelerate launch: main process only
+        print(f"polydiff: trained; run directory {run_dir}")
     return 0
 
 
