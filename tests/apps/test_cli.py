@@ -103,3 +103,36 @@ def test_errors_name_the_problem(tiny_run, tmp_path, capsys):
 
 def test_toy_demo_is_discoverable():
     assert "toy" in discover_demos()
+
+
+def test_conditional_run_samples_with_guidance(tmp_path):
+    run = tmp_path / "cond"
+    tiny = [o for o in TINY if not o.startswith(("experiment=", "trainer.max_steps"))]
+    assert (
+        main(["train", "experiment=toy/gmm_cond", *tiny, "trainer.max_steps=30", f"run_dir={run}"])
+        == 0
+    )
+    for scale in (1.0, 3.0):
+        out = tmp_path / f"s{scale}"
+        assert (
+            main(
+                [
+                    "sample",
+                    f"run={run}",
+                    "steps=4",
+                    "n=50",
+                    "ema=false",
+                    f"guidance.scale={scale}",
+                    f"out={out}",
+                ]
+            )
+            == 0
+        )
+        data = np.load(out / "samples.npz")
+        assert data["samples"].shape == (50, 2) and data["cond_class"].shape == (50,)
+        assert set(data["cond_class"].tolist()) <= set(range(8))
+        assert json.loads((out / "sample.json").read_text())["guidance"]["scale"] == scale
+    a = np.load(tmp_path / "s1.0" / "samples.npz")
+    b = np.load(tmp_path / "s3.0" / "samples.npz")
+    np.testing.assert_array_equal(a["cond_class"], b["cond_class"])  # same labels, same noise
+    assert np.abs(a["samples"] - b["samples"]).max() > 1e-3  # guidance changed the samples
