@@ -37,7 +37,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 test: setup lint
-	$(PYTEST) -n $(WORKERS) -m "not slow"
+	$(PYTEST) -n $(WORKERS) -m "not slow" --durations=20
 
 test-all: setup lint
 	$(PYTEST) -n $(WORKERS)
