@@ -394,6 +394,8 @@ def _markdown(res: dict[str, Any]) -> str:
             if k in p:
                 add(f"adapt: {k}", "concept recognised as 9", p[k]["concept_rate"])
                 add(f"adapt: {k}", "old-class acc", p[k]["old_class_acc"])
+                if "heldout_concept_loss" in p[k]:
+                    add(f"adapt: {k}", "held-out 9s denoising loss", p[k]["heldout_concept_loss"])
     for name, sec in s.items():
         if "error" in sec:
             add(name, "error", sec["error"].splitlines()[-1][:80])
