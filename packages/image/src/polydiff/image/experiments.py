@@ -115,7 +115,7 @@ def shapes_autoencoder(
     steps: int = 1000,
     batch_size: int = 32,
     z_channels: int = 4,
-    base_channels: int = 32,
+    base_channels: int = 16,
     kl_weight: float = 1e-4,
     cache_dir: str | None = None,
 ) -> KLAutoencoder:
