@@ -240,9 +240,10 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches; returns detached metrics."""
         acc, cfg = self.accelerator, self.cfg
-        self.train_model.train()
+        if not self.train_model.training:  # .train() walks the whole module tree: only if needed
+            self.train_model.train()
         loader = self._batches()
-        total = torch.zeros((), device=self.device)
+        losses = []
         for micro in range(cfg.grad_accum):
             x, cond = split_batch(next(loader))
             x = x.to(self.device, non_blocking=True)
@@ -254,10 +255,10 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             with contextlib.nullcontext() if last else acc.no_sync(self.train_model):
                 loss = self._loss(x, cond)
-                acc.backward(loss / cfg.grad_accum)
+                acc.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             self.data_position += 1
-            total += loss.detach()
-        loss = total / cfg.grad_accum
+            losses.append(loss.detach())
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         grad_norm = self._clip_gradients()
         if not bool(torch.isfinite(loss + grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
