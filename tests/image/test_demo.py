@@ -19,7 +19,7 @@ def test_image_demo_quick_writes_grids_and_metrics(tmp_path):
         assert 0.0 <= res[tag]["class_accuracy"] <= 1.0 and res[tag]["fid"] > 0
     # guidance sharpens class-conditional samples: accuracy up
     assert res["cfg3"]["class_accuracy"] >= res["no_guidance"]["class_accuracy"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 300
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == 400
 
 
 def test_benchmark_nfe_bookkeeping():

@@ -47,11 +47,11 @@ def train_digits(
     size: str = "small",
     steps: int = 1500,
     batch_size: int = 128,
-    lr: float = 2e-3,
+    lr: float = 3e-3,
     conditional: bool = True,
     seed: int = 0,
     run_dir: str | Path | None = None,
-    ema_decay: float = 0.995,
+    ema_decay: float = 0.99,
 ) -> TrainedDigits:
     """Train a (class-conditional) pixel U-Net on 16x16 digits; EDM, 10% condition dropout."""
     torch.manual_seed(seed)
@@ -63,9 +63,8 @@ def train_digits(
     cfg = TrainerConfig(
         max_steps=steps,
         batch_size=batch_size,
-        lr_schedule="cosine",
-        lr_warmup_steps=min(100, steps // 10),
-        lr_min_ratio=0.1,
+        lr_schedule="constant",
+        lr_warmup_steps=min(50, steps // 10),
         ema_decays=(ema_decay,),
         log_every=max(1, steps // 10),
         progress=False,
@@ -115,8 +114,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     """Train, sample grids with and without guidance, write ``metrics.json``; returns metrics."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps, size, n_eval = (300, "tiny", 20) if quick else (1500, "small", 50)
-    model = train_digits(size=size, steps=steps, batch_size=64 if quick else 128)
+    # measured (tiny, batch 64): 600 steps -> 92% class accuracy with CFG 3, 900 -> 100%
+    steps, size, n_eval = (400, "tiny", 20) if quick else (1500, "tiny", 50)
+    model = train_digits(size=size, steps=steps, batch_size=64)
     ev = ImageEvaluator("digits")
     result: dict[str, Any] = {
         "model": f"UNet-{size} ({num_parameters(model.trainer.model) / 1e6:.2f} M params)",
