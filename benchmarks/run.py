@@ -47,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", default="", help="comma-separated benchmark names")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing: rebuild benchmarks/README.md from the stored results/*.md",
+    )
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect()
     names = discover()
     if args.only:
         wanted = set(args.only.split(","))
@@ -93,6 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"failed benchmarks: {failed}", file=sys.stderr)
         return 1
+    return 0
+
+
+def collect() -> int:
+    """Rebuild ``benchmarks/README.md`` from the tables each benchmark last wrote."""
+    sections = []
+    for name in discover():
+        md_file = RESULTS / f"{name}.md"
+        if md_file.exists():
+            sections.append(f"## {name}\n\n{md_file.read_text().strip()}\n")
+        else:
+            sections.append(f"## {name}\n\n(not run yet: `make bench`)\n")
+    header = (
+        "# polydiff benchmarks\n\nTables written by each benchmark's last run "
+        "(`make bench`, or `python -m benchmarks.run --only <name>`), collected by "
+        "`python -m benchmarks.run --collect`. Every comparison is side by side in one run and "
+        "reported as a ratio; each table states the machine and conditions it ran under.\n\n"
+    )
+    out = HERE / "README.md"
+    out.write_text(header + "\n".join(sections))
+    print(f"wrote {out}")
     return 0
 
 
