@@ -397,6 +397,8 @@ def _markdown(res: dict[str, Any]) -> str:
                 if "heldout_concept_loss" in p[k]:
                     add(f"adapt: {k}", "held-out 9s denoising loss", p[k]["heldout_concept_loss"])
     for name, sec in s.items():
+        if "note" in sec and not name.endswith("_first_run"):
+            add(name, "note", sec["note"])
         if "error" in sec:
             add(name, "error", sec["error"].splitlines()[-1][:80])
     return "\n".join(rows) + "\n"
