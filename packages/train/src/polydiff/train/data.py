@@ -52,13 +52,13 @@ class TensorDictDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
 
-    def get_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def get_batch(self, indices: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return {k: v[idx] for k, v in self.tensors.items()}
 
 
-class BatchOrder(Sampler[list[int]]):
-    """Yields this process's index lists, one per optimizer micro-batch, forever.
+class BatchOrder(Sampler[torch.Tensor]):
+    """Yields this process's index tensors, one per optimizer micro-batch, forever.
 
     Global batch ``g`` (size ``batch_size * world_size``) is the slice
     ``[g * G, (g + 1) * G)`` of the epoch's permutation (a function of ``seed`` and the epoch;
@@ -93,7 +93,7 @@ class BatchOrder(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.n, generator=g)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[torch.Tensor]:
         g = self.start
         epoch, perm = -1, None
         while True:
@@ -101,7 +101,7 @@ class BatchOrder(Sampler[list[int]]):
             if e != epoch:
                 epoch, perm = e, self.permutation(e)
             lo = b * self.global_batch + self.rank * self.batch_size
-            yield perm[lo : lo + self.batch_size].tolist()
+            yield perm[lo : lo + self.batch_size]  # LongTensor (batch_size,)
             g += 1
 
 
@@ -111,10 +111,10 @@ class _Batched(Dataset):
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
 
-    def __getitem__(self, indices: list[int]) -> Any:
+    def __getitem__(self, indices: torch.Tensor) -> Any:
         if hasattr(self.dataset, "get_batch"):
             return self.dataset.get_batch(indices)
-        return default_collate([self.dataset[i] for i in indices])
+        return default_collate([self.dataset[i] for i in indices.tolist()])
 
 
 def make_loader(
