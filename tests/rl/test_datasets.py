@@ -113,6 +113,7 @@ def test_windows_and_chunks(tmp_path) -> None:
     torch.testing.assert_close(last["x"][-1], c.act[0][-1])
 
 
+@pytest.mark.slow
 def test_rollout_gif_of_the_expert(tmp_path) -> None:
     from PIL import Image
 

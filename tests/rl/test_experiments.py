@@ -67,6 +67,7 @@ def test_benchmark_goals_and_markdown() -> None:
     assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"
 
 
+@pytest.mark.slow
 def test_tiny_maze_and_pendulum_experiments(tmp_path) -> None:
     maze = run_experiment(
         MazeConfig(
