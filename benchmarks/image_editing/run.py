@@ -52,7 +52,7 @@ class Budget:
     sr_steps: int = 3000
     direct_steps: int = 3000
     shapes_steps: int = 3000
-    control_steps: int = 2000
+    control_steps: int = 3000
     adapt_steps: int = 400
     batch: int = 64
     n_eval: int = 256
