@@ -26,9 +26,10 @@ from polydiff.core.distillation import progressive_distillation
 from polydiff.core.editing import inpaint, repaint_schedule
 from polydiff.core.guidance import classifier_free_guidance
 from polydiff.core.metrics import sliced_wasserstein
+from polydiff.core.objective import DiffusionObjective, LogNormal
 from polydiff.core.parameterization import EDMParameterization, NetworkDenoiser
 from polydiff.core.samplers import sample
-from polydiff.core.schedules import karras_sigmas
+from polydiff.core.schedules import EDMSchedule, karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
 from polydiff.nn import ResidualMLP
 from polydiff.nn.unet import unet
@@ -176,12 +177,11 @@ def bench_distillation(quick: bool) -> list[dict]:
     d_teacher = edm(teacher)
     opt = torch.optim.Adam(teacher.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, teacher_iters)
+    # EDM training (Karras et al. 2022, eq. 8) with a log-normal sigma centred at -0.6
+    objective = DiffusionObjective(EDMSchedule(sigma_data=sd), "edm", "edm", LogNormal(-0.6, 1.2))
     for _ in range(teacher_iters):
         x0, _ = data(512, g)
-        sig = torch.exp(torch.randn(512, generator=g) * 1.2 - 0.6)
-        x = x0 + sig[:, None] * torch.randn(512, 2, generator=g)
-        w = (sig**2 + sd**2) / (sig * sd) ** 2
-        loss = (w * (d_teacher(x, sig) - x0).square().mean(1)).mean()
+        loss = objective.loss(teacher, x0, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()

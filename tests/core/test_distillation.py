@@ -24,9 +24,10 @@ from polydiff.core.distillation import (
     progressive_distillation_loss,
 )
 from polydiff.core.metrics import sliced_wasserstein
+from polydiff.core.objective import DiffusionObjective, LogNormal
 from polydiff.core.parameterization import EDMParameterization, NetworkDenoiser
 from polydiff.core.samplers import sample
-from polydiff.core.schedules import karras_sigmas
+from polydiff.core.schedules import EDMSchedule, karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
 
 F64 = torch.float64
@@ -179,12 +180,11 @@ def test_distill_small_mlp_teacher() -> None:
     d_teacher = edm(teacher)
     opt = torch.optim.Adam(teacher.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 3000)
-    for _ in range(3000):  # EDM training (Karras et al. 2022, eq. 8, log-normal sigma)
+    # EDM training (Karras et al. 2022, eq. 8) with a log-normal sigma centred at -0.6
+    objective = DiffusionObjective(EDMSchedule(sigma_data=sd), "edm", "edm", LogNormal(-0.6, 1.2))
+    for _ in range(3000):
         x0, _ = data(512, g)
-        sig = torch.exp(torch.randn(512, generator=g) * 1.2 - 0.6)
-        x = x0 + sig[:, None] * torch.randn(512, 2, generator=g)
-        w = (sig**2 + sd**2) / (sig * sd) ** 2
-        loss = (w * (d_teacher(x, sig) - x0).square().mean(1)).mean()
+        loss = objective.loss(teacher, x0, generator=g)
         opt.zero_grad()
         loss.backward()
         opt.step()
