@@ -64,31 +64,9 @@ def unet_forward_with_residuals(
     mid_residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``net(x, t, cond)`` with ``skip_residuals[i]`` added to the i-th skip feature and
-    ``mid_residual`` to the middle block's output (ControlNet's injection points).
-
-    Mirrors :meth:`polydiff.nn.unet.UNet.forward` step by step; with no residuals it returns
-    exactly the same tensor (checked by the tests).
-    """
-    net._check_input(x)
-    b = x.shape[0]
-    t = as_batch_t(t, b, x.device)
-    emb_act = F.silu(net.embed(t, cond))  # (B, E)
-    context, context_mask = _context(net, cond, b, x.dtype)
-    h = net.conv_in(concat_condition(x, cond, net.concat_channels, net.null_concat))
-    hs = [h]
-    for stage in net.down:
-        h = net._run(stage, h, emb_act, context, context_mask)
-        hs.append(h)
-    h = net._run(net.mid, h, emb_act, context, context_mask)
-    if mid_residual is not None:
-        h = h + mid_residual
-    if skip_residuals is not None:
-        if len(skip_residuals) != len(hs):
-            raise ValueError(f"need {len(hs)} skip residuals, got {len(skip_residuals)}")
-        hs = [s + r for s, r in zip(hs, skip_residuals)]
-    for stage in net.up:
-        h = net._run(stage, torch.cat([h, hs.pop()], dim=1), emb_act, context, context_mask)
-    return net.conv_out(F.silu(net.norm_out(h)))  # (B, C_out, *S)
+    ``mid_residual`` to the middle block's output (ControlNet's injection points, which
+    :meth:`polydiff.nn.unet.UNet.forward` exposes)."""
+    return net(x, t, cond, skip_residuals=skip_residuals, mid_residual=mid_residual)
 
 
 def _skip_channels(net: UNet) -> list[int]:
@@ -201,7 +179,7 @@ class ControlNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        self.base._check_input(x)
+        self.base.check_input(x)
         skips, mid = self.control_residuals(x, t, cond)
         return unet_forward_with_residuals(self.base, x, t, cond, skips, mid)
 

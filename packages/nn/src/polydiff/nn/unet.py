@@ -319,7 +319,8 @@ class UNet(nn.Module):
 
     # ----------------------------------------------------------------------------------------
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the shape if ``x`` does not fit this U-Net."""
         if x.ndim != self.dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet(dims={self.dims}, in_channels={self.in_channels}) expects x of shape "
@@ -338,9 +339,18 @@ class UNet(nn.Module):
         return stage(*args)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor] | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Mapping[str, torch.Tensor] | None = None,
+        *,
+        skip_residuals: Sequence[torch.Tensor] | None = None,
+        mid_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        self._check_input(x)
+        """Denoiser network output. ``skip_residuals`` (one per skip feature: conv_in, then each
+        down stage) and ``mid_residual`` are added before the decoder uses them: the injection
+        points of ControlNet (Zhang et al. 2023)."""
+        self.check_input(x)
         b = x.shape[0]
         t = as_batch_t(t, b, x.device)
         emb_act = F.silu(self.embed(t, cond))  # (B, E), SiLU shared by every ResBlock
@@ -355,6 +365,12 @@ class UNet(nn.Module):
             h = self._run(stage, h, emb_act, context, context_mask)
             hs.append(h)
         h = self._run(self.mid, h, emb_act, context, context_mask)
+        if mid_residual is not None:
+            h = h + mid_residual
+        if skip_residuals is not None:
+            if len(skip_residuals) != len(hs):
+                raise ValueError(f"need {len(hs)} skip residuals, got {len(skip_residuals)}")
+            hs = [s + r for s, r in zip(hs, skip_residuals)]
         for stage in self.up:
             h = self._run(stage, torch.cat([h, hs.pop()], dim=1), emb_act, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, *S)
