@@ -12,8 +12,10 @@ from polydiff.image.superres import (
     NOISE_KEY,
     SuperResolutionLoss,
     cascade_sample,
+    consistent_denoiser,
     downsample,
     lowres_consistency,
+    lowres_projection,
     sr_condition,
     sr_unet,
     super_resolve,
@@ -97,3 +99,57 @@ def test_cascade_with_exact_base() -> None:
     )  # fmt: skip
     assert high.shape == (8, 1, 8, 8) and low.shape == (8, 1, 4, 4)
     assert lowres_consistency(high, low)["mae"] < 0.05
+
+
+def test_lowres_projection_is_the_null_space_projection() -> None:
+    g = torch.Generator().manual_seed(0)
+    x0, low = torch.randn(3, 2, 8, 8, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    p = lowres_projection(x0, low)
+    assert torch.allclose(downsample(p, 4), low, atol=1e-6)  # A p = y
+    assert torch.allclose(lowres_projection(p, low), p, atol=1e-6)  # idempotent
+    # the null-space part (I - A^+ A) x0 is kept: p - x0 is constant on each 2x2 block
+    d = p - x0
+    assert torch.allclose(d, d[..., ::2, ::2].repeat_interleave(2, -1).repeat_interleave(2, -2))
+    # an image that already matches is unchanged
+    assert torch.allclose(lowres_projection(x0, downsample(x0, 4)), x0, atol=1e-6)
+    with pytest.raises(ValueError, match="does not match"):
+        lowres_projection(x0, torch.zeros(3, 2, 3, 3))
+
+
+def test_consistency_makes_any_sr_model_match_its_input() -> None:
+    # an untrained SR network (random output conv): far from the input without the projection,
+    # exact with it (up to the final clamp, which a [-1, 1] input rarely triggers)
+    torch.manual_seed(0)
+    net = sr_unet(1, "tiny", model_channels=8, channel_mult=(1,), attention_levels=())
+    torch.nn.init.normal_(net.conv_out.weight, std=0.3)
+    D = SuperResolutionLoss(DiffusionObjective(EDMSchedule(), "edm"), 4).denoiser(net)
+    low = upsample(torch.rand(4, 1, 2, 2) * 2 - 1, 4)
+    sig = karras_sigmas(6, 0.01, 10.0)
+    kw = {"generator": torch.Generator().manual_seed(0), "method": "heun"}
+    free = super_resolve(D, low, 8, sig, **kw)
+    kw["generator"] = torch.Generator().manual_seed(0)
+    fixed = super_resolve(D, low, 8, sig, consistency=True, **kw)
+    assert lowres_consistency(free, low)["mae"] > 0.1
+    assert lowres_consistency(fixed, low)["mae"] < 1e-5
+    wrapped = consistent_denoiser(_oracle, low)
+    cond = sr_condition(low, 8)
+    x = torch.randn(4, 1, 8, 8)
+    out = wrapped(x, torch.ones(4), cond)  # the wrapper projects whatever D predicts
+    assert torch.allclose(downsample(out, 4), low, atol=1e-6)
+    assert not torch.allclose(downsample(_oracle(x, None, cond), 4), low, atol=1e-3)
+
+
+def test_crop_training_uses_aligned_patches() -> None:
+    loss = SuperResolutionLoss(DiffusionObjective(EDMSchedule(), "edm"), 4, crop=4)
+    x = torch.arange(64.0).reshape(1, 1, 8, 8).repeat(5, 1, 1, 1)
+    low = downsample(x, 4)
+    xc, lc = loss._random_crop(x, low, torch.Generator().manual_seed(0), "cpu")
+    assert xc.shape == (5, 1, 4, 4) and lc.shape == (5, 1, 2, 2)
+    assert torch.allclose(downsample(xc, 2), lc)  # the low-res crop is the crop's degradation
+    assert len({int(c[0, 0, 0]) for c in xc}) > 1  # offsets vary per row
+    assert all(int(c[0, 0, 0]) % 2 == 0 and (int(c[0, 0, 0]) // 8) % 2 == 0 for c in xc)
+    net = sr_unet(1, "tiny", model_channels=8, channel_mult=(1,), attention_levels=())
+    value = loss(net, x / 64, None, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(value)
+    with pytest.raises(ValueError, match="multiple of the factor"):
+        SuperResolutionLoss(loss.objective, 4, crop=3)(net, x, None)

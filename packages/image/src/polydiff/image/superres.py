@@ -16,7 +16,13 @@ level is used, which makes the cascade robust to the base model's artefacts.
 - :func:`sr_unet`: the SR network factory. :func:`sr_condition`: the SR model's condition dict
   from a low-resolution batch. :class:`SuperResolutionLoss`: the training loss (a callable for
   ``polydiff.train.Trainer``) with conditioning augmentation.
-- :func:`super_resolve` and :func:`cascade_sample`: sampling with ``polydiff.core.samplers``.
+- :func:`super_resolve` and :func:`cascade_sample`: sampling with ``polydiff.core.samplers``;
+  ``consistency=True`` wraps the denoiser with :func:`lowres_projection` (null-space data
+  consistency, DDNM, Wang et al. 2023; ILVR, Choi et al. 2021, in its x0 form): at every step the
+  low-frequency component ``A x0_hat`` of the prediction is replaced by the input's, so that the
+  output downsamples back to the low-res input exactly (up to the final clamp).
+- Training on aligned random crops (``SuperResolutionLoss(crop=...)``; SR3 / Imagen train their
+  fully convolutional SR models on crops) makes a step ``(H / crop)^2`` times cheaper.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ __all__ = [
     "NOISE_KEY",
     "SuperResolutionLoss",
     "cascade_sample",
+    "consistent_denoiser",
     "downsample",
     "lowres_consistency",
+    "lowres_projection",
     "sr_condition",
     "sr_unet",
     "super_resolve",
@@ -66,6 +74,38 @@ def upsample(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear upsampling (B, C, h, w) -> (B, C, size, size): the SR model's concat input."""
     _check(images, "images")
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def lowres_projection(x0: torch.Tensor, lowres: torch.Tensor) -> torch.Tensor:
+    """Project ``x0`` (B, C, H, W) onto ``{x : downsample(x) = lowres}`` (B, C, h, w).
+
+    With ``A`` = area averaging by ``f = H / h`` its pseudo-inverse is nearest-neighbour
+    replication ``A^+`` (``A A^+ = I``), so ``x0 - A^+(A x0 - y) = A^+ y + (I - A^+ A) x0`` keeps
+    the null-space (high-frequency) content of ``x0`` and takes the range-space content from
+    ``y`` (DDNM, Wang et al. 2023, eq. 7). ``downsample`` of the result equals ``lowres``.
+    """
+    _check(x0, "x0")
+    _check(lowres, "lowres")
+    h, w = lowres.shape[-2:]
+    if x0.shape[:2] != lowres.shape[:2] or x0.shape[-2] % h or x0.shape[-1] % w:
+        raise ValueError(
+            f"lowres_projection: lowres {tuple(lowres.shape)} does not match x0 {tuple(x0.shape)}"
+            " (same batch and channels, high-res size a multiple of the low-res size)"
+        )
+    resid = F.interpolate(x0, size=(h, w), mode="area") - lowres.to(x0)
+    return x0 - F.interpolate(resid, size=x0.shape[-2:], mode="nearest")
+
+
+def consistent_denoiser(denoiser: Denoiser, lowres: torch.Tensor) -> Denoiser:
+    """``D'(x, sigma, cond) = lowres_projection(D(x, sigma, cond), lowres)``: data consistency
+    with the low-res input applied to the prediction at every sampling step (any sampler)."""
+
+    def projected(x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+        return lowres_projection(denoiser(x, sigma, cond), lowres)
+
+    if getattr(denoiser, "accepts_null_mask", False):
+        projected.accepts_null_mask = True  # type: ignore[attr-defined]
+    return projected
 
 
 def sr_unet(channels: int, size: str = "tiny", **overrides: Any) -> UNet:
@@ -118,6 +158,9 @@ class SuperResolutionLoss:
     drawn ``s ~ U[0, max_aug_sigma]`` per row (``s = 0`` with probability ``p_clean``), and the
     inner objective's loss runs on ``sr_condition(...)``. Usable as ``polydiff.train.Trainer``'s
     objective; ``.denoiser(net)`` and ``.schedule`` come from the inner objective.
+
+    ``crop``: train on random ``crop x crop`` patches of ``x`` (offsets aligned to the
+    downsampling factor, the low-res input cropped to match), for a fully convolutional network.
     """
 
     def __init__(
@@ -126,11 +169,15 @@ class SuperResolutionLoss:
         lowres_size: int,
         max_aug_sigma: float = 0.5,
         p_clean: float = 0.1,
+        crop: int | None = None,
     ) -> None:
         if max_aug_sigma < 0 or not 0 <= p_clean <= 1:
             raise ValueError(
                 f"need max_aug_sigma >= 0, p_clean in [0, 1]: {max_aug_sigma, p_clean}"
             )
+        if crop is not None and crop < 1:
+            raise ValueError(f"crop must be a positive size or None, got {crop}")
+        self.crop = crop
         self.objective, self.lowres_size = objective, lowres_size
         self.max_aug_sigma, self.p_clean = float(max_aug_sigma), float(p_clean)
         self.schedule = getattr(objective, "schedule", None)
@@ -152,6 +199,8 @@ class SuperResolutionLoss:
             low = downsample(x, self.lowres_size)
         b = x.shape[0]
         g_dev = generator.device if generator is not None else x.device
+        if self.crop is not None and self.crop < x.shape[-1]:
+            x, low = self._random_crop(x, low, generator, g_dev)
         u = torch.rand(b, generator=generator, device=g_dev).to(x.device)
         clean = torch.rand(b, generator=generator, device=g_dev).to(x.device) < self.p_clean
         s = torch.where(clean, torch.zeros_like(u), u * self.max_aug_sigma).to(x.dtype)
@@ -159,6 +208,22 @@ class SuperResolutionLoss:
         return self.objective.loss(net, x, sr_cond, generator=generator)
 
     loss = __call__
+
+    def _random_crop(
+        self, x: torch.Tensor, low: torch.Tensor, generator: torch.Generator | None, g_dev
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row aligned crops of ``x`` (B, C, H, W) and the matching part of ``low``."""
+        big, small = x.shape[-1], low.shape[-1]
+        f = big // small
+        if big % small or x.shape[-2] != big or self.crop % f:
+            raise ValueError(
+                f"crop {self.crop} must be a multiple of the factor {big}/{small} on square images"
+            )
+        c, lc, n_pos = self.crop, self.crop // f, (big - self.crop) // f + 1
+        pos = torch.randint(0, n_pos, (2, x.shape[0]), generator=generator, device=g_dev).tolist()
+        xs = [xi[:, i * f : i * f + c, j * f : j * f + c] for xi, i, j in zip(x, *pos)]
+        ls = [li[:, i : i + lc, j : j + lc] for li, i, j in zip(low, *pos)]
+        return torch.stack(xs), torch.stack(ls)
 
 
 @torch.no_grad()
@@ -172,14 +237,19 @@ def super_resolve(
     aug_sigma: float = 0.0,
     cond: Mapping[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    consistency: bool = False,
     **sampler_options: Any,
 ) -> torch.Tensor:
     """Sample high-res images (B, C, size, size) given ``lowres`` (B, C, h, w).
 
     The conditioning image is augmented at the fixed level ``aug_sigma`` (Ho et al. 2021 use a
     small non-zero level for generated low-res inputs); ``cond`` adds e.g. a class label.
+    ``consistency=True`` projects every prediction onto ``downsample(x) = lowres``
+    (:func:`consistent_denoiser`).
     """
     _check(lowres, "lowres")
+    if consistency:
+        denoiser = consistent_denoiser(denoiser, lowres)
     sr_cond = sr_condition(lowres, size, aug_sigma, generator=generator, extra=cond)
     b, c = lowres.shape[:2]
     g_dev = generator.device if generator is not None else lowres.device
@@ -205,10 +275,11 @@ def cascade_sample(
     aug_sigma: float = 0.1,
     cond: Mapping[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    consistency: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-stage cascade: ``n`` base samples of ``base_shape`` (C, h, w), then super-resolution
     to ``size``. Returns ``(highres (n, C, size, size), lowres (n, C, h, w))``; ``cond`` goes to
-    both stages."""
+    both stages; ``consistency`` as in :func:`super_resolve`."""
     g_dev = generator.device if generator is not None else torch.device("cpu")
     noise = torch.randn((n, *base_shape), generator=generator, device=g_dev)
     low = sample(base_denoiser, noise * base_sigmas[0], base_sigmas, method, cond=cond,
@@ -216,7 +287,7 @@ def cascade_sample(
     low = low.clamp(-1, 1)
     high = super_resolve(
         sr_denoiser, low, size, sr_sigmas, method=method, aug_sigma=aug_sigma, cond=cond,
-        generator=generator,
+        generator=generator, consistency=consistency,
     )  # fmt: skip
     return high, low
 
