@@ -15,6 +15,7 @@ from polydiff.image.metrics import (
     FeatureNet,
     ImageEvaluator,
     InceptionFeatures,
+    attribute_accuracy,
     fid_from_features,
     folder_fid,
     load_feature_net,
@@ -76,6 +77,36 @@ def test_attribute_accuracy_structure():
     assert acc["colour"] == pytest.approx(manual)
     with pytest.raises(ValueError, match="not a shapes caption"):
         ev.attribute_accuracy(ds.images[:1], ["a purple hexagon"])
+
+
+def test_attribute_accuracy_real_high_noise_at_chance(tmp_path):
+    """The shipped shapes feature net reads prompts off real images; noise scores at chance."""
+    net = load_feature_net("shapes", tmp_path)  # from the package assets: nothing is trained
+    assert not list(tmp_path.glob("featnet-*"))
+    ds = ShapesDataset(n=600, seed=30_000)  # held out; 5 of each of the 120 combinations
+    real = attribute_accuracy(ds.images, ds.captions, net=net)
+    assert set(real) == {*ATTRIBUTES, "all"}
+    assert min(real["colour"], real["size"], real["position"]) > 0.99  # measured 1.0
+    assert real["shape"] > 0.95 and real["all"] > 0.95  # measured 0.975
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(ds.images.shape, generator=g) * 2 - 1
+    chance = attribute_accuracy(noise, ds.specs, net=net)
+    for k, values in ATTRIBUTES.items():  # balanced prompts: chance is 1 / #values
+        assert abs(chance[k] - 1 / len(values)) < 0.06, (k, chance[k])
+    assert chance["all"] < 0.03  # 1/120 at chance
+    # a wrong prompt is caught: every colour shifted by one
+    labels = {k: torch.tensor([s.labels()[k] for s in ds.specs]) for k in ATTRIBUTES}
+    wrong = {"colour": (labels["colour"] + 1) % len(ATTRIBUTES["colour"])}
+    assert attribute_accuracy(ds.images, wrong, net=net) == {"colour": 0.0, "all": 0.0}
+    subset = attribute_accuracy(ds.images, {"position": labels["position"]}, net=net)
+    assert subset["position"] == real["position"] == subset["all"]
+    with pytest.raises(ValueError, match=r"'size' labels must lie in \[0, 2\)"):
+        attribute_accuracy(ds.images, {"size": labels["size"] + 1}, net=net)
+    with pytest.raises(ValueError, match="599 captions / specs for 600 images"):
+        attribute_accuracy(ds.images, ds.captions[:-1], net=net)
+    digits = FeatureNet(1, {"class": 10})
+    with pytest.raises(ValueError, match="no head for"):
+        attribute_accuracy(ds.images[:2], ds.captions[:2], net=digits)
 
 
 def test_folders_and_fid_helper(tmp_path):
