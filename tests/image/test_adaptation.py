@@ -18,6 +18,7 @@ from polydiff.image.adaptation import (
     DreamBoothLoss,
     concept_dataset,
     load_token_embedding,
+    nearest_class,
     prior_dataset,
     train_dreambooth,
     train_lora,
@@ -154,3 +155,27 @@ def test_textual_inversion_learns_only_the_embedding(concept, tmp_path) -> None:
         assert torch.equal(reloaded(x, t, token), adapted)
     with pytest.raises(ValueError, match="not a class index"):
         train_textual_inversion(_net(), OBJ, concept, K + 3, steps=1)
+
+
+class _ClassDistance:
+    """A stub objective: the concept is 'class 2' (loss grows with the distance to it)."""
+
+    def per_sample_loss(self, net, x0, cond, sigma, noise):
+        assert sigma.shape == (len(x0),) and noise.shape == x0.shape
+        return (cond["class"].double() - 2).abs() + 0 * sigma
+
+
+def test_nearest_class_initialises_textual_inversion(concept) -> None:
+    net = _net()
+    assert nearest_class(net, _ClassDistance(), concept) == 2
+    assert nearest_class(net, _ClassDistance(), concept, classes=[0, 3]) == 3
+    # with the real objective: one of the candidates, used as the initial embedding
+    chosen = nearest_class(net, OBJ, concept, classes=[0, 1, 2])
+    assert chosen in (0, 1, 2)
+    model = train_textual_inversion(
+        net, OBJ, concept, TOKEN, init_from="nearest", steps=1, lr=0.0, batch_size=8
+    )
+    assert model.init_from == chosen
+    assert torch.equal(model.embedding, net.embed.label.table.weight[chosen])
+    with pytest.raises(ValueError, match="init_from"):
+        train_textual_inversion(_net(), OBJ, concept, TOKEN, init_from="closest", steps=1)

@@ -39,6 +39,7 @@ __all__ = [
     "concept_dataset",
     "finetune",
     "load_token_embedding",
+    "nearest_class",
     "prior_dataset",
     "save_token_embedding",
     "train_dreambooth",
@@ -300,6 +301,7 @@ class ClassTokenEmbedding(nn.Module):
         _check_token(net, token)
         self.net = net.requires_grad_(False)
         self.token = int(token)
+        self.init_from = init_from
         label = _class_embedding(net)
         row = label.table.weight[init_from if init_from is not None else token]
         self.embedding = nn.Parameter(row.detach().clone())  # (E,)
@@ -325,13 +327,48 @@ class ClassTokenEmbedding(nn.Module):
         return self.net(x, t, cond)
 
 
+@torch.no_grad()
+def nearest_class(
+    net: nn.Module,
+    objective: Any,
+    images: torch.Tensor,
+    classes: list[int] | None = None,
+    *,
+    n_levels: int = 16,
+    seed: int = 0,
+) -> int:
+    """The class under which ``images`` are best denoised (lowest mean denoising loss at fixed
+    noise levels and draws): the closest existing "word" for the concept, textual inversion's
+    initialisation (Gal et al. 2023 start from a coarse descriptor of the concept).
+
+    ``objective`` needs ``per_sample_loss(net, x0, cond, sigma=, noise=)``
+    (:class:`polydiff.core.objective.DiffusionObjective`); ``classes`` default to all.
+    """
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"concept images must be a non-empty (N, C, H, W), got {images.shape}")
+    classes = list(range(_num_classes(net))) if classes is None else list(classes)
+    g = torch.Generator().manual_seed(seed)
+    x0 = images.float().repeat_interleave(n_levels, 0)  # (N * L, C, H, W)
+    sigma = torch.logspace(-1.5, 1.0, n_levels, dtype=torch.float64).repeat(len(images))
+    noise = torch.randn(x0.shape, generator=g).to(x0)
+    was_training = net.training
+    net.eval()
+    losses = []
+    for c in classes:
+        cond = {"class": torch.full((len(x0),), int(c), dtype=torch.long)}
+        loss = objective.per_sample_loss(net, x0, cond, sigma=sigma, noise=noise)
+        losses.append(float(loss.mean()))
+    net.train(was_training)
+    return classes[min(range(len(classes)), key=losses.__getitem__)]
+
+
 def train_textual_inversion(
     net: nn.Module,
     objective: Any,
     images: torch.Tensor,
     token: int,
     *,
-    init_from: int | None = None,
+    init_from: int | str | None = None,
     steps: int = 200,
     lr: float = 5e-3,
     batch_size: int = 16,
@@ -340,7 +377,13 @@ def train_textual_inversion(
 ) -> ClassTokenEmbedding:
     """Textual inversion: optimise one embedding for ``token`` with ``net`` frozen; returns the
     wrapped model (sample with it). ``init_from`` starts from another class's row (the paper
-    starts from a coarse descriptor word)."""
+    starts from a coarse descriptor word); ``"nearest"`` picks it with :func:`nearest_class`
+    among the other classes."""
+    if init_from == "nearest":
+        others = [c for c in range(_num_classes(net)) if c != token]
+        init_from = nearest_class(net, objective, images, others, seed=seed)
+    elif isinstance(init_from, str):
+        raise ValueError(f"init_from must be a class index, None or 'nearest', got {init_from!r}")
     model = ClassTokenEmbedding(net, token, init_from)
     finetune(
         model, objective, concept_dataset(images, token, 4 * batch_size), steps=steps, lr=lr,
