@@ -219,6 +219,10 @@ class UNet(nn.Module):
     blocks (attention after each when ``i in attention_levels``); each spatial size must be
     divisible by ``2 ** (len(channel_mult) - 1)``. ``num_heads`` is overridden by ``head_dim``.
     ``scale_shift_norm=False`` adds the embedding before the norm instead (DDPM, Ho et al. 2020).
+
+    ``channels_last`` (default: on for ``dims=2``) keeps conv weights and activations in NHWC,
+    the layout oneDNN / cuDNN convolve fastest and in which the attention block's token views
+    are free; the output is returned contiguous (NCHW), so callers never see the difference.
     """
 
     def __init__(
@@ -248,6 +252,7 @@ class UNet(nn.Module):
         time_scale: float = 1.0,
         emb_dim: int | None = None,
         use_checkpoint: bool = False,
+        channels_last: bool | None = None,
     ) -> None:
         super().__init__()
         if dims not in (1, 2, 3):
@@ -316,6 +321,12 @@ class UNet(nn.Module):
         self.conv_out = zero_module(
             conv_nd(dims, ch, self.out_channels, kernel_size, padding=kernel_size // 2)
         )
+        self.memory_format = torch.contiguous_format
+        if channels_last if channels_last is not None else dims == 2:
+            if dims == 1:
+                raise ValueError("channels_last needs dims=2 or 3")
+            self.memory_format = torch.channels_last if dims == 2 else torch.channels_last_3d
+            self.to(memory_format=self.memory_format)
 
     # ----------------------------------------------------------------------------------------
 
@@ -359,7 +370,7 @@ class UNet(nn.Module):
             context, context_mask = text_context(cond, b, self.context_dim)
             context = context.to(x.dtype)
         h = concat_condition(x, cond, self.concat_channels, self.null_concat)
-        h = self.conv_in(h)  # (B, C0, *S)
+        h = self.conv_in(h.contiguous(memory_format=self.memory_format))  # (B, C0, *S)
         hs = [h]
         for stage in self.down:
             h = self._run(stage, h, emb_act, context, context_mask)
@@ -373,7 +384,7 @@ class UNet(nn.Module):
             hs = [s + r for s, r in zip(hs, skip_residuals)]
         for stage in self.up:
             h = self._run(stage, torch.cat([h, hs.pop()], dim=1), emb_act, context, context_mask)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, *S)
+        return self.conv_out(F.silu(self.norm_out(h))).contiguous()  # (B, C_out, *S)
 
 
 # --------------------------------------------------------------------------------------------
