@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from polydiff.image.data import ATTRIBUTES, DigitsDataset, ImageFileError, ShapesDataset
@@ -133,21 +134,52 @@ def test_folders_and_fid_helper(tmp_path):
 
 
 def test_inception_features_from_local_weights(tmp_path):
+    from safetensors.torch import save_file
     from torchvision.models import inception_v3
 
     torch.manual_seed(0)
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    # calibrate the BatchNorm statistics on one batch: with default running stats a random
+    # Inception's pool features are ~1e-8 and every image looks alike
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: one batch sets the statistics
+    with torch.no_grad():
+        net.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+    net.eval()
     path = tmp_path / "inception.pth"
     torch.save(net.state_dict(), path)
+    st = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(st))
     feats = InceptionFeatures(path)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     f = feats(x)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+    assert (f[0] - f[1]).abs().mean() > 1e-2 * f.abs().mean()  # images are told apart
     ref = net.eval()
     ref.fc = torch.nn.Identity()
     with torch.no_grad():
-        expected = ref(torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear"))
-    assert torch.allclose(f, expected, atol=1e-5)
+        expected = ref(F.interpolate(x, size=(299, 299), mode="bilinear"))
+    assert torch.allclose(f, expected, rtol=1e-4, atol=1e-5)
+    # Inception-FID of two image folders with the user's weights (here as .safetensors)
+    feats_st = InceptionFeatures(st)
+    rng = np.random.default_rng(0)
+    for name in ("real", "fake"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            arr = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            if name == "fake":
+                arr = arr // 4  # darker images: a different distribution
+            Image.fromarray(arr).save(tmp_path / name / f"{i}.png")
+    real, fake = load_folder(tmp_path / "real"), load_folder(tmp_path / "fake")
+    with torch.no_grad():
+        f_real, f_fake = (
+            ref(F.interpolate(t, size=(299, 299), mode="bilinear")) for t in (real, fake)
+        )
+    fid = folder_fid(tmp_path / "real", tmp_path / "fake", feats_st)
+    expected = fid_from_features(f_real.double(), f_fake.double())
+    assert fid == pytest.approx(expected, rel=1e-3)
+    assert fid > 1e-3 * float(f_real.double().var(0).sum())  # the distributions differ
     with pytest.raises(FileNotFoundError, match="not found"):
         InceptionFeatures(tmp_path / "missing.pth")
     torch.save({"foo": torch.zeros(1)}, tmp_path / "wrong.pth")
@@ -190,4 +222,10 @@ def test_clip_score_and_clip_fid_from_local_weights(tmp_path):
     cos = (img * txt).sum(-1).clamp_min(0)
     assert clip.clip_score(x, prompts) == pytest.approx(float(100 * cos.mean()), rel=1e-5)
     assert clip.clip_fid(x, x) == pytest.approx(0.0, abs=1e-6)
-    assert clip.clip_fid(x, torch.rand_like(x) * 2 - 1) > 1e-3
+    noise = torch.rand_like(x) * 2 - 1
+    assert clip.clip_fid(x, noise) > 1e-3
+    expected = fid_from_features(img.double(), clip.image_features(noise).double())
+    assert clip.clip_fid(x, noise) == pytest.approx(expected, rel=1e-4)
+    assert folder_fid(x, noise, clip) == pytest.approx(expected, rel=1e-4)  # any feature model
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        CLIPModel(tmp_path / "missing.pt", "tiny-clip-test")
