@@ -7,12 +7,20 @@ feature classifier (``polydiff.image.metrics``, digits):
   class of the (hidden) original, replacement vs RePaint vs unguided samples pasted in the hole;
 - SDEdit and inversion edits: target-class accuracy after editing, reconstruction error;
 - cascade: FID / class accuracy at 32x32 of base 16x16 + SR vs a direct 32x32 model, and the SR
-  output's low-res consistency (downsampled vs input);
+  output's low-res consistency (downsampled vs input), without and with the per-step
+  null-space projection onto the low-res input (``superres.consistent_denoiser``);
 - ControlNet: IoU of the generated shape vs the outline's filled region (goal >= 0.8), base
   weights unchanged after training;
 - adaptation (new concept = digit 9, unseen by the base model, 5 images): rate at which samples
   for the concept token are recognised as 9, and old-class accuracy, before/after LoRA,
-  DreamBooth with and without prior preservation, and textual inversion.
+  DreamBooth with and without prior preservation, and textual inversion (initialised from the
+  nearest existing class);
+- IP-Adapter: samples with the null class and a held-out reference image, classified as the
+  reference's class, vs without the image prompt.
+
+Every section uses one shared class-conditional 16x16 digits base (classes 0-8), trained once
+and cached (``~/.cache/polydiff/image/image_editing``, keyed by name, budget, recipe and size);
+its class accuracy with CFG is reported first.
 
     python -m benchmarks.run --only image_editing [--quick]
 """
@@ -34,7 +42,7 @@ from polydiff.core.guidance import classifier_free_guidance
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.samplers import sample
 from polydiff.core.schedules import EDMSchedule
-from polydiff.image import adaptation, controlnet, editing, superres
+from polydiff.image import adaptation, controlnet, editing, ip_adapter, superres
 from polydiff.image.data import DigitsDataset
 from polydiff.nn.unet import UNet
 from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
@@ -47,22 +55,28 @@ TOKEN = 9
 
 @dataclass
 class Budget:
-    feature_steps: int = 1500
-    base_steps: int = 3000
-    sr_steps: int = 3000
-    direct_steps: int = 3000
-    shapes_steps: int = 3000
+    feature_steps: int = 800  # the shipped digits feature net (real test accuracy 0.994)
+    base_steps: int = 1200  # shared class-conditional 16x16 digits model (0-8)
+    sr_steps: int = 1500
+    sr_crop: int = 16  # SR trained on 16x16 crops of 32x32 images (4x cheaper steps)
+    direct_steps: int = 600
+    direct_batch: int = 32  # 32x32 steps cost 4x: about half the cascade's training compute
+    shapes_steps: int = 600  # ControlNet's base (shapes, unconditional)
     control_steps: int = 3000
+    control_width: int = 16
+    control_batch: int = 32
     adapt_steps: int = 400
+    ip_steps: int = 800  # IP-Adapter (base frozen)
     batch: int = 64
     n_eval: int = 256
     steps: int = 18  # sampler steps (Heun: 2 * steps - 1 evaluations)
     width: int = 32
+    cfg_scale: float = 3.0
 
 
 QUICK = Budget(
-    feature_steps=300, base_steps=800, sr_steps=400, direct_steps=400, shapes_steps=600,
-    control_steps=400, adapt_steps=100, batch=32, n_eval=64, steps=10, width=16,
+    feature_steps=800, base_steps=400, sr_steps=300, direct_steps=300, shapes_steps=600,
+    control_steps=400, adapt_steps=100, ip_steps=200, batch=32, n_eval=64, steps=10, width=16,
 )  # fmt: skip
 
 
@@ -84,40 +98,89 @@ def _cache_dir() -> Path:
 
 
 def _train(
-    name: str, model: nn.Module, loss: Any, data: Any, steps: int, batch: int, lr: float = 2e-3
+    name: str,
+    model: nn.Module,
+    loss: Any,
+    data: Any,
+    steps: int,
+    batch: int,
+    lr: float = 2e-3,
+    *,
+    schedule: str = "cosine",
+    ema: float = 0.995,
 ) -> tuple[nn.Module, float]:
-    """Trainer run with warmup + cosine LR and an EMA; returns (EMA model, seconds).
+    """Trainer run (warmup + ``schedule`` LR, an EMA of decay ``ema``); returns (EMA model,
+    training seconds).
 
-    The EMA weights are cached (safetensors, keyed by name, budget and model size), so a
-    section can be re-run without retraining what it depends on.
+    The EMA weights are cached under ``~/.cache/polydiff/image/image_editing`` (safetensors,
+    keyed by name, budget, recipe and model size), so every section of a run shares one trained
+    model and a re-run does not retrain what it depends on (its seconds come from the file).
     """
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     size = sum(p.numel() for p in model.parameters())
-    path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}-p{size}.safetensors"
+    recipe = "" if (schedule, ema) == ("cosine", 0.995) else f"-{schedule}-ema{ema}"
+    path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}{recipe}-p{size}.safetensors"
     if path.is_file():
-        ema = copy.deepcopy(model)
-        ema.load_state_dict(load_file(str(path)))
+        cached = copy.deepcopy(model)
+        cached.load_state_dict(load_file(str(path)))
         with safe_open(str(path), "pt") as f:
             seconds = float((f.metadata() or {}).get("seconds", "nan"))
-        return ema.eval().requires_grad_(False), seconds
+        return cached.eval().requires_grad_(False), seconds
     cfg = TrainerConfig(
-        max_steps=steps, batch_size=batch, ema_decays=(0.995,), progress=False,
-        log_every=max(1, steps // 4), cpu=True, lr_schedule="cosine",
-        lr_warmup_steps=min(100, steps // 10), lr_min_ratio=0.1,
+        max_steps=steps, batch_size=batch, ema_decays=(ema,), progress=False,
+        log_every=max(1, steps // 4), cpu=True, lr_schedule=schedule,
+        lr_warmup_steps=min(100, steps // 10), lr_min_ratio=0.1, num_threads=1,
     )  # fmt: skip
     start = time.perf_counter()
     trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
     trainer.fit()
-    ema = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
+    trained = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous() for k, v in ema.state_dict().items()}
+    state = {k: v.detach().contiguous() for k, v in trained.state_dict().items()}
     save_file(state, str(tmp), metadata={"seconds": str(seconds)})
     tmp.replace(path)
-    return ema, seconds
+    return trained, seconds
+
+
+def build_base(b: Budget) -> tuple[nn.Module, float]:
+    """The shared class-conditional 16x16 digits model (classes 0-8; 9 is the new concept).
+
+    The measured digits recipe (``polydiff.image.demo``): constant LR 3e-3, EMA 0.99.
+    """
+    train16 = DigitsDataset(size=16, split="train", classes=OLD)
+    data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
+    net = _unet(1, b.width, num_classes=10)
+    return _train(
+        "digits16", net, _objective(), data16, b.base_steps, b.batch, lr=3e-3,
+        schedule="constant", ema=0.99,
+    )  # fmt: skip
+
+
+def sr_loss(b: Budget) -> superres.SuperResolutionLoss:
+    return superres.SuperResolutionLoss(_objective(0.0), 16, max_aug_sigma=0.4, crop=b.sr_crop)
+
+
+def build_sr(b: Budget) -> tuple[nn.Module, float]:
+    """The 16 -> 32 SR model (class-unconditional), trained on aligned crops."""
+    train32 = DigitsDataset(size=32, split="train", classes=OLD)
+    net = superres.sr_unet(1, "tiny", model_channels=b.width, attention_levels=())
+    name = f"sr16to32-crop{b.sr_crop}"
+    return _train(name, net, sr_loss(b), TensorDictDataset(train32.images), b.sr_steps, b.batch)
+
+
+def build_direct(b: Budget) -> tuple[nn.Module, float]:
+    """A direct class-conditional 32x32 model (the cascade's baseline), base recipe."""
+    train32 = DigitsDataset(size=32, split="train", classes=OLD)
+    data32 = TensorDictDataset(train32.images, **{"class": train32.labels})
+    net = _unet(1, b.width, num_classes=10)
+    return _train(
+        "direct32", net, _objective(), data32, b.direct_steps, b.direct_batch, lr=3e-3,
+        schedule="constant", ema=0.99,
+    )  # fmt: skip
 
 
 def _sigmas(steps: int) -> torch.Tensor:
@@ -178,9 +241,13 @@ def section_edits(base, evaluator, b: Budget) -> dict[str, Any]:
     test = DigitsDataset(size=16, split="test", classes=OLD)
     x, y = test.images[: b.n_eval], test.labels[: b.n_eval]
     target = (y + 1) % len(OLD)
-    D = classifier_free_guidance(_objective().denoiser(base), 2.0)
+    D = classifier_free_guidance(_objective().denoiser(base), b.cfg_scale)
     sig = _sigmas(b.steps)
-    out: dict[str, Any] = {"n": len(x), "edit": "class y -> (y + 1) mod 9", "cfg_scale": 2.0}
+    out: dict[str, Any] = {
+        "n": len(x),
+        "edit": "class y -> (y + 1) mod 9",
+        "cfg_scale": b.cfg_scale,
+    }
     for strength in (0.4, 0.7):
         edited = editing.img2img(
             D, x, sig, strength, cond={"class": target}, generator=torch.Generator().manual_seed(0)
@@ -206,49 +273,54 @@ def section_edits(base, evaluator, b: Budget) -> dict[str, Any]:
 def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     train32 = DigitsDataset(size=32, split="train", classes=OLD)
     test32 = DigitsDataset(size=32, split="test", classes=OLD)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"sr_crop": b.sr_crop, "aug_sigma_train_max": 0.4}
     # SR model 16 -> 32 with conditioning augmentation (unconditional on the class)
-    sr_net = superres.sr_unet(1, "tiny", model_channels=b.width, attention_levels=())
-    sr_loss = superres.SuperResolutionLoss(_objective(0.0), 16, max_aug_sigma=0.4)
-    sr, t_sr = _train(
-        "sr16to32", sr_net, sr_loss, TensorDictDataset(train32.images), b.sr_steps, b.batch
-    )
-    D_sr = sr_loss.denoiser(sr)
-    # low-res consistency on real inputs
+    sr, t_sr = build_sr(b)
+    D_sr = sr_loss(b).denoiser(sr)
+    # low-res consistency on real inputs, without and with the per-step projection
     real = test32.images[: b.n_eval]
     low = superres.downsample(real, 16)
-    up = superres.super_resolve(
-        D_sr, low, 32, _sigmas(b.steps), generator=torch.Generator().manual_seed(0)
-    ).clamp(-1, 1)
-    out["sr_on_real_lowres"] = {
-        **superres.lowres_consistency(up, low),
-        "bilinear_baseline": superres.lowres_consistency(superres.upsample(low, 32), low),
-        "tolerance_mae": 0.05,
+    for tag, consistency in (("sr_on_real_lowres", False), ("sr_on_real_lowres_projected", True)):
+        up = superres.super_resolve(
+            D_sr, low, 32, _sigmas(b.steps), generator=torch.Generator().manual_seed(0),
+            consistency=consistency,
+        ).clamp(-1, 1)  # fmt: skip
+        err = (up - real).pow(2).mean()
+        out[tag] = {
+            **superres.lowres_consistency(up, low),
+            "psnr_vs_true_32": float(10 * torch.log10(4.0 / err)),
+            "fid": evaluator.fid(up),
+        }
+    bilinear = superres.upsample(low, 32)
+    out["bilinear_on_real_lowres"] = {
+        **superres.lowres_consistency(bilinear, low),
+        "psnr_vs_true_32": float(10 * torch.log10(4.0 / (bilinear - real).pow(2).mean())),
+        "fid": evaluator.fid(bilinear),
     }
+    out["tolerance_mae"] = 0.05
     # cascade vs direct 32x32 model
-    direct_net = _unet(1, b.width, num_classes=10)
-    data32 = TensorDictDataset(train32.images, **{"class": train32.labels})
-    direct, t_direct = _train("direct32", direct_net, _objective(), data32, b.direct_steps, b.batch)
+    direct, t_direct = build_direct(b)
     labels = _labels(b.n_eval)
-    cfg_base = classifier_free_guidance(_objective().denoiser(base), 2.0)
-    cfg_direct = classifier_free_guidance(_objective().denoiser(direct), 2.0)
-    g = torch.Generator().manual_seed(3)
-    high, low_s = superres.cascade_sample(
-        cfg_base, D_sr, len(labels), (1, 16, 16), 32, _sigmas(b.steps), _sigmas(b.steps),
-        aug_sigma=0.1, cond={"class": labels}, generator=g,
-    )  # fmt: skip
-    high = high.clamp(-1, 1)
-    direct_samples = _generate(cfg_direct, (1, 32, 32), {"class": labels}, b.steps, seed=3)
+    cfg_base = classifier_free_guidance(_objective().denoiser(base), b.cfg_scale)
+    cfg_direct = classifier_free_guidance(_objective().denoiser(direct), b.cfg_scale)
+    for tag, consistency in (("cascade_32", False), ("cascade_32_projected", True)):
+        high, low_s = superres.cascade_sample(
+            cfg_base, D_sr, len(labels), (1, 16, 16), 32, _sigmas(b.steps), _sigmas(b.steps),
+            aug_sigma=0.1, cond={"class": labels}, generator=torch.Generator().manual_seed(3),
+            consistency=consistency,
+        )  # fmt: skip
+        high = high.clamp(-1, 1)
+        out[tag] = {
+            "fid": evaluator.fid(high),
+            "class_acc": evaluator.class_accuracy(high, labels),
+            "lowres_consistency": superres.lowres_consistency(high, low_s),
+        }
     bilinear = superres.upsample(low_s, 32)
-    out["cascade_32"] = {
-        "fid": evaluator.fid(high),
-        "class_acc": evaluator.class_accuracy(high, labels),
-        "lowres_consistency": superres.lowres_consistency(high, low_s),
-    }
     out["base16_bilinear_32"] = {
         "fid": evaluator.fid(bilinear),
         "class_acc": evaluator.class_accuracy(bilinear, labels),
     }
+    direct_samples = _generate(cfg_direct, (1, 32, 32), {"class": labels}, b.steps, seed=3)
     out["direct_32"] = {
         "fid": evaluator.fid(direct_samples),
         "class_acc": evaluator.class_accuracy(direct_samples, labels),
@@ -256,19 +328,20 @@ def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     out["real_train_32_fid"] = evaluator.fid(train32.images[: len(labels)])  # same n: the floor
     out["train_seconds"] = {"sr": t_sr, "direct": t_direct}
     out["n"] = len(labels)
+    out["cfg_scale"] = b.cfg_scale
     return out
 
 
 def section_controlnet(b: Budget) -> dict[str, Any]:
     data = controlnet.OutlineFillDataset(n=1200, size=16, seed=0)
     obj = _objective(0.0)
-    base_net = _unet(3, b.width)
+    base_net = _unet(3, b.control_width)
     base, t_base = _train(
-        "shapes16", base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.batch
+        "shapes16", base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.control_batch
     )
     before = {k: v.clone() for k, v in base.state_dict().items()}
     cn_net = controlnet.ControlNet(base, hint_channels=1)
-    cn, t_cn = _train("controlnet16", cn_net, obj, data, b.control_steps, b.batch, lr=1e-3)
+    cn, t_cn = _train("controlnet16", cn_net, obj, data, b.control_steps, b.control_batch, lr=1e-3)
     unchanged = all(torch.equal(v, before[k]) for k, v in cn_net.base.state_dict().items())
     test = controlnet.OutlineFillDataset(n=b.n_eval, size=16, seed=123)
     cond = {"control": test.control}
@@ -298,7 +371,7 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
     held_noise = torch.randn(held.shape, generator=torch.Generator().manual_seed(11))
 
     def measure(model: nn.Module) -> dict[str, float]:
-        D = classifier_free_guidance(_objective().denoiser(model), 2.0)
+        D = classifier_free_guidance(_objective().denoiser(model), b.cfg_scale)
         new = _generate(D, (1, 16, 16), {"class": token}, b.steps, seed=5)
         prior = _generate(D, (1, 16, 16), {"class": old}, b.steps, seed=6)
         with torch.no_grad():  # denoising loss of held-out 9s under the token, fixed draws
@@ -317,7 +390,7 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
     steps, batch = b.adapt_steps, min(b.batch, 16)
 
     prior_x, prior_y = adaptation.prior_dataset(
-        classifier_free_guidance(_objective().denoiser(base), 2.0), (1, 16, 16), OLD,
+        classifier_free_guidance(_objective().denoiser(base), b.cfg_scale), (1, 16, 16), OLD,
         max(4 * batch, 9 * 16), _sigmas(b.steps),
     )  # fmt: skip
     common = {"steps": steps, "batch_size": batch}
@@ -327,7 +400,7 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
             m, obj, nines, TOKEN, prior_x, prior_y, rank=4, lr=3e-3, **common
         ),
         "textual_inversion": lambda m: adaptation.train_textual_inversion(
-            m, obj, nines, TOKEN, init_from=4, lr=3e-2, **common
+            m, obj, nines, TOKEN, init_from="nearest", lr=3e-2, **common
         ),
         "dreambooth_no_prior": lambda m: adaptation.train_dreambooth(
             m, obj, nines, TOKEN, prior_weight=0.0, lr=5e-4, **common
@@ -340,6 +413,38 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
         t0 = time.perf_counter()
         model = fn(copy.deepcopy(base).requires_grad_(True))
         out[name] = {**measure(model.eval()), "seconds": time.perf_counter() - t0}
+        if getattr(model, "init_from", None) is not None:  # textual inversion's start
+            out[name]["init_from"] = model.init_from
+    return out
+
+
+def section_ip_adapter(base, evaluator, b: Budget) -> dict[str, Any]:
+    """Image prompts: an IP-Adapter on the frozen base, trained with the null class and a
+    reference = another training image of the same class; samples with the null class and a
+    held-out reference image should be classified as the reference's class."""
+    train16 = DigitsDataset(size=16, split="train", classes=OLD)
+    test16 = DigitsDataset(size=16, split="test", classes=OLD)
+    null = 10  # the class table's null row: the class path carries nothing
+    adapter = ip_adapter.IPAdapter(copy.deepcopy(base), (1, 16, 16), num_tokens=4, token_dim=64)
+    data = ip_adapter.ReferencePairs(train16.images, train16.labels, null)
+    obj = _objective(0.1)  # condition dropout: the image-free path for guidance
+    trained, seconds = _train("ipadapter16", adapter, obj, data, b.ip_steps, b.batch, lr=1e-3)
+    n = min(b.n_eval, len(test16.labels))
+    refs, labels = test16.images[:n], test16.labels[:n]
+    nul = torch.full((n,), null)
+    out: dict[str, Any] = {"n": n, "train_seconds": seconds, "cfg_scale": b.cfg_scale}
+    plain = _objective().denoiser(trained)
+    D = classifier_free_guidance(plain, b.cfg_scale)
+    x = _generate(D, (1, 16, 16), {"class": nul, "image": refs}, b.steps, seed=7)
+    out["image_prompt_rate"] = evaluator.class_accuracy(x, labels)
+    x1 = _generate(plain, (1, 16, 16), {"class": nul, "image": refs}, b.steps, seed=7)
+    out["image_prompt_rate_no_cfg"] = evaluator.class_accuracy(x1, labels)
+    free = _generate(plain, (1, 16, 16), {"class": nul}, b.steps, seed=7)
+    out["no_prompt_rate"] = evaluator.class_accuracy(free, labels)
+    out["mean_abs_diff_to_reference"] = float((x - refs).abs().mean())  # not a copy
+    out["nearest_train_abs_diff"] = float(
+        torch.cdist(x.flatten(1), train16.images.flatten(1)).min(1).values.mean()
+    )
     return out
 
 
@@ -354,6 +459,10 @@ def _markdown(res: dict[str, Any]) -> str:
         v = f"{value:.3f}" if isinstance(value, float) else str(value)
         rows.append(f"| {cap} | {metric} | {v} |")
 
+    if "base16_quality" in res:
+        q = res["base16_quality"]
+        add("base 16x16 digits (0-8)", f"class acc, CFG {q['cfg_scale']:g}", q["class_acc_cfg"])
+        add("base 16x16 digits (0-8)", "FID", q["fid"])
     if "inpainting" in s and "error" not in s["inpainting"]:
         p = s["inpainting"]
         for m in ("replacement", "repaint"):
@@ -373,11 +482,22 @@ def _markdown(res: dict[str, Any]) -> str:
         )
     if "superres" in s and "error" not in s["superres"]:
         p = s["superres"]
-        for k in ("cascade_32", "direct_32", "base16_bilinear_32"):
-            add(k, "FID (digits feature net)", p[k]["fid"])
-            add(k, "class acc", p[k]["class_acc"])
-        add("SR on real 16x16", "downsampled MAE (tol 0.05)", p["sr_on_real_lowres"]["mae"])
-        add("SR on real 16x16", "PSNR vs input (dB)", p["sr_on_real_lowres"]["psnr"])
+        for k in ("cascade_32", "cascade_32_projected", "direct_32", "base16_bilinear_32"):
+            if k in p:
+                add(k, "FID (digits feature net)", p[k]["fid"])
+                add(k, "class acc", p[k]["class_acc"])
+            if "lowres_consistency" in p.get(k, {}):
+                add(k, "downsampled MAE vs its 16x16 sample", p[k]["lowres_consistency"]["mae"])
+        for k, name in (
+            ("sr_on_real_lowres", "SR on real 16x16"),
+            ("sr_on_real_lowres_projected", "SR + projection on real 16x16"),
+            ("bilinear_on_real_lowres", "bilinear on real 16x16"),
+        ):
+            if k in p:
+                add(name, "downsampled MAE (tol 0.05)", p[k]["mae"])
+                if "psnr_vs_true_32" in p[k]:
+                    add(name, "PSNR vs true 32x32 (dB)", p[k]["psnr_vs_true_32"])
+                    add(name, "FID", p[k]["fid"])
         add("real train 32x32 (same n)", "FID", p["real_train_32_fid"])
     if "controlnet" in s and "error" not in s["controlnet"]:
         p = s["controlnet"]
@@ -396,6 +516,13 @@ def _markdown(res: dict[str, Any]) -> str:
                 add(f"adapt: {k}", "old-class acc", p[k]["old_class_acc"])
                 if "heldout_concept_loss" in p[k]:
                     add(f"adapt: {k}", "held-out 9s denoising loss", p[k]["heldout_concept_loss"])
+    if "ip_adapter" in s and "error" not in s["ip_adapter"]:
+        p = s["ip_adapter"]
+        add("IP-Adapter (null class + image prompt)", "classified as the reference's class",
+            p["image_prompt_rate"])  # fmt: skip
+        add("IP-Adapter, no CFG", "classified as the reference's class",
+            p["image_prompt_rate_no_cfg"])  # fmt: skip
+        add("no prompt (null class)", "classified as the reference's class", p["no_prompt_rate"])
     for name, sec in s.items():
         if "note" in sec and not name.endswith("_first_run"):
             add(name, "note", sec["note"])
@@ -441,12 +568,15 @@ def run(
 
     def base() -> nn.Module:  # class-conditional digits 0-8 at 16x16, shared by 4 sections
         if "base" not in built:
-            train16 = DigitsDataset(size=16, split="train", classes=OLD)
-            data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
-            net = _unet(1, b.width, num_classes=10)
-            built["base"], res["base16_train_seconds"] = _train(
-                "digits16", net, _objective(), data16, b.base_steps, b.batch
-            )
+            built["base"], res["base16_train_seconds"] = build_base(b)
+            ev = evaluator()
+            D = classifier_free_guidance(_objective().denoiser(built["base"]), b.cfg_scale)
+            labels = _labels(b.n_eval)
+            x = _generate(D, (1, 16, 16), {"class": labels}, b.steps, seed=0)
+            res["base16_quality"] = {
+                "class_acc_cfg": ev.class_accuracy(x, labels), "fid": ev.fid(x),
+                "cfg_scale": b.cfg_scale, "n": len(labels),
+            }  # fmt: skip
         return built["base"]
 
     sections = {
@@ -454,6 +584,7 @@ def run(
         "edits": lambda: section_edits(base(), evaluator(), b),
         "adaptation": lambda: section_adaptation(base(), evaluator(), b),
         "controlnet": lambda: section_controlnet(b),
+        "ip_adapter": lambda: section_ip_adapter(base(), evaluator(), b),
         "superres": lambda: section_superres(base(), evaluator(), b),
     }
     for name, fn in sections.items():
