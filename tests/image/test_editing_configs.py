@@ -11,6 +11,7 @@ import torch
 
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.toy import GaussianMixture
+from polydiff.image.adaptation import AdaptConfig, adapt_run
 from polydiff.image.editing import EditConfig, apply_edit, edit_run
 from polydiff.train.config import compose, find_config_dir
 from polydiff.train.run import instantiate
@@ -22,9 +23,13 @@ EDIT_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment" / "image").glo
 @pytest.mark.parametrize("name", EDIT_EXPERIMENTS)
 def test_edit_node_instantiates(name: str) -> None:
     cfg = compose([f"experiment=image/{name}"], CONFIGS)
-    edit = instantiate(cfg.edit, "edit")
-    assert isinstance(edit, EditConfig) and edit.task == name.removeprefix("edit_")
-    assert edit.guidance_scale == cfg.guidance.scale
+    if name == "edit_adapt":
+        job = instantiate(cfg.adapt, "adapt")
+        assert isinstance(job, AdaptConfig) and job.method == "lora" and job.token == 9
+    else:
+        job = instantiate(cfg.edit, "edit")
+        assert isinstance(job, EditConfig) and job.task == name.removeprefix("edit_")
+    assert job.guidance_scale == cfg.guidance.scale
 
 
 def test_edit_config_names_bad_values() -> None:
@@ -36,6 +41,10 @@ def test_edit_config_names_bad_values() -> None:
         EditConfig(task="sdedit", strength=1.5)
     with pytest.raises(ValueError, match="not both"):
         EditConfig(task="sdedit", target_class=1, class_shift=1)
+    with pytest.raises(ValueError, match="adapt.method"):
+        AdaptConfig(method="hypernetwork")
+    with pytest.raises(ValueError, match="adapt.steps"):
+        AdaptConfig(steps=0)
 
 
 def _flat_mixture() -> GaussianMixture:
@@ -103,3 +112,28 @@ def test_edit_run_on_a_tiny_trained_run(tmp_path) -> None:
     })  # fmt: skip
     with np.load(Path(sd["out"]) / "edit.npz") as f:
         assert f["target_class"].tolist() == [4, 5]
+
+
+@pytest.mark.slow
+def test_adapt_run_writes_the_adapter_alone(tmp_path) -> None:
+    from polydiff.train.run import train
+
+    run = train(
+        [
+            "experiment=image/edit_adapt", "trainer.max_steps=2", "trainer.batch_size=4",
+            "trainer.ckpt_every=0", f"runs_root={tmp_path}",
+        ],
+        config_dir=CONFIGS,
+    )  # fmt: skip
+    small = ["adapt.steps=2", "adapt.batch_size=4", "adapt.n_prior=8", "adapt.sample_steps=2",
+             "adapt.n_samples=2"]  # fmt: skip
+    info = adapt_run(str(run), small)
+    out = Path(info["out"])
+    assert {p.name for p in out.iterdir()} == {"lora.safetensors", "samples.png", "adapt.json"}
+    assert info["n_prior"] == 8 and info["method"] == "lora"
+    from safetensors.torch import load_file
+
+    assert all("lora_" in k for k in load_file(str(out / "lora.safetensors")))
+    ti = adapt_run(str(run), [*small, "adapt.method=textual_inversion"], out=str(tmp_path / "ti"))
+    assert isinstance(ti["init_from"], int) and ti["init_from"] != 9
+    assert "token.safetensors" in ti["files"]

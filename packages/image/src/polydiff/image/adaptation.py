@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,11 @@ from polydiff.nn.lora import ATTENTION_TARGETS, add_lora, save_lora
 from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
 
 __all__ = [
+    "AdaptConfig",
     "ClassTokenEmbedding",
     "DreamBoothLoss",
+    "adapt",
+    "adapt_run",
     "concept_dataset",
     "finetune",
     "load_token_embedding",
@@ -430,3 +434,177 @@ def load_token_embedding(net: nn.Module, path: str | os.PathLike) -> ClassTokenE
     with torch.no_grad():
         model.embedding.copy_(embedding)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# Configs and runs (``polydiff adapt``)
+# --------------------------------------------------------------------------------------------
+
+ADAPT_METHODS = ("lora", "dreambooth", "textual_inversion")
+
+
+@dataclass
+class AdaptConfig:
+    """One adaptation job (the ``adapt`` node of ``configs/experiment/image/edit_adapt_*.yaml``).
+
+    The concept images are ``n_images`` images of class ``concept_class`` from the digits test
+    split (or ``images``: an ``.npz`` with ``images`` (N, C, H, W) in [-1, 1]); they are taught
+    to class ``token``. ``prior_weight > 0`` adds DreamBooth's prior preservation on ``n_prior``
+    samples of the frozen model for the classes other than the token (LoRA and DreamBooth).
+    ``init_from``: textual inversion's start (a class, ``"nearest"`` or None = the token's row).
+    """
+
+    method: str = "lora"
+    token: int = 9
+    concept_class: int = 9
+    n_images: int = 5
+    images: str | None = None
+    steps: int = 400
+    lr: float = 3e-3
+    batch_size: int = 16
+    rank: int = 4
+    prior_weight: float = 1.0
+    n_prior: int = 144
+    init_from: int | str | None = "nearest"
+    guidance_scale: float = 3.0
+    sample_steps: int = 12
+    n_samples: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPT_METHODS:
+            raise ValueError(f"adapt.method={self.method!r}; choose one of {ADAPT_METHODS}")
+        for name in ("steps", "n_images", "batch_size", "rank", "sample_steps", "n_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"adapt.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.prior_weight < 0:
+            raise ValueError(
+                f"adapt: need lr > 0 and prior_weight >= 0: {self.lr, self.prior_weight}"
+            )
+
+
+def _concept_images(cfg: AdaptConfig, size: int) -> torch.Tensor:
+    if cfg.images:
+        import numpy as np
+
+        source = Path(cfg.images)
+        if not source.is_file():
+            raise FileNotFoundError(f"adapt.images: {source} not found (an .npz with 'images')")
+        with np.load(source) as f:
+            if "images" not in f:
+                raise ValueError(f"{source} has no 'images' array (keys: {sorted(f.files)})")
+            return torch.from_numpy(f["images"][: cfg.n_images]).float()
+    from .data import DigitsDataset
+
+    images = DigitsDataset(size=size, split="test", classes=[cfg.concept_class]).images
+    if len(images) == 0:
+        raise ValueError(f"adapt.concept_class={cfg.concept_class}: no such digits class")
+    return images[: cfg.n_images]
+
+
+def adapt(
+    cfg: AdaptConfig, net: nn.Module, objective: Any, images: torch.Tensor, sigmas: torch.Tensor
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Run the adaptation ``cfg`` on ``net`` (modified in place; textual inversion wraps it)
+    with the concept ``images``; returns ``(adapted model, info)``."""
+    from polydiff.core.guidance import classifier_free_guidance
+
+    info: dict[str, Any] = {"method": cfg.method, "token": cfg.token, "n_images": len(images)}
+    common = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    prior: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if cfg.method != "textual_inversion" and cfg.prior_weight > 0:
+        others = [c for c in range(_num_classes(net)) if c != cfg.token]
+        frozen = classifier_free_guidance(objective.denoiser(net.eval()), cfg.guidance_scale)
+        prior = prior_dataset(
+            frozen, tuple(images.shape[1:]), others, max(cfg.n_prior, cfg.batch_size), sigmas,
+            seed=cfg.seed,
+        )  # fmt: skip
+        info["n_prior"] = len(prior[0])
+    if cfg.method == "lora":
+        model = train_lora(
+            net, objective, images, cfg.token, *prior, prior_weight=cfg.prior_weight,
+            rank=cfg.rank, **common,
+        )  # fmt: skip
+    elif cfg.method == "dreambooth":
+        model = train_dreambooth(
+            net, objective, images, cfg.token, *prior, prior_weight=cfg.prior_weight, **common
+        )
+    else:
+        model = train_textual_inversion(
+            net, objective, images, cfg.token, init_from=cfg.init_from, **common
+        )
+        info["init_from"] = model.init_from
+    return model.eval(), info
+
+
+def adapt_run(
+    run_dir: str,
+    overrides: tuple[str, ...] | list[str] = (),
+    out: str | None = None,
+    adapt_cfg: AdaptConfig | Mapping | None = None,
+) -> dict[str, Any]:
+    """``polydiff adapt run=<dir> [adapt.method=textual_inversion ...]``: adapt a trained
+    class-conditional run to a concept (:class:`AdaptConfig`, default the run config's
+    ``adapt`` node) and write into ``out`` (default ``<run>/adapt/<method>``) the adapter alone
+    (``lora.safetensors`` / ``token.safetensors``; DreamBooth: ``model.safetensors``), a sample
+    grid of the token (``samples.png``) and ``adapt.json``. Returns the written info."""
+    import dataclasses
+    import json
+
+    from safetensors.torch import save_file
+
+    from polydiff.core.guidance import classifier_free_guidance
+    from polydiff.train.run import instantiate, open_run
+
+    from .io import save_image_grid
+
+    run = open_run(run_dir, overrides)
+    if adapt_cfg is None:
+        node = run.cfg.get("adapt")
+        if node is None:
+            raise ValueError(
+                f"{run_dir}: the run's config has no 'adapt' node; train with an "
+                "experiment=image/edit_adapt_* config or pass adapt_cfg=AdaptConfig(...)"
+            )
+        adapt_cfg = instantiate(node, "adapt")
+    elif isinstance(adapt_cfg, Mapping):
+        adapt_cfg = AdaptConfig(**adapt_cfg)
+    cfg = adapt_cfg
+    if not isinstance(cfg, AdaptConfig):
+        raise TypeError(f"adapt_cfg must be an AdaptConfig, got {type(cfg).__name__}")
+    _check_token(run.model, cfg.token)
+    shape = tuple(run.sample_shape)
+    images = _concept_images(cfg, shape[-1])
+    objective = run.objective
+    sigmas = objective.schedule.sigmas_for(cfg.sample_steps).float()
+    model, info = adapt(cfg, run.model.requires_grad_(False), objective, images, sigmas)
+    target = Path(out) if out else Path(run_dir) / "adapt" / cfg.method
+    target.mkdir(parents=True, exist_ok=True)
+    if cfg.method == "lora":
+        save_lora(model, target / "lora.safetensors")
+        info["files"] = ["lora.safetensors"]
+    elif cfg.method == "textual_inversion":
+        save_token_embedding(model, target / "token.safetensors")
+        info["files"] = ["token.safetensors"]
+    else:
+        tmp = target / "model.safetensors.tmp"
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp))
+        os.replace(tmp, target / "model.safetensors")
+        info["files"] = ["model.safetensors"]
+    from polydiff.train import SamplerSpec, generate
+
+    D = classifier_free_guidance(objective.denoiser(model), cfg.guidance_scale)
+    spec = SamplerSpec(method="heun", steps=cfg.sample_steps, schedule=lambda _: sigmas)
+    with torch.no_grad():
+        x = generate(
+            D, shape, cfg.n_samples, spec,
+            cond={"class": torch.full((cfg.n_samples,), cfg.token, dtype=torch.long)},
+            generator=torch.Generator().manual_seed(cfg.seed),
+        ).clamp(-1, 1)  # fmt: skip
+    save_image_grid(torch.cat([images, x]), target / "samples.png", scale=4)
+    info["files"] += ["samples.png", "adapt.json"]
+    info["config"] = dataclasses.asdict(cfg)
+    info["run"], info["checkpoint"] = str(run_dir), str(run.checkpoint)
+    (target / "adapt.json").write_text(json.dumps(info, indent=1, default=str))
+    return info | {"out": str(target)}
