@@ -28,8 +28,9 @@ def _bench():
 
 def _agent(success: float, ret: float, left: float = 0.5) -> dict:
     return {
-        "success_rate": success, "return_mean": ret, "return_std": 1.0, "nfe_per_action": 2.0,
-        "latency_ms_mean": 1.0, "latency_ms_p95": 3.0, "inference_ms_median": 5.0,
+        "episodes": 10, "success_rate": success, "return_mean": ret, "return_std": 1.0,
+        "nfe_per_action": 2.0, "latency_ms_mean": 1.0, "latency_ms_median": 0.001,
+        "latency_ms_p95": 3.0, "inference_ms_median": 5.0, "inference_ms_p95": 6.0,
         "left": left, "right": 1 - left, "normalized_score": 50.0,
     }  # fmt: skip
 
@@ -40,10 +41,16 @@ def test_benchmark_goals_and_markdown() -> None:
         "maze": {
             "diffuser": _agent(0.9, 0.9), "expert": _agent(1.0, 1.0), "random": _agent(0, 0),
             "success_vs_expert": 0.9,
+            "config": {"train_steps": 10, "horizon": 32, "stride": 5, "n_candidates": 4,
+                       "replan_every": None},
+            "train": {"parameters": 1000, "train_seconds": 1.0},
         },
         "pendulum": {
             "guided": _agent(0, -300), "unguided": _agent(0, -500), "expert": _agent(0, -150),
             "random": _agent(0, -1200), "guided_minus_unguided": 200.0,
+            "guided_scale_0": _agent(0, -400),
+            "config": {"guide_scale": 0.1, "n_candidates": 8},
+            "value_heldout_corr": {"sigma_0.1": 0.95},
         },
         "two_path": {"policies": {"diffusion_unet_ddim": _agent(0.9, 0.9, left=0.45),
                                   "mse": _agent(0.0, 0.0, left=0.9)}},
@@ -61,7 +68,13 @@ def test_benchmark_goals_and_markdown() -> None:
     assert not goals["toy_both_modes"] and not goals["maze_success_ge_90pct_expert"]
     res["goals"] = goals
     md = bench.markdown(res)
-    assert "| maze Diffuser | 0.90 | 0.9 ± 1.0 | 2.00 | 1.00 | 3.00 | 5.00 |" in md
+    assert (
+        "| maze Diffuser | 10 | 0.90 | 0.9 ± 1.0 | 2.00 | 1.00 | 0.001 | 3.00 | 5.00 | 6.00 |" in md
+    )
+    assert "| pendulum Diffuser guided_scale_0 | 10 | 0.00 | -400.0 ± 1.0 |" in md
+    assert "scale 0.1, best of 8 by V" in md and "sigma_0.1 0.950" in md
+    assert "per executed action ms" in md and "per inference call ms" in md
+    assert "replanning when the plan is used up" in md
     assert "toy_both_modes: NOT met" in md
     quick = bench.configs(quick=True)
     assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"

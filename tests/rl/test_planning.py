@@ -203,3 +203,80 @@ def test_candidates_without_value_keep_the_smoothest_plan() -> None:
     plan = planner.plan(np.full(4, -1.0, dtype=np.float32))
     np.testing.assert_allclose(plan.trajectory, smooth.numpy(), atol=1e-5)
     assert plan.nfe == 3
+
+
+def test_start_conditioned_loss_keeps_the_start_state_clean() -> None:
+    from polydiff.rl.models import StartConditionedLoss
+
+    objective = edm_objective()
+    seen: list[torch.Tensor] = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, cond=None):
+            seen.append(x.detach().clone())
+            return x * self.w
+
+    x0 = torch.rand(5, 8, 4) * 2 - 1
+    loss = StartConditionedLoss(objective, obs_dim=3).loss(
+        Recorder(), x0, None, torch.Generator().manual_seed(0)
+    )
+    assert torch.isfinite(loss) and loss > 0
+    x_in = seen[0]  # EDM network input c_in * (x0 + sigma * noise), c_in > 0 per row
+    ratio = x_in[:, 0, :3] / x0[:, 0, :3]  # clean start: the same c_in for the 3 state dims
+    torch.testing.assert_close(ratio, ratio[:, :1].expand(-1, 3), rtol=1e-4, atol=1e-5)
+    c_in = ratio[:, 0]
+    noisy = x_in[:, 1:] / c_in[:, None, None] - x0[:, 1:]
+    assert noisy.abs().mean() > 0.05  # everything else is noised
+    with pytest.raises(ValueError, match="D >= 3"):
+        StartConditionedLoss(objective, obs_dim=3).loss(Recorder(), torch.zeros(2, 8, 2))
+
+
+def test_clean_known_planning_pins_the_state_at_every_step() -> None:
+    from polydiff.rl.datasets import MinMaxNormalizer
+
+    inputs: list[torch.Tensor] = []
+
+    def fake_denoiser(x, sigma, cond=None):
+        inputs.append(x.clone())
+        return torch.zeros_like(x)
+
+    norm = MinMaxNormalizer([-2.0] * 4, [2.0] * 4)
+    planner = DiffuserPlanner(
+        fake_denoiser, norm, 6, 3, n_steps=4, goal_zero_dims=(), clean_known=True
+    )
+    obs = np.array([1.0, -1.0, 0.5], dtype=np.float32)
+    plan = planner.plan(obs)
+    assert plan.nfe == 4 and len(inputs) == 4
+    for x in inputs:  # the start state enters every denoiser call clean (normalised: obs / 2)
+        torch.testing.assert_close(x[0, 0, :3], torch.tensor([0.5, -0.5, 0.25]))
+    np.testing.assert_allclose(plan.trajectory[0, :3], obs, atol=1e-6)
+    np.testing.assert_allclose(plan.trajectory[1:], 0.0, atol=1e-6)  # the denoiser's x0
+
+
+def test_goal_indices_keep_the_earliest_feasible_arrival() -> None:
+    from polydiff.rl.datasets import MinMaxNormalizer
+
+    def straight(to: float, k: int) -> torch.Tensor:  # (8, 4): from -1 to `to` at index k
+        xy = torch.cat([torch.linspace(-1, to, k + 1), torch.full((7 - k,), to)])
+        return torch.stack([xy, xy, torch.zeros(8), torch.zeros(8)], dim=1)
+
+    # candidates: goal at index 2 (a jump of 1.0 per step), 4 (0.5 per step), 7 (0.29)
+    rows = torch.stack([straight(1.0, 2), straight(1.0, 4), straight(1.0, 7)])
+
+    def fake_denoiser(x, sigma, cond=None):
+        return rows.to(x.dtype)
+
+    norm = MinMaxNormalizer([-1.0] * 4, [1.0] * 4)
+    kw = dict(n_steps=3, goal_zero_dims=(), goal_indices=(2, 4, 7))
+    obs, goal = np.array([-1.0, -1.0, 0.0, 0.0], dtype=np.float32), np.array([1.0, 1.0])
+    for max_step, arrival in ((0.8, 4), (0.5, 7), (2.0, 2), (None, 7)):
+        planner = DiffuserPlanner(fake_denoiser, norm, 8, 4, max_step=max_step, **kw)
+        plan = planner.plan(obs, goal)
+        assert plan.arrival == arrival and plan.nfe == 3
+        np.testing.assert_allclose(plan.trajectory[arrival, :2], goal, atol=1e-5)
+    with pytest.raises(ValueError, match="outside 1..7"):
+        DiffuserPlanner(fake_denoiser, norm, 8, 4, goal_indices=(8,)).plan(obs, goal)

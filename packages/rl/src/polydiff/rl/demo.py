@@ -59,7 +59,6 @@ def run(out_dir: Path, quick: bool = False) -> dict:
             data_episodes=40,
             train_steps=1000,
             n_candidates=4,
-            replan_every=10,
             eval_seeds=8,
             data_root=data_root,
         )

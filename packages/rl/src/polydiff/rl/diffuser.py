@@ -10,7 +10,11 @@ only). Planning is conditional sampling through the core's denoiser transformati
   ``D + s sigma^2 grad V`` (sec. 3.3), switched off below ``guide_sigma_min`` (stop-grad near
   sigma = 0), and ranks a batch of candidate plans; without a value function the candidate
   with the smallest largest jump between consecutive planned positions is kept (jumps are
-  where an under-trained model cuts through walls).
+  where an under-trained model cuts through walls);
+- ``clean_known`` keeps the known entries clean at every step instead (Diffuser's
+  ``apply_conditioning``), for a model trained that way (:class:`StartConditionedLoss`);
+- ``goal_indices`` inpaints the goal at several plan indices and keeps the earliest arrival
+  whose plan has no step longer than ``max_step``.
 
 Execution is receding-horizon: :class:`MazePlanAgent` tracks the planned states with a PD
 controller and replans every ``replan_every`` steps; :class:`PlanActionAgent` executes the
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from polydiff.core.editing import inpaint
+from polydiff.core.editing import ddim_step, inpaint
 from polydiff.core.guidance import value_guidance
 from polydiff.core.schedules import karras_sigmas
 from polydiff.rl.datasets import MinMaxNormalizer
@@ -42,6 +46,7 @@ class Plan:
     nfe: int  # denoiser evaluations
     seconds: float
     value: float | None = None  # predicted (standardised) value of the chosen candidate
+    arrival: int | None = None  # plan index where the goal was inpainted (None: no goal)
 
 
 @dataclass
@@ -62,30 +67,53 @@ class DiffuserPlanner:
     n_candidates: int = 1
     goal_dims: tuple[int, ...] = (0, 1)  # which state dims the goal pins (maze: x, y)
     goal_zero_dims: tuple[int, ...] = (2, 3)  # state dims pinned to 0 at the goal (velocity)
+    # None: the goal is inpainted at the last index (Janner et al.'s maze2d). Else one batch of
+    # ``n_candidates`` plans per index listed, and the earliest arrival whose plan is feasible
+    # (no step between consecutive planned positions longer than ``max_step``) is kept
+    goal_indices: tuple[int, ...] | None = None
+    max_step: float | None = None  # env units of ``goal_dims``; None: the smoothest plan
+    # True: the known entries stay clean at every step (Diffuser's apply_conditioning), for a
+    # model trained with them clean (StartConditionedLoss); False: re-noised replacement
+    clean_known: bool = False
     seed: int = 0
     _generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
-    def _known(self, obs: np.ndarray, goal: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _arrivals(self, goal: np.ndarray | None) -> list[int | None]:
+        """The plan index at which each candidate has the goal inpainted (None: no goal)."""
+        if goal is None:
+            return [None] * self.n_candidates
+        indices = self.goal_indices or (self.horizon - 1,)
+        bad = [k for k in indices if not 0 < k < self.horizon]
+        if bad:
+            raise ValueError(f"goal_indices {bad} outside 1..{self.horizon - 1} (horizon)")
+        return [k for k in indices for _ in range(self.n_candidates)]
+
+    def _known(
+        self, obs: np.ndarray, goal: np.ndarray | None, arrivals: list[int | None]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         d = len(self.normalizer)
-        raw = torch.zeros(self.horizon, d)
-        mask = torch.zeros(self.horizon, d, dtype=torch.bool)
-        raw[0, : self.obs_dim] = torch.as_tensor(obs[: self.obs_dim], dtype=torch.float32)
-        mask[0, : self.obs_dim] = True
-        if goal is not None:
+        raw = torch.zeros(len(arrivals), self.horizon, d)
+        mask = torch.zeros(len(arrivals), self.horizon, d, dtype=torch.bool)
+        raw[:, 0, : self.obs_dim] = torch.as_tensor(obs[: self.obs_dim], dtype=torch.float32)
+        mask[:, 0, : self.obs_dim] = True
+        for b, k in enumerate(arrivals):
+            if k is None or goal is None:
+                continue
             for i, g in zip(self.goal_dims, goal):
-                raw[-1, i], mask[-1, i] = float(g), True
+                raw[b, k, i], mask[b, k, i] = float(g), True
             for i in self.goal_zero_dims:
-                raw[-1, i], mask[-1, i] = 0.0, True
-        return mask, self.normalizer.normalize(raw)  # (H, D) each
+                raw[b, k, i], mask[b, k, i] = 0.0, True
+        return mask, self.normalizer.normalize(raw)  # (B, H, D) each
 
     @torch.no_grad()
     def plan(self, obs: np.ndarray, goal: np.ndarray | None = None) -> Plan:
-        """Sample ``n_candidates`` plans from ``obs`` (to ``goal``) and keep the best-valued."""
+        """Sample candidate plans from ``obs`` (to ``goal``) and keep one (module docstring)."""
         start = time.perf_counter()
-        mask, known = self._known(np.asarray(obs, dtype=np.float32), goal)
+        arrivals = self._arrivals(goal)
+        mask, known = self._known(np.asarray(obs, dtype=np.float32), goal, arrivals)
         counter = CountingDenoiser(self.denoiser)
         denoiser = counter
         if self.value is not None and self.guide_scale > 0:
@@ -97,20 +125,57 @@ class DiffuserPlanner:
                 sigma_min=self.guide_sigma_min,
             )
         sigmas = karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max).float()
-        b, d = self.n_candidates, len(self.normalizer)
+        b, d = len(arrivals), len(self.normalizer)
         x = torch.randn(b, self.horizon, d, generator=self._generator) * sigmas[0]
-        x0 = inpaint(
-            denoiser, x, sigmas, known, mask, generator=self._generator, eta=self.eta
-        )  # (B, H, D)
+        if self.clean_known:
+            x0 = self._clean_inpaint(denoiser, x, sigmas, known, mask)
+        else:
+            x0 = inpaint(
+                denoiser, x, sigmas, known, mask, generator=self._generator, eta=self.eta
+            )  # (B, H, D)
         best, value = 0, None
         if self.value is not None:
             v = self.value(x0, torch.full((b,), self.sigma_min))
             best, value = int(v.argmax()), float(v.max())
-        elif b > 1:  # no value: keep the smoothest plan (largest step between waypoints)
-            steps = x0[:, 1:, list(self.goal_dims)] - x0[:, :-1, list(self.goal_dims)]
-            best = int(steps.norm(dim=-1).amax(dim=1).argmin())
+        elif b > 1:
+            best = self._select(self.normalizer.unnormalize(x0), arrivals)
         traj = self.normalizer.unnormalize(x0[best]).numpy()
-        return Plan(traj, counter.calls, time.perf_counter() - start, value)
+        return Plan(traj, counter.calls, time.perf_counter() - start, value, arrivals[best])
+
+    def _clean_inpaint(
+        self,
+        denoiser: Callable,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        known: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """DDIM steps with the known entries set to their clean values before every step."""
+        m = mask.to(x.dtype)
+        x = m * known + (1 - m) * x
+        for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+            denoised = denoiser(x, torch.full((x.shape[0],), s), None)
+            noise = torch.randn(x.shape, generator=self._generator) if self.eta else None
+            x = ddim_step(x, denoised, s, s_next, eta=self.eta, noise=noise)
+            x = m * known + (1 - m) * x
+        return x  # (B, H, D)
+
+    def _select(self, plans: torch.Tensor, arrivals: list[int | None]) -> int:
+        """Without a value: the earliest feasible arrival, else the smoothest plan.
+
+        A plan's roughness is its largest step between consecutive planned positions (up to
+        its arrival): jumps are where an under-trained model cuts through walls.
+        """
+        xy = plans[..., list(self.goal_dims)]  # (B, H, 2) env units
+        steps = (xy[:, 1:] - xy[:, :-1]).norm(dim=-1)  # (B, H-1)
+        rough = torch.stack(
+            [steps[i, : (k or self.horizon - 1)].max() for i, k in enumerate(arrivals)]
+        )  # (B,)
+        if self.max_step is not None:
+            feasible = [i for i in range(len(arrivals)) if rough[i] <= self.max_step]
+            if feasible:  # earliest arrival, then the smoothest among those
+                return min(feasible, key=lambda i: ((arrivals[i] or 0), float(rough[i])))
+        return int(rough.argmin())
 
 
 class MazePlanAgent:
@@ -150,7 +215,8 @@ class MazePlanAgent:
         traj = self.current.trajectory
         idx = (self.t - self.t_plan) // self.stride + self.lookahead
         self.t += 1
-        if idx >= len(traj) - 1:
+        end = len(traj) - 1 if self.current.arrival is None else self.current.arrival
+        if idx >= end:
             return track(state[:2], state[2:4], goal, self.p_gain, self.d_gain)
         return track(state[:2], state[2:4], traj[idx, :2], self.p_gain, self.d_gain, traj[idx, 2:4])
 

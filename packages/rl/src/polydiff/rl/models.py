@@ -208,3 +208,29 @@ def value_loss(
     sigma = (p_mean + p_std * torch.randn(b, generator=generator, device=x0.device)).exp()
     x = x0 + sigma[:, None, None] * torch.randn(x0.shape, generator=generator, device=x0.device)
     return F.mse_loss(value(x, sigma), cond["value"].to(x.dtype))
+
+
+class StartConditionedLoss:
+    """Diffuser's training with the conditioning applied (Janner et al. 2022, ``p_losses``).
+
+    The current state (first ``obs_dim`` entries of step 0) enters the network clean at every
+    noise level (its noise is zeroed), exactly as it is imposed while planning with
+    ``DiffuserPlanner(clean_known=True)``: the model learns the actions and futures that go with
+    the state, instead of reconciling a replaced boundary at sampling time only.
+    """
+
+    def __init__(self, objective: DiffusionObjective, obs_dim: int) -> None:
+        self.objective, self.obs_dim = objective, obs_dim
+
+    def loss(
+        self,
+        net: nn.Module,
+        x0: torch.Tensor,
+        cond: Mapping[str, torch.Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if x0.ndim != 3 or x0.shape[2] < self.obs_dim:
+            raise ValueError(f"expected x0 of shape (B, H, D >= {self.obs_dim}), got {x0.shape}")
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        noise[:, 0, : self.obs_dim] = 0.0  # (B, H, D): the start state stays clean
+        return self.objective.per_sample_loss(net, x0, cond, generator, noise=noise).mean()
