@@ -65,8 +65,8 @@ class Budget:
     control_steps: int = 3000
     control_width: int = 16
     control_batch: int = 32
-    adapt_steps: int = 400
-    ip_steps: int = 800  # IP-Adapter (base frozen)
+    adapt_steps: int = 300
+    ip_steps: int = 500  # IP-Adapter (base frozen)
     batch: int = 64
     n_eval: int = 144  # 16 per old class
     steps: int = 12  # sampler steps (Heun: 2 * steps - 1 evaluations)
@@ -122,6 +122,9 @@ def _train(
     size = sum(p.numel() for p in model.parameters())
     recipe = "" if (schedule, ema) == ("cosine", 0.995) else f"-{schedule}-ema{ema}"
     path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}{recipe}-p{size}.safetensors"
+    lock = path.with_name(path.name + ".training")  # another process is training this model
+    while lock.is_file() and not path.is_file() and time.time() - lock.stat().st_mtime < 7200:
+        time.sleep(10)
     if path.is_file():
         cached = copy.deepcopy(model)
         cached.load_state_dict(load_file(str(path)))
@@ -134,8 +137,13 @@ def _train(
         lr_warmup_steps=min(100, steps // 10), lr_min_ratio=0.1, num_threads=1,
     )  # fmt: skip
     start = time.perf_counter()
-    trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
-    trainer.fit()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()
+    try:
+        trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
+        trainer.fit()
+    finally:
+        lock.unlink(missing_ok=True)
     trained = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -547,24 +555,23 @@ def _write(res: dict[str, Any]) -> str:
     return md
 
 
-def run(
-    quick: bool = False, only: list[str] | None = None, budget: Budget | None = None
+SECTIONS = ("inpainting", "edits", "adaptation", "controlnet", "ip_adapter", "superres")
+# process groups for workers > 1 (each group shares one process; the cached models are shared)
+GROUPS = (("inpainting", "edits"), ("adaptation",), ("controlnet", "ip_adapter"), ("superres",))
+
+
+def run_sections(
+    b: Budget, names: list[str], quality: bool = True, log: Any = None
 ) -> dict[str, Any]:
-    """Run every section (or ``only`` some) and write ``benchmarks/results/image_editing.*``."""
+    """Run the named sections in this process; returns ``{"sections": ..., extras}`` (the base's
+    training seconds and, with ``quality``, its class accuracy / FID with CFG)."""
     import traceback
 
     from polydiff.image.metrics import ImageEvaluator
 
     torch.manual_seed(0)
-    b = budget or (QUICK if quick else Budget())
-    res: dict[str, Any] = {"quick": quick, "budget": asdict(b), "sections": {}}
-    previous = RESULTS / "image_editing.json"
-    if only and previous.is_file():  # re-running some sections keeps the others' numbers
-        old = json.loads(previous.read_text())
-        if old.get("budget") == res["budget"]:
-            res = {**old, "sections": {k: v for k, v in old["sections"].items() if k not in only}}
-            res["rerun_sections"] = sorted(set(old.get("rerun_sections", [])) | set(only))
-    t0 = time.perf_counter()
+    torch.set_num_threads(1)  # the box is shared
+    res: dict[str, Any] = {"sections": {}}
     built: dict[str, Any] = {}
 
     def evaluator() -> ImageEvaluator:  # built on first use (the ControlNet section needs none)
@@ -578,14 +585,14 @@ def run(
     def base() -> nn.Module:  # class-conditional digits 0-8 at 16x16, shared by 4 sections
         if "base" not in built:
             built["base"], res["base16_train_seconds"] = build_base(b)
-            ev = evaluator()
-            D = classifier_free_guidance(_objective().denoiser(built["base"]), b.cfg_scale)
-            labels = _labels(b.n_eval)
-            x = _generate(D, (1, 16, 16), {"class": labels}, b.steps, seed=0)
-            res["base16_quality"] = {
-                "class_acc_cfg": ev.class_accuracy(x, labels), "fid": ev.fid(x),
-                "cfg_scale": b.cfg_scale, "n": len(labels),
-            }  # fmt: skip
+            if quality:
+                D = classifier_free_guidance(_objective().denoiser(built["base"]), b.cfg_scale)
+                labels = _labels(b.n_eval)
+                x = _generate(D, (1, 16, 16), {"class": labels}, b.steps, seed=0)
+                res["base16_quality"] = {
+                    "class_acc_cfg": evaluator().class_accuracy(x, labels),
+                    "fid": evaluator().fid(x), "cfg_scale": b.cfg_scale, "n": len(labels),
+                }  # fmt: skip
         return built["base"]
 
     sections = {
@@ -596,18 +603,71 @@ def run(
         "ip_adapter": lambda: section_ip_adapter(base(), evaluator(), b),
         "superres": lambda: section_superres(base(), evaluator(), b),
     }
-    for name, fn in sections.items():
-        if only and name not in only:
-            continue
+    for name in names:
         start = time.perf_counter()
         try:
-            res["sections"][name] = fn()
+            res["sections"][name] = sections[name]()
         except Exception:  # one broken section must not hide the others
             res["sections"][name] = {"error": traceback.format_exc()}
         res["sections"][name]["section_seconds"] = time.perf_counter() - start
         print(f"[image_editing] {name}: {json.dumps(res['sections'][name], default=str)[:400]}",
               flush=True)  # fmt: skip
+        if log is not None:
+            log(res)
+    return res
+
+
+def _worker(budget: dict[str, Any], names: list[str], quality: bool) -> dict[str, Any]:
+    return run_sections(Budget(**budget), names, quality)
+
+
+def run(
+    quick: bool = False,
+    only: list[str] | None = None,
+    budget: Budget | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run every section (or ``only`` some) and write ``benchmarks/results/image_editing.*``.
+
+    ``workers`` (default: env ``IMAGE_EDITING_WORKERS`` or 1) > 1 runs the section groups
+    :data:`GROUPS` in that many processes (single-threaded each), the models shared through the
+    cache; the numbers do not depend on it.
+    """
+    import os
+
+    b = budget or (QUICK if quick else Budget())
+    workers = int(workers or os.environ.get("IMAGE_EDITING_WORKERS", "1"))
+    names = [n for n in SECTIONS if not only or n in only]
+    res: dict[str, Any] = {"quick": quick, "budget": asdict(b), "sections": {}}
+    previous = RESULTS / "image_editing.json"
+    if only and previous.is_file():  # re-running some sections keeps the others' numbers
+        old = json.loads(previous.read_text())
+        if old.get("budget") == res["budget"]:
+            res = {**old, "sections": {k: v for k, v in old["sections"].items() if k not in only}}
+            res["rerun_sections"] = sorted(set(old.get("rerun_sections", [])) | set(only))
+    res["workers"] = workers
+    t0 = time.perf_counter()
+
+    def merge(part: dict[str, Any]) -> None:
+        res["sections"].update(part["sections"])
+        res.update({k: v for k, v in part.items() if k != "sections"})
         _write(res)
+
+    if workers <= 1:
+        merge(run_sections(b, names, log=lambda part: merge({**part})))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        groups = [[n for n in g if n in names] for g in GROUPS]
+        groups = [g for g in groups if g]
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(groups)), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_worker, asdict(b), g, quality=(i == 0)) for i, g in enumerate(groups)
+            ]
+            for fut in as_completed(futures):
+                merge(fut.result())
     res["seconds"] = time.perf_counter() - t0
     res["markdown"] = _write(res)
     return res
