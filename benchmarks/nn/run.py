@@ -8,7 +8,8 @@ is reported too. Torch runs single-threaded by default (``POLYDIFF_BENCH_THREADS
 barriers on an oversubscribed machine make multi-threaded wall times meaningless. Peak memory of
 one forward + backward is measured in a fresh subprocess per network (Linux VmHWM reset through
 ``/proc/self/clear_refs`` after a warm-up step, minus the resident size before the step).
-Variants: fp32 eager, channels-last (U-Net), bf16 autocast (AMX where the CPU has it) and, in
+Variants: each library's default (fp32 eager), both NCHW / both channels-last (U-Net),
+bf16 autocast (AMX where the CPU has it) and, in
 full mode with ``POLYDIFF_BENCH_COMPILE=1``, ``torch.compile``.
 
     python -m benchmarks.nn.run [--quick]
@@ -54,7 +55,8 @@ def dit_config(quick: bool) -> dict[str, Any]:
     return dict(hidden=384, depth=12, heads=6, patch=2, in_ch=4, size=32, batch=32, classes=1000)
 
 
-def build_unet(side: str, quick: bool) -> torch.nn.Module:
+def build_unet(side: str, quick: bool, channels_last: bool | None = None) -> torch.nn.Module:
+    """``channels_last=None``: each library's default layout (ours NHWC, diffusers NCHW)."""
     c = unet_config(quick)
     if side == "ours":
         from polydiff.nn import UNet
@@ -62,6 +64,7 @@ def build_unet(side: str, quick: bool) -> torch.nn.Module:
         return UNet(
             dims=2, in_channels=3, model_channels=c["channels"], channel_mult=c["mult"],
             num_res_blocks=c["blocks"], attention_levels=c["attn"], head_dim=c["head_dim"],
+            channels_last=channels_last,
         )  # fmt: skip
     from diffusers import UNet2DModel
 
@@ -128,11 +131,15 @@ def prepare(model: str, side: str, variant: str, quick: bool) -> Callable[[], tu
     """Build one (model, side, variant); return a closure running one forward + backward and
     returning its (wall, cpu) seconds."""
     torch.manual_seed(0)
-    net = BUILD[model](side, quick).train()
+    layout = {"nchw": False, "channels_last": True}.get(variant)
+    net = (
+        build_unet(side, quick, layout) if model == "unet" else BUILD[model](side, quick)
+    ).train()
     data = inputs(model, quick)
-    if variant == "channels_last":
-        net = net.to(memory_format=torch.channels_last)
-        data["x"] = data["x"].contiguous(memory_format=torch.channels_last)
+    if layout is not None and side == "theirs":
+        fmt = torch.channels_last if layout else torch.contiguous_format
+        net = net.to(memory_format=fmt)
+        data["x"] = data["x"].contiguous(memory_format=fmt)
     fn = forward_fn(model, side, net)
     if variant == "compile":
         fn = torch.compile(fn)
@@ -215,6 +222,31 @@ def time_side_by_side(
     return times, memory
 
 
+# Kernels that do the same arithmetic on the same shapes in both implementations (matched
+# architectures): convolutions, matrix products and fused attention, forward and backward.
+SHARED_KERNELS = (
+    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm",
+    "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+)  # fmt: skip
+
+
+def speedup_ceiling(model: str, quick: bool) -> dict[str, float]:
+    """Amdahl bound on ``throughput_ratio``: diffusers' step time over the time its step spends in
+    :data:`SHARED_KERNELS` (profiled, default variant). Even an implementation whose every other
+    op (norms, activations, copies, adds) cost nothing could not be faster than this."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = prepare(model, "theirs", "default", quick)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shared = sum(e.self_cpu_time_total for e in events if e.key in SHARED_KERNELS)
+    return {"shared_share": shared / total, "ceiling": total / max(shared, 1e-9)}
+
+
 def param_counts(model: str, quick: bool) -> dict[str, float]:
     ours, theirs = BUILD[model]("ours", quick), BUILD[model]("theirs", quick)
     n_ours = sum(p.numel() for p in ours.parameters())
@@ -239,9 +271,9 @@ def param_counts(model: str, quick: bool) -> dict[str, float]:
 
 
 def variants_for(model: str, quick: bool) -> list[str]:
-    names = ["eager", "bf16"]
+    names = ["default", "bf16"]
     if model == "unet":
-        names.insert(1, "channels_last")
+        names[1:1] = ["nchw", "channels_last"]
     if quick:
         names = names[:2]
     if not quick and os.environ.get("POLYDIFF_BENCH_COMPILE") == "1":
@@ -251,7 +283,7 @@ def variants_for(model: str, quick: bool) -> list[str]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Run the networks benchmark; writes ``benchmarks/results/nn.json`` and ``nn.md``."""
-    rounds = 5 if quick else 3
+    rounds = 5
     threads = int(os.environ.get("POLYDIFF_BENCH_THREADS", "1"))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -271,6 +303,7 @@ def _run(quick: bool, rounds: int, threads: int) -> dict[str, Any]:
     for model in ("unet", "dit"):
         batch = result["configs"][model]["batch"]
         entry: dict[str, Any] = {"params": param_counts(model, quick), "variants": {}}
+        entry["ceiling"] = speedup_ceiling(model, quick)
         for variant in variants_for(model, quick):
             print(f"[nn] {model} {variant} ...", flush=True)
             try:
@@ -334,14 +367,27 @@ def markdown(result: dict[str, Any]) -> str:
                 + f"| {v['memory_ratio']:.2f} |"
             )
     u, d = result["configs"]["unet"], result["configs"]["dit"]
+    lines += ["", "| network | diffusers' step time in shared kernels | ceiling on the ratio |"]
+    lines += ["|---|---|---|"]
+    for model in ("unet", "dit"):
+        c = result[model].get("ceiling")
+        if c:
+            lines.append(f"| {model} | {c['shared_share']:.0%} | {c['ceiling']:.2f}x |")
     lines += [
+        "",
+        "Shared kernels = convolutions, matrix products and fused attention (forward and "
+        "backward), which do identical arithmetic on identical shapes in both matched "
+        "implementations; the ceiling is diffusers' step time over that part (Amdahl): no eager "
+        "fp32 implementation of the same architecture can beat it without faster kernels.",
         "",
         f"Forward + backward, batch {u['batch']} at {u['size']}x{u['size']}x3 (U-Net) and batch "
         f"{d['batch']} at {d['size']}x{d['size']}x{d['in_ch']} (DiT), {result['threads']} "
         "thread(s). Throughput ratio = theirs / ours median CPU seconds per step (> 1: ours "
         "faster); best wall ratio likewise from the fastest wall-clock step. Peak MB = peak RSS of "
         "one step above the resident size (fresh process per network; in-process in quick "
-        f"mode). AMX-bf16: {result['amx_bf16']}.",
+        f"mode). AMX-bf16: {result['amx_bf16']}. Variants: default = each library as built "
+        "(our U-Net keeps NHWC by default, diffusers NCHW); nchw / channels_last = both sides "
+        "in that layout; bf16 = default under CPU bf16 autocast; compile = torch.compile.",
     ]
     return "\n".join(lines) + "\n"
 
