@@ -136,3 +136,26 @@ def test_conditional_run_samples_with_guidance(tmp_path):
     b = np.load(tmp_path / "s3.0" / "samples.npz")
     np.testing.assert_array_equal(a["cond_class"], b["cond_class"])  # same labels, same noise
     assert np.abs(a["samples"] - b["samples"]).max() > 1e-3  # guidance changed the samples
+
+
+def test_modality_commands_are_discovered_and_run(tmp_path, capsys):
+    """`polydiff edit` comes from the image package's ``polydiff.commands`` entry point."""
+    from polydiff_apps.cli import build_parser, discover_commands
+
+    commands = discover_commands()
+    assert {"edit", "adapt"} <= set(commands)
+    assert commands["edit"].value == "polydiff.image.editing:edit_run"
+    assert "edit" in build_parser().format_help()
+    run = tmp_path / "run"
+    train = ["train", "experiment=image/edit_sdedit", "model.size=tiny", "trainer.max_steps=2",
+             "trainer.batch_size=4", "trainer.ckpt_every=0", f"run_dir={run}"]  # fmt: skip
+    assert main(train) == 0
+    out = tmp_path / "edit"
+    capsys.readouterr()
+    assert main(["edit", f"run={run}", "edit.n=2", "edit.steps=2", f"out={out}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["out"] == str(out)
+    assert {p.name for p in out.iterdir()} == {"edit.png", "edit.json", "edit.npz"}
+    assert json.loads((out / "edit.json").read_text())["edit"]["task"] == "sdedit"
+    with pytest.raises(SystemExit, match="run=<run directory> is required"):
+        main(["edit", "edit.n=2"])

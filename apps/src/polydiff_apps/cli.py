@@ -3,6 +3,8 @@
     polydiff train experiment=toy/gmm trainer.max_steps=500           # hydra overrides
     polydiff sample run=runs/toy/gmm/<stamp>-<hash> sampler=dpmpp_2m steps=20 n=1000
     polydiff evaluate run=<dir> n=2000 steps=32
+    polydiff edit run=<dir> edit.task=sdedit edit.strength=0.5        # modality commands
+    polydiff adapt run=<dir> adapt.method=textual_inversion
     polydiff demo [--only toy] [--quick] [--out demo_out]
     polydiff show experiment=toy/gmm                                   # print the composed config
 
@@ -25,6 +27,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 DEMO_GROUP = "polydiff.demos"
+# modality subcommands: ``name = "module:function"`` with
+# ``function(run_dir, overrides, out=None) -> dict`` (e.g. image's ``edit`` and ``adapt``)
+COMMAND_GROUP = "polydiff.commands"
+BUILTIN = ("train", "sample", "evaluate", "show", "demo")
 
 
 def _split(items: list[str], command: str) -> tuple[dict[str, str], list[str]]:
@@ -139,6 +145,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def discover_commands() -> dict[str, object]:
+    """Subcommands installed by modality packages (entry-point group ``polydiff.commands``)."""
+    eps = sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name)
+    return {ep.name: ep for ep in eps if ep.name not in BUILTIN}
+
+
+def cmd_modality(args: argparse.Namespace) -> int:
+    special, overrides = _split(args.overrides, args.command)
+    fn = args.entry_point.load()
+    result = fn(_need_run(special, args.command), overrides, out=special.get("out"))
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="polydiff",
@@ -156,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("overrides", nargs="*", help="hydra overrides key=value")
         p.set_defaults(fn=fn)
+    for name, ep in discover_commands().items():
+        p = sub.add_parser(name, help=f"{ep.value}: polydiff {name} run=<dir> [overrides]")
+        p.add_argument("overrides", nargs="*", help="run=<dir>, out=<dir>, hydra overrides")
+        p.set_defaults(fn=cmd_modality, entry_point=ep)
     p = sub.add_parser("demo", help="run every installed modality's demo")
     p.add_argument("--only", default="", help="comma-separated demo names (e.g. toy)")
     p.add_argument("--quick", action="store_true", help="shortest version of every demo")
