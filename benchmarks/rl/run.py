@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,10 +52,11 @@ def configs(
         )  # fmt: skip
     return (
         MazeConfig(
-            data_episodes=60, train_steps=1500, n_candidates=4, eval_seeds=30, data_root=data_root,
+            data_episodes=60, train_steps=2000, n_candidates=8, eval_seeds=30, data_root=data_root,
         ),
         PendulumConfig(
-            train_steps=1500, value_steps=1000, eval_seeds=10, guide_scales=(0.0, 1.0),
+            train_steps=1200, value_steps=800, eval_seeds=10, n_candidates=4,
+            guide_scales=(0.0, 1.0),
             data_root=data_root,
         ),
         TwoPathConfig(
@@ -142,26 +145,53 @@ def goals(res: dict) -> dict[str, bool]:
 PARTS = ("maze", "pendulum", "two_path")
 
 
-def run(quick: bool = False, only: tuple[str, ...] | None = None) -> dict:
+def _run_part(part: str, quick: bool) -> dict:
+    maze_cfg, pend_cfg, toy_cfg = configs(quick)
+    if part == "maze":
+        return run_maze_diffuser(maze_cfg, RESULTS)
+    if part == "pendulum":
+        return run_pendulum_diffuser(pend_cfg)
+    return run_two_path_policy(toy_cfg, RESULTS)
+
+
+def _run_parallel(parts: tuple[str, ...], quick: bool) -> tuple[dict, dict]:
+    """Each part in its own 1-thread process (``--part-json``); (results, seconds) by part."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = {}
+        for part in parts:
+            cmd = [sys.executable, "-m", "benchmarks.rl.run", part, "--part-json"]
+            cmd += [str(Path(tmp) / f"{part}.json")] + (["--quick"] if quick else [])
+            procs[part] = subprocess.Popen(cmd, cwd=root, env=env)
+        failed = [p for p, proc in procs.items() if proc.wait() != 0]
+        if failed:
+            raise RuntimeError(f"RL benchmark part(s) {failed} failed (see their output above)")
+        out = {p: json.loads((Path(tmp) / f"{p}.json").read_text()) for p in parts}
+    return {p: o["result"] for p, o in out.items()}, {p: o["seconds"] for p, o in out.items()}
+
+
+def run(quick: bool = False, only: tuple[str, ...] | None = None, parallel: bool = True) -> dict:
     """Run the RL experiments; write ``rl.json`` and ``rl.md`` under benchmarks/results.
 
-    ``only`` runs a subset and merges it into the existing ``rl.json`` (to spread the three
-    experiments over processes); goals and markdown need all three parts present.
+    With ``parallel`` the parts run in separate 1-thread processes (the machine's 2 cores are
+    shared: one process per part keeps the wall time near the slowest part). ``only`` runs a
+    subset and merges it into the existing ``rl.json``; goals and markdown need all three parts.
     """
     torch.set_num_threads(1)  # the 2-core machine is shared; 1 thread is fastest here
     parts = tuple(only or PARTS)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; choose from {PARTS}")
-    maze_cfg, pend_cfg, toy_cfg = configs(quick)
     t0 = time.perf_counter()
-    res: dict = {}
-    if "maze" in parts:
-        res["maze"] = run_maze_diffuser(maze_cfg, RESULTS)
-    if "pendulum" in parts:
-        res["pendulum"] = run_pendulum_diffuser(pend_cfg)
-    if "two_path" in parts:
-        res["two_path"] = run_two_path_policy(toy_cfg, RESULTS)
+    if parallel and len(parts) > 1:
+        res, part_seconds = _run_parallel(parts, quick)
+    else:
+        res, part_seconds = {}, {}
+        for part in parts:
+            t1 = time.perf_counter()
+            res[part] = _run_part(part, quick)
+            part_seconds[part] = round(time.perf_counter() - t1, 1)
     seconds = round(time.perf_counter() - t0, 1)
     previous = RESULTS / "rl.json"  # merged at the end: parts may run in parallel processes
     if only and previous.is_file():
@@ -170,7 +200,8 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None) -> dict:
             res = {**{k: old[k] for k in PARTS if k in old and k not in res}, **res}
             res["seconds"] = old.get("seconds", {})
     res["quick"] = quick
-    res.setdefault("seconds", {})[",".join(parts)] = seconds
+    res.setdefault("seconds", {}).update(part_seconds)
+    res["seconds"]["wall:" + ",".join(parts)] = seconds
     if all(p in res for p in PARTS):
         res["goals"] = goals(res)
         res["markdown"] = markdown(res)
@@ -187,6 +218,16 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None) -> dict:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    quick_mode = "--quick" in args
+    if "--part-json" in args:  # a child of _run_parallel: one part, result to the given file
+        target = Path(args[args.index("--part-json") + 1])
+        (part_name,) = [a for a in args if a in PARTS]
+        torch.set_num_threads(1)
+        t_start = time.perf_counter()
+        result = _run_part(part_name, quick_mode)
+        record = {"result": result, "seconds": round(time.perf_counter() - t_start, 1)}
+        target.write_text(json.dumps(record))
+        sys.exit(0)
     chosen = tuple(a for a in args if not a.startswith("--")) or None
-    out = run(quick="--quick" in args, only=chosen)
+    out = run(quick=quick_mode, only=chosen)
     print(out.get("markdown", json.dumps(out, indent=1)))

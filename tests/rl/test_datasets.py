@@ -99,6 +99,9 @@ def test_windows_and_chunks(tmp_path) -> None:
     np.testing.assert_allclose(raw[:, :3], ep.obs[7 : 7 + 31 : 2], atol=1e-5)
     g = discounted_returns(ep.rewards, 0.9)[7]
     assert item["value"].item() * w.value_std + w.value_mean == pytest.approx(g, rel=1e-4)
+    assert "vector" not in item
+    ws = TrajectoryWindows(data, horizon=16, stride=2, start_cond=True)
+    torch.testing.assert_close(ws[7]["vector"], ws[7]["x"][0, :3])  # the normalised start state
 
     toy = load_minari(generate_dataset("two-path-expert", tmp_path, n_episodes=4))
     c = ActionChunks(toy, obs_horizon=2, pred_horizon=16, action_horizon=8)

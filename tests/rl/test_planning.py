@@ -239,20 +239,25 @@ def test_clean_known_planning_pins_the_state_at_every_step() -> None:
     from polydiff.rl.datasets import MinMaxNormalizer
 
     inputs: list[torch.Tensor] = []
+    conds: list = []
 
     def fake_denoiser(x, sigma, cond=None):
         inputs.append(x.clone())
+        conds.append(cond)
         return torch.zeros_like(x)
 
     norm = MinMaxNormalizer([-2.0] * 4, [2.0] * 4)
     planner = DiffuserPlanner(
-        fake_denoiser, norm, 6, 3, n_steps=4, goal_zero_dims=(), clean_known=True
-    )
+        fake_denoiser, norm, 6, 3, n_steps=4, goal_zero_dims=(), clean_known=True,
+        start_cond=True, n_candidates=2,
+    )  # fmt: skip
     obs = np.array([1.0, -1.0, 0.5], dtype=np.float32)
     plan = planner.plan(obs)
     assert plan.nfe == 4 and len(inputs) == 4
-    for x in inputs:  # the start state enters every denoiser call clean (normalised: obs / 2)
-        torch.testing.assert_close(x[0, 0, :3], torch.tensor([0.5, -0.5, 0.25]))
+    start = torch.tensor([0.5, -0.5, 0.25])  # normalised: obs / 2
+    for x, cond in zip(inputs, conds):  # the start state enters every call clean and as FiLM
+        torch.testing.assert_close(x[:, 0, :3], start.expand(2, 3))
+        torch.testing.assert_close(cond["vector"], start.expand(2, 3))
     np.testing.assert_allclose(plan.trajectory[0, :3], obs, atol=1e-6)
     np.testing.assert_allclose(plan.trajectory[1:], 0.0, atol=1e-6)  # the denoiser's x0
 

@@ -439,6 +439,9 @@ class TrajectoryWindows(torch.utils.data.Dataset):
 
     ``stride`` keeps every ``stride``-th step (a planner over a coarser time grid);
     ``with_actions=False`` plans states only (the maze, where a tracking controller acts).
+    With ``start_cond`` items also hold ``vector``: the normalised start state, the network's
+    FiLM condition (a short-trained model does not learn from inpainting alone that step 0 is
+    the clean current state: measured, its step 0 -> 1 transitions break the dynamics).
     With ``return_value`` items also hold ``value``: the discounted return-to-go at the window
     start, standardised (the regression target of Diffuser's value function).
     """
@@ -451,8 +454,9 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         with_actions: bool = True,
         discount: float = 0.99,
         return_value: bool = False,
+        start_cond: bool = False,
     ) -> None:
-        self.return_value = return_value
+        self.return_value, self.start_cond = return_value, start_cond
         keys = ["observations", "actions"] if with_actions else ["observations"]
         self.normalizer = MinMaxNormalizer.from_stats(data.stats, keys)
         self.horizon, self.stride, self.with_actions = horizon, stride, with_actions
@@ -485,6 +489,8 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         span = (self.horizon - 1) * self.stride + 1
         x = self._episodes_x[ep][start : start + span : self.stride]  # (H, D)
         item = {"x": self.normalizer.normalize(x)}
+        if self.start_cond:  # the current state as a global condition (FiLM)
+            item["vector"] = item["x"][0, : self.obs_dim].clone()
         if self.return_value:
             item["value"] = self.values[i]
         return item

@@ -75,6 +75,7 @@ class DiffuserPlanner:
     # True: the known entries stay clean at every step (Diffuser's apply_conditioning), for a
     # model trained with them clean (StartConditionedLoss); False: re-noised replacement
     clean_known: bool = False
+    start_cond: bool = False  # the network takes the start state as cond["vector"] (FiLM)
     seed: int = 0
     _generator: torch.Generator = field(init=False, repr=False)
 
@@ -127,12 +128,14 @@ class DiffuserPlanner:
         sigmas = karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max).float()
         b, d = len(arrivals), len(self.normalizer)
         x = torch.randn(b, self.horizon, d, generator=self._generator) * sigmas[0]
+        cond = {"vector": known[:, 0, : self.obs_dim]} if self.start_cond else None
         if self.clean_known:
-            x0 = self._clean_inpaint(denoiser, x, sigmas, known, mask)
+            x0 = self._clean_inpaint(denoiser, x, sigmas, known, mask, cond)
         else:
             x0 = inpaint(
-                denoiser, x, sigmas, known, mask, generator=self._generator, eta=self.eta
-            )  # (B, H, D)
+                denoiser, x, sigmas, known, mask, cond=cond, generator=self._generator,
+                eta=self.eta,
+            )  # (B, H, D)  # fmt: skip
         best, value = 0, None
         if self.value is not None:
             v = self.value(x0, torch.full((b,), self.sigma_min))
@@ -149,12 +152,13 @@ class DiffuserPlanner:
         sigmas: torch.Tensor,
         known: torch.Tensor,
         mask: torch.Tensor,
+        cond: dict | None = None,
     ) -> torch.Tensor:
         """DDIM steps with the known entries set to their clean values before every step."""
         m = mask.to(x.dtype)
         x = m * known + (1 - m) * x
         for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-            denoised = denoiser(x, torch.full((x.shape[0],), s), None)
+            denoised = denoiser(x, torch.full((x.shape[0],), s), cond)
             noise = torch.randn(x.shape, generator=self._generator) if self.eta else None
             x = ddim_step(x, denoised, s, s_next, eta=self.eta, noise=noise)
             x = m * known + (1 - m) * x

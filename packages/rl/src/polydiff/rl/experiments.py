@@ -232,9 +232,10 @@ def value_correlation(
 def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None) -> dict:
     """Value-guided vs unguided Diffuser planning on Pendulum, normalised by expert / random.
 
-    The diffuser is trained with the start state clean (:class:`StartConditionedLoss`) and
-    plans with it pinned clean (``clean_known``); ``unguided`` samples one plan, ``guided``
-    samples ``n_candidates`` with the value gradient and executes the best-valued one.
+    The diffuser takes the start state as its FiLM condition and clean at step 0
+    (:class:`StartConditionedLoss`), and plans with it pinned clean (``clean_known``);
+    ``unguided`` samples one plan, ``guided`` samples ``n_candidates`` with the value gradient
+    and executes the best-valued one.
     """
     data = load_minari(
         generate_dataset(
@@ -245,11 +246,13 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
             n_random=cfg.n_random,
         )
     )
-    windows = TrajectoryWindows(data, cfg.horizon, discount=cfg.discount, return_value=True)
+    windows = TrajectoryWindows(
+        data, cfg.horizon, discount=cfg.discount, return_value=True, start_cond=True
+    )
     objective = edm_objective()
     t0 = time.perf_counter()
     ema, metrics = train_network(
-        SequenceUNet(windows.transition_dim, cfg.size),
+        SequenceUNet(windows.transition_dim, cfg.size, cond_dim=windows.obs_dim),
         StartConditionedLoss(objective, windows.obs_dim),
         windows,
         cfg.train_steps,
@@ -299,6 +302,7 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
             guide_sigma_min=cfg.guide_sigma_min,
             goal_zero_dims=(),
             clean_known=True,
+            start_cond=True,
             seed=cfg.seed,
             **kw,
         )
