@@ -134,6 +134,8 @@ def test_folders_and_fid_helper(tmp_path):
 
 
 def test_inception_features_from_local_weights(tmp_path):
+    """Inception features and Inception-FID of two folders from user weights (.pth and
+    .safetensors)."""
     from safetensors.torch import save_file
     from torchvision.models import inception_v3
 
@@ -145,24 +147,11 @@ def test_inception_features_from_local_weights(tmp_path):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average: one batch sets the statistics
     with torch.no_grad():
-        net.train()(torch.rand(4, 3, 299, 299) * 2 - 1)
+        net.train()(torch.rand(2, 3, 299, 299) * 2 - 1)
     net.eval()
-    path = tmp_path / "inception.pth"
+    path, st = tmp_path / "inception.pth", tmp_path / "inception.safetensors"
     torch.save(net.state_dict(), path)
-    st = tmp_path / "inception.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(st))
-    feats = InceptionFeatures(path)
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    f = feats(x)
-    assert f.shape == (2, 2048) and torch.isfinite(f).all()
-    assert (f[0] - f[1]).abs().mean() > 1e-2 * f.abs().mean()  # images are told apart
-    ref = net.eval()
-    ref.fc = torch.nn.Identity()
-    with torch.no_grad():
-        expected = ref(F.interpolate(x, size=(299, 299), mode="bilinear"))
-    assert torch.allclose(f, expected, rtol=1e-4, atol=1e-5)
-    # Inception-FID of two image folders with the user's weights (here as .safetensors)
-    feats_st = InceptionFeatures(st)
     rng = np.random.default_rng(0)
     for name in ("real", "fake"):
         (tmp_path / name).mkdir()
@@ -172,14 +161,25 @@ def test_inception_features_from_local_weights(tmp_path):
                 arr = arr // 4  # darker images: a different distribution
             Image.fromarray(arr).save(tmp_path / name / f"{i}.png")
     real, fake = load_folder(tmp_path / "real"), load_folder(tmp_path / "fake")
+    ref = net.eval()
+    ref.fc = torch.nn.Identity()
     with torch.no_grad():
         f_real, f_fake = (
             ref(F.interpolate(t, size=(299, 299), mode="bilinear")) for t in (real, fake)
         )
-    fid = folder_fid(tmp_path / "real", tmp_path / "fake", feats_st)
-    expected = fid_from_features(f_real.double(), f_fake.double())
+    f = InceptionFeatures(path)(real)
+    assert f.shape == (2, 2048) and torch.isfinite(f).all()
+    assert (f[0] - f[1]).abs().mean() > 1e-2 * f.abs().mean()  # images are told apart
+    assert torch.allclose(f, f_real, rtol=1e-4, atol=1e-5)
+    fid = folder_fid(tmp_path / "real", tmp_path / "fake", InceptionFeatures(st))
+    # closed form for two images per set: covariance d d^T / 2 (rank 1, d = difference of the
+    # two feature vectors), so tr sqrt(C1^1/2 C2 C1^1/2) = |d1 . d2| / 2
+    f1, f2 = f_real.double(), f_fake.double()
+    d1, d2 = f1[0] - f1[1], f2[0] - f2[1]
+    mean_gap = (f1.mean(0) - f2.mean(0)).square().sum()
+    expected = float(mean_gap + (d1 @ d1 + d2 @ d2) / 2 - (d1 @ d2).abs())
     assert fid == pytest.approx(expected, rel=1e-3)
-    assert fid > 1e-3 * float(f_real.double().var(0).sum())  # the distributions differ
+    assert fid > 1e-3 * float(d1 @ d1)  # the distributions differ
     with pytest.raises(FileNotFoundError, match="not found"):
         InceptionFeatures(tmp_path / "missing.pth")
     torch.save({"foo": torch.zeros(1)}, tmp_path / "wrong.pth")
