@@ -55,6 +55,8 @@ def test_benchmark_goals_and_markdown() -> None:
         "two_path": {"policies": {"diffusion_unet_ddim": _agent(0.9, 0.9, left=0.45),
                                   "mse": _agent(0.0, 0.0, left=0.9)}},
     }  # fmt: skip
+    res["pendulum"]["guided"]["returns"] = [-300.0, -200.0, -400.0]
+    res["pendulum"]["unguided"]["returns"] = [-500.0, -500.0, -350.0]
     goals = bench.goals(res)
     assert goals == {
         "maze_success_ge_90pct_expert": True,
@@ -75,6 +77,8 @@ def test_benchmark_goals_and_markdown() -> None:
     assert "scale 0.1, best of 8 by V" in md and "sigma_0.1 0.950" in md
     assert "per executed action ms" in md and "per inference call ms" in md
     assert "replanning when the plan is used up" in md
+    # paired differences 200, 300, -50: mean 150, s.e. sqrt(32500 / 3) = 104.1
+    assert "(paired over 3 seeds: 150.0 ± 104.1 s.e., guided better on 2)" in md
     assert "toy_both_modes: NOT met" in md
     quick = bench.configs(quick=True)
     assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"
