@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,6 +98,18 @@ def _cache_dir() -> Path:
     return cache_root() / "image_editing"
 
 
+def _lock_owner_alive(lock: Path) -> bool:
+    """True while the process whose PID the lock file holds runs (a killed trainer's stale lock
+    is ignored instead of blocking every other section)."""
+    try:
+        os.kill(int(lock.read_text().strip() or "0"), 0)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _train(
     name: str,
     model: nn.Module,
@@ -123,7 +136,7 @@ def _train(
     recipe = "" if (schedule, ema) == ("cosine", 0.995) else f"-{schedule}-ema{ema}"
     path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}{recipe}-p{size}.safetensors"
     lock = path.with_name(path.name + ".training")  # another process is training this model
-    while lock.is_file() and not path.is_file() and time.time() - lock.stat().st_mtime < 7200:
+    while lock.is_file() and not path.is_file() and _lock_owner_alive(lock):
         time.sleep(10)
     if path.is_file():
         cached = copy.deepcopy(model)
@@ -138,7 +151,7 @@ def _train(
     )  # fmt: skip
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock.touch()
+    lock.write_text(str(os.getpid()))
     try:
         trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
         trainer.fit()
