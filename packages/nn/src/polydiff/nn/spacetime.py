@@ -25,9 +25,8 @@ from .attention import Attention, text_context
 from .embeddings import ConditionEmbedding, as_batch_t, zero_module
 from .unet import (
     AttentionBlock,
-    Downsample,
     ResBlock,
-    Upsample,
+    adm_stages,
     concat_condition,
     conv_nd,
     group_norm,
@@ -287,29 +286,10 @@ class VideoUNet(nn.Module):
                 )
             ]  # fmt: skip
 
-        ch = model_channels
-        self.conv_in = conv_nd(2, in_channels + concat_channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [ch]
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                self.down.append(_VideoStage([res(ch, model_channels * mult)]))
-                ch = model_channels * mult
-                self.down[-1].extend(st(ch, level))
-                skips.append(ch)
-            if level != levels - 1:
-                self.down.append(_VideoStage([Downsample(ch, 2)]))
-                skips.append(ch)
-        self.mid = _VideoStage([res(ch, ch), *st(ch, None), res(ch, ch)])
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                stage = _VideoStage([res(ch + skips.pop(), model_channels * mult)])
-                ch = model_channels * mult
-                stage.extend(st(ch, level))
-                if level and i == num_res_blocks:
-                    stage.append(Upsample(ch, 2))
-                self.up.append(stage)
+        self.conv_in = conv_nd(2, in_channels + concat_channels, model_channels, 3, padding=1)
+        self.down, self.mid, self.up, ch = adm_stages(
+            model_channels, channel_mult, num_res_blocks, res, st, _VideoStage
+        )
         self.norm_out = group_norm(ch, norm_groups)
         self.conv_out = zero_module(conv_nd(2, ch, self.out_channels, 3, padding=1))
 

@@ -17,7 +17,7 @@ The ADM architecture of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs", im
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -207,6 +207,48 @@ class _Stage(nn.ModuleList):
         return h
 
 
+def adm_stages(
+    model_channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    res: Callable[[int, int], nn.Module],
+    mixers: Callable[[int, int | None], list[nn.Module]],
+    stage_cls: type[nn.ModuleList],
+    dims: int = 2,
+) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList, int]:
+    """The ADM encoder / middle / decoder layout (Dhariwal & Nichol 2021), shared by the U-Net
+    and the video U-Net: ``(down, mid, up, out_channels)``.
+
+    Each stage is ``stage_cls([res(c_in, c_out), *mixers(c_out, level)])`` (``level=None`` in
+    the middle, between two residual blocks); a level ends with a stride-2 downsample (encoder)
+    or nearest upsample (decoder), and decoder blocks take the matching encoder skip by
+    concatenation, hence ``c_in = c + c_skip``.
+    """
+    levels, ch = len(channel_mult), model_channels
+    down, skips = nn.ModuleList(), [ch]
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            stage = stage_cls([res(ch, model_channels * mult)])
+            ch = model_channels * mult
+            stage.extend(mixers(ch, level))
+            down.append(stage)
+            skips.append(ch)
+        if level != levels - 1:
+            down.append(stage_cls([Downsample(ch, dims)]))
+            skips.append(ch)
+    mid = stage_cls([res(ch, ch), *mixers(ch, None), res(ch, ch)])
+    up = nn.ModuleList()
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        for i in range(num_res_blocks + 1):
+            stage = stage_cls([res(ch + skips.pop(), model_channels * mult)])
+            ch = model_channels * mult
+            stage.extend(mixers(ch, level))
+            if level and i == num_res_blocks:
+                stage.append(Upsample(ch, dims))
+            up.append(stage)
+    return down, mid, up, ch
+
+
 # --------------------------------------------------------------------------------------------
 # U-Net
 # --------------------------------------------------------------------------------------------
@@ -289,34 +331,21 @@ class UNet(nn.Module):
         def attn(ch: int) -> AttentionBlock:
             return AttentionBlock(ch, num_heads, head_dim, context_dim, norm_groups)
 
-        ch = model_channels
         self.conv_in = conv_nd(
-            dims, in_channels + concat_channels, ch, kernel_size, padding=kernel_size // 2
+            dims,
+            in_channels + concat_channels,
+            model_channels,
+            kernel_size,
+            padding=kernel_size // 2,
         )
-        self.down = nn.ModuleList()
-        skips = [ch]
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                stage = _Stage([res(ch, model_channels * mult)])
-                ch = model_channels * mult
-                if level in attention_levels:
-                    stage.append(attn(ch))
-                self.down.append(stage)
-                skips.append(ch)
-            if level != levels - 1:
-                self.down.append(_Stage([Downsample(ch, dims)]))
-                skips.append(ch)
-        self.mid = _Stage([res(ch, ch), *([attn(ch)] if mid_attention else []), res(ch, ch)])
-        self.up = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):
-                stage = _Stage([res(ch + skips.pop(), model_channels * mult)])
-                ch = model_channels * mult
-                if level in attention_levels:
-                    stage.append(attn(ch))
-                if level and i == num_res_blocks:
-                    stage.append(Upsample(ch, dims))
-                self.up.append(stage)
+
+        def mixers(ch: int, level: int | None) -> list[nn.Module]:
+            wanted = mid_attention if level is None else level in attention_levels
+            return [attn(ch)] if wanted else []
+
+        self.down, self.mid, self.up, ch = adm_stages(
+            model_channels, channel_mult, num_res_blocks, res, mixers, _Stage, dims
+        )
         self.norm_out = group_norm(ch, norm_groups)
         self.conv_out = zero_module(
             conv_nd(dims, ch, self.out_channels, kernel_size, padding=kernel_size // 2)
