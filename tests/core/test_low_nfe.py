@@ -13,6 +13,11 @@ Euler point pulls back to mu_c, and the amplified difference throws the sample t
 the data mean: class accuracy drops *below chance*. Euler never extrapolates (its update is a
 convex combination of x and D), more steps shrink the ratio, and switching guidance off at high
 sigma (guidance interval) removes the overshoot.
+
+On the digits UNet-tiny (900 steps, CFG 3, 300 samples) the same: Heun 3 / 5 steps class acc
+0.070 / 0.077 (benchmark 0.067 / 0.070), 10 steps 0.997, Euler 5 steps 1.000; k-diffusion's
+sample_heun gives identical samples (max |diff| 0). There the last Heun step also amplifies the
+network's untrained residual at sigma_min = 0.002 by (ratio - 1) / 2 = 628 (3 steps).
 """
 
 from __future__ import annotations
@@ -58,6 +63,19 @@ def test_heun_step_is_euler_plus_amplified_denoiser_change(mixture: GaussianMixt
     # the guided x0 prediction moves by ~(w - 1) = 2 class-mean distances across this step
     change = (d1 - d0).norm(dim=1) / (mixture.means - mixture.mean()).norm(dim=1)
     assert change.median() > 1.5
+
+
+def test_the_first_guided_heun_step_lands_on_the_wrong_side(mixture: GaussianMixture) -> None:
+    """80 -> 2.515 (3-step grid): after Euler every sample is still its class at sigma 2.515,
+    after Heun none is (the amplified correction crosses the data mean)."""
+    den = classifier_free_guidance(mixture, 3.0)
+    labels = torch.arange(K).repeat_interleave(N // K)  # (N,)
+    sigmas = karras_sigmas(3, 0.002, 80.0)[:2]
+    noise = torch.randn(N, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for method, expected in (("euler", 1.0), ("heun", 0.0)):
+        x = sample(den, noise * 80.0, sigmas, method, cond={"class": labels})
+        post = mixture.class_log_prob(x, float(sigmas[1]))  # (N, K)
+        assert (post.argmax(-1) == labels).double().mean().item() == expected, method
 
 
 def test_guided_heun_collapses_below_chance_at_low_nfe(mixture: GaussianMixture) -> None:
