@@ -55,8 +55,7 @@ def configs(
             data_episodes=60, train_steps=2000, n_candidates=8, eval_seeds=30, data_root=data_root,
         ),
         PendulumConfig(
-            train_steps=1200, value_steps=800, eval_seeds=10, n_candidates=4,
-            guide_scales=(0.0, 1.0),
+            train_steps=1200, value_steps=800, eval_seeds=10, n_candidates=16,
             data_root=data_root,
         ),
         TwoPathConfig(
@@ -117,6 +116,9 @@ def markdown(res: dict) -> str:
         else:
             scale = pc["guide_scale"] if k == "guided" else float(k.rsplit("_", 1)[1])
             how = f"scale {scale:g}, best of {pc['n_candidates']} by V"
+        how += f", replan every {pc.get('execute', 4)}, {pc.get('n_steps', 10)} DDIM steps"
+        if pc.get("inverse_dynamics"):
+            how += ", inverse dynamics"
         lines.append(
             _row(f"pendulum Diffuser {k}", p[k], f"{how}; score {p[k]['normalized_score']:.1f}")
         )

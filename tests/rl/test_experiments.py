@@ -103,13 +103,13 @@ def test_tiny_maze_and_pendulum_experiments(tmp_path) -> None:
     pend = run_experiment(
         PendulumConfig(
             n_per_level=1, n_random=1, horizon=8, size="diffuser-tiny", train_steps=5,
-            value_steps=5, batch_size=16, n_steps=2, execute=8, n_candidates=2, eval_seeds=1,
+            value_steps=5, batch_size=16, n_steps=2, execute=4, n_candidates=2, eval_seeds=1,
             data_root=str(tmp_path),
         )
     )  # fmt: skip
     assert pend["expert"]["return_mean"] > -400 > pend["random"]["return_mean"]
     for k in ("guided", "unguided"):
-        assert pend[k]["nfe_per_action"] == pytest.approx(2 / 8)
+        assert pend[k]["nfe_per_action"] == pytest.approx(2 / 4)
         assert -16.3 * 200 <= pend[k]["return_mean"] <= 0
     assert pend["guided_minus_unguided"] == pytest.approx(
         pend["guided"]["return_mean"] - pend["unguided"]["return_mean"], abs=0.01

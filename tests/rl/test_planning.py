@@ -12,7 +12,13 @@ from polydiff.rl.datasets import (
     generate_dataset,
     load_minari,
 )
-from polydiff.rl.diffuser import DiffuserPlanner, MazePlanAgent, PlanActionAgent
+from polydiff.rl.diffuser import (
+    DiffuserPlanner,
+    LinearInverseDynamics,
+    MazePlanAgent,
+    Plan,
+    PlanActionAgent,
+)
 from polydiff.rl.evaluate import (
     MazeExpertAgent,
     RandomAgent,
@@ -116,6 +122,55 @@ def test_value_guidance_raises_the_value(data_root) -> None:
     stats = run_episodes("pendulum", agent, [0], env_kwargs={"max_episode_steps": 12})
     assert stats.nfes == [3, 0, 0, 0] * 3 and len(agent.values) == 3
     assert -16.3 * 12 <= stats.returns[0] <= 0.0  # Pendulum's reward range per step
+
+
+def test_linear_inverse_dynamics_recovers_pendulum_torques(data_root) -> None:
+    data = load_minari(generate_dataset("pendulum-mixed", data_root, n_per_level=1, n_random=1))
+    inv = LinearInverseDynamics.fit(data.episodes)
+    # theta-dot' = theta-dot + 0.05 (15 sin(theta) + 3 u): coefficients of [s_t, s_t+1, 1]
+    w = inv.weights[:, 0]  # (7,) = cos, sin, thdot, cos', sin', thdot', 1
+    assert w[1] == pytest.approx(-5.0, abs=0.2) and w[5] == pytest.approx(20 / 3, abs=0.2)
+    assert w[2] == pytest.approx(-20 / 3, abs=0.2)
+    ep = data.episodes[0]
+    pred = np.stack([inv(ep.obs[t], ep.obs[t + 1]) for t in range(len(ep.actions))])  # (T, 1)
+    ok = np.abs(ep.obs[1:, 2]) < 7.9  # theta-dot clipped at +-8 breaks the linear map
+    assert np.median(np.abs(pred - ep.actions)[ok]) < 0.01
+    assert np.all(np.abs(pred) <= 2.0)
+    with pytest.raises(ValueError, match="2 \\* obs_dim \\+ 1"):
+        LinearInverseDynamics(np.zeros((6, 1)))
+
+
+class _FixedPlanner:
+    """Returns plan ``k`` (k = 0, 1, ...) with state dim 0 = 10 k + index, action = -1."""
+
+    horizon, obs_dim = 4, 2
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def plan(self, obs: np.ndarray) -> Plan:
+        traj = np.zeros((4, 3), dtype=np.float32)
+        traj[:, 0] = 10 * self.calls + np.arange(4)
+        traj[:, 2] = -1.0
+        self.calls += 1
+        return Plan(traj, nfe=5, seconds=0.0)
+
+
+def test_plan_action_agent_tracks_next_planned_state_with_inverse_dynamics() -> None:
+    # inverse dynamics a = next_obs[0] - obs[0] (clipped to [-100, 100])
+    inv = LinearInverseDynamics(np.array([[-1.0], [0], [1.0], [0], [0]]), -100.0, 100.0)
+    agent = PlanActionAgent(_FixedPlanner(), 2, -100.0, 100.0, inverse_dynamics=inv)
+    obs = np.array([0.5, 0.0])
+    actions, nfes = [], []
+    for _ in range(4):
+        actions.append(float(agent(obs)[0]))
+        nfes.append(agent.last_nfe)
+    # plan 0: targets states 1, 2; plan 1: targets 11, 12 (always from the observed 0.5)
+    assert actions == pytest.approx([0.5, 1.5, 10.5, 11.5]) and nfes == [5, 0, 5, 0]
+    plain = PlanActionAgent(_FixedPlanner(), execute=2)
+    assert float(plain(obs)[0]) == -1.0  # without inverse dynamics: the planned action
+    with pytest.raises(ValueError, match="execute=4 must be in 1..horizon-1"):
+        PlanActionAgent(_FixedPlanner(), execute=4, inverse_dynamics=inv)
 
 
 class _FixedChunks:

@@ -18,13 +18,14 @@ only). Planning is conditional sampling through the core's denoiser transformati
 
 Execution is receding-horizon: :class:`MazePlanAgent` tracks the planned states with a PD
 controller and replans every ``replan_every`` steps; :class:`PlanActionAgent` executes the
-first planned actions open-loop and replans.
+first planned actions open-loop and replans, or (with :class:`LinearInverseDynamics`) acts
+towards the next planned state from the observed one (Ajay et al. 2023's inverse dynamics).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -225,11 +226,47 @@ class MazePlanAgent:
         return track(state[:2], state[2:4], traj[idx, :2], self.p_gain, self.d_gain, traj[idx, 2:4])
 
 
+class LinearInverseDynamics:
+    """Inverse dynamics ``a_t = W^T [s_t, s_{t+1}, 1]`` fitted by least squares on transitions.
+
+    Decision Diffuser (Ajay et al. 2023) acts with an inverse-dynamics model on the planned
+    next state instead of the planned action; a linear model is exact for Pendulum's
+    ``[cos, sin, theta-dot]`` observations (theta-dot' = theta-dot + dt (15 sin + 3 u)).
+    """
+
+    def __init__(self, weights: np.ndarray, low: float = -2.0, high: float = 2.0) -> None:
+        self.weights = np.asarray(weights, dtype=np.float64)  # (2 Do + 1, A)
+        if self.weights.ndim != 2 or self.weights.shape[0] % 2 != 1:
+            raise ValueError(f"weights must be (2 * obs_dim + 1, A), got {self.weights.shape}")
+        self.low, self.high = low, high
+
+    @classmethod
+    def fit(cls, episodes: Sequence, low: float = -2.0, high: float = 2.0) -> LinearInverseDynamics:
+        """Least squares on every ``(s_t, s_{t+1}) -> a_t`` of ``episodes``."""
+        feats, targets = [], []
+        for ep in episodes:
+            obs = np.asarray(ep.obs, dtype=np.float64)  # (T+1, Do)
+            ones = np.ones((len(obs) - 1, 1))
+            feats.append(np.concatenate([obs[:-1], obs[1:], ones], axis=1))  # (T, 2 Do + 1)
+            targets.append(np.asarray(ep.actions, dtype=np.float64).reshape(len(obs) - 1, -1))
+        if not feats:
+            raise ValueError("LinearInverseDynamics.fit needs at least one episode")
+        w = np.linalg.lstsq(np.concatenate(feats), np.concatenate(targets), rcond=None)[0]
+        return cls(w, low, high)
+
+    def __call__(self, obs: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """The action (A,) taking ``obs`` (Do,) to ``next_obs`` (Do,), clipped to the bounds."""
+        f = np.concatenate([np.asarray(obs, dtype=np.float64), np.asarray(next_obs), [1.0]])
+        return np.clip(f @ self.weights, self.low, self.high)
+
+
 class PlanActionAgent:
     """Receding-horizon Diffuser agent that executes the planned actions (Pendulum).
 
     Plans ``[obs, action]`` from the current state and executes the first ``execute`` actions
     open-loop before replanning (``execute = 1`` is Diffuser's replan-every-step control).
+    With ``inverse_dynamics`` the ``k``-th step after planning acts towards planned state
+    ``k + 1`` from the observed state instead (closed-loop tracking of the plan).
     """
 
     def __init__(
@@ -238,8 +275,11 @@ class PlanActionAgent:
         execute: int = 4,
         action_low: float = -2.0,
         action_high: float = 2.0,
+        inverse_dynamics: LinearInverseDynamics | None = None,
     ) -> None:
-        self.planner, self.execute = planner, execute
+        if inverse_dynamics is not None and not 1 <= execute < planner.horizon:
+            raise ValueError(f"execute={execute} must be in 1..horizon-1 with inverse dynamics")
+        self.planner, self.execute, self.inverse_dynamics = planner, execute, inverse_dynamics
         self.low, self.high = action_low, action_high
         self.reset()
 
@@ -251,11 +291,16 @@ class PlanActionAgent:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         self.last_nfe = 0
+        state = flat_obs(obs)
         if self.k >= self.execute or self.current is None:
-            self.current = self.planner.plan(flat_obs(obs))
+            self.current = self.planner.plan(state)
             self.k, self.last_nfe = 0, self.current.nfe
             if self.current.value is not None:
                 self.values.append(self.current.value)
-        action = self.current.trajectory[self.k, self.planner.obs_dim :]
+        d = self.planner.obs_dim
+        if self.inverse_dynamics is not None:
+            action = self.inverse_dynamics(state, self.current.trajectory[self.k + 1, :d])
+        else:
+            action = self.current.trajectory[self.k, d:]
         self.k += 1
         return np.clip(action, self.low, self.high).astype(np.float32)

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 
 from polydiff.rl.datasets import ActionChunks, TrajectoryWindows, generate_dataset, load_minari
-from polydiff.rl.diffuser import DiffuserPlanner, MazePlanAgent, PlanActionAgent
+from polydiff.rl.diffuser import (
+    DiffuserPlanner,
+    LinearInverseDynamics,
+    MazePlanAgent,
+    PlanActionAgent,
+)
 from polydiff.rl.evaluate import (
     MazeExpertAgent,
     PendulumExpertAgent,
@@ -187,9 +192,12 @@ class PendulumConfig:
     batch_size: int = 64
     lr: float = 1e-3
     discount: float = 0.97
-    n_steps: int = 10
-    execute: int = 4
-    n_candidates: int = 8
+    n_steps: int = 5
+    execute: int = 1  # replan every step (receding horizon)
+    n_candidates: int = 16
+    # act towards the next planned state with a linear inverse-dynamics model fitted on the
+    # data (Decision Diffuser) instead of executing the planned action (Diffuser)
+    inverse_dynamics: bool = True
     guide_scale: float = 0.1  # the "guided" row; chosen on other seeds (5000+) than eval's
     guide_scales: tuple[float, ...] = ()  # extra sweep rows (0: candidates ranked by V only)
     guide_sigma_min: float = 0.05
@@ -235,7 +243,8 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
     The diffuser takes the start state as its FiLM condition and clean at step 0
     (:class:`StartConditionedLoss`), and plans with it pinned clean (``clean_known``);
     ``unguided`` samples one plan, ``guided`` samples ``n_candidates`` with the value gradient
-    and executes the best-valued one.
+    and follows the best-valued one; both replan every ``execute`` steps and (with
+    ``inverse_dynamics``) act towards the next planned state (:class:`LinearInverseDynamics`).
     """
     data = load_minari(
         generate_dataset(
@@ -281,6 +290,7 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
     )
     held = TrajectoryWindows(heldout, cfg.horizon, discount=cfg.discount, return_value=True)
     seeds = range(2000, 2000 + cfg.eval_seeds)
+    inv = LinearInverseDynamics.fit(data.episodes) if cfg.inverse_dynamics else None
     results: dict[str, Any] = {"config": asdict(cfg)}
     results["value_heldout_corr"] = value_correlation(value, windows, held)
     variants = {
@@ -306,7 +316,8 @@ def run_pendulum_diffuser(cfg: PendulumConfig, out_dir: str | Path | None = None
             seed=cfg.seed,
             **kw,
         )
-        stats = run_episodes("pendulum", PlanActionAgent(planner, cfg.execute), seeds)
+        agent = PlanActionAgent(planner, cfg.execute, inverse_dynamics=inv)
+        stats = run_episodes("pendulum", agent, seeds)
         results[name] = {**_summary(stats), "returns": [round(r, 1) for r in stats.returns]}
     results["expert"] = _summary(run_episodes("pendulum", PendulumExpertAgent(), seeds))
     results["random"] = _summary(run_episodes("pendulum", RandomAgent(-2, 2, 1, cfg.seed), seeds))
