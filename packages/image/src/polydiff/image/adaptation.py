@@ -554,24 +554,12 @@ def adapt_run(
     from safetensors.torch import save_file
 
     from polydiff.core.guidance import classifier_free_guidance
-    from polydiff.train.run import instantiate, open_run
+    from polydiff.train.run import open_run
 
-    from .io import save_image_grid
+    from .io import run_job_config, save_image_grid
 
     run = open_run(run_dir, overrides)
-    if adapt_cfg is None:
-        node = run.cfg.get("adapt")
-        if node is None:
-            raise ValueError(
-                f"{run_dir}: the run's config has no 'adapt' node; train with an "
-                "experiment=image/edit_adapt_* config or pass adapt_cfg=AdaptConfig(...)"
-            )
-        adapt_cfg = instantiate(node, "adapt")
-    elif isinstance(adapt_cfg, Mapping):
-        adapt_cfg = AdaptConfig(**adapt_cfg)
-    cfg = adapt_cfg
-    if not isinstance(cfg, AdaptConfig):
-        raise TypeError(f"adapt_cfg must be an AdaptConfig, got {type(cfg).__name__}")
+    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg", "image/edit_adapt_*")
     _check_token(run.model, cfg.token)
     shape = tuple(run.sample_shape)
     images = _concept_images(cfg, shape[-1])

@@ -439,21 +439,10 @@ def edit_run(
     from polydiff.train.data import split_batch
     from polydiff.train.run import instantiate, open_run
 
-    from .io import save_image_grid
+    from .io import run_job_config, save_image_grid
 
     run = open_run(run_dir, overrides)
-    if edit is None:
-        node = run.cfg.get("edit")
-        if node is None:
-            raise ValueError(
-                f"{run_dir}: the run's config has no 'edit' node; train with an "
-                "experiment=image/edit_* config or pass edit=EditConfig(...)"
-            )
-        edit = instantiate(node, "edit")
-    elif isinstance(edit, Mapping):
-        edit = EditConfig(**edit)
-    if not isinstance(edit, EditConfig):
-        raise TypeError(f"edit must be an EditConfig, got {type(edit).__name__}")
+    edit = run_job_config(run, "edit", EditConfig, edit, "edit", "image/edit_*")
     if edit.images:
         images, labels = _load_images(edit.images, edit.n)
     else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,3 +101,24 @@ def save_samples_npz(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def run_job_config(run: Any, key: str, cls: type, given: Any, param: str, hint: str) -> Any:
+    """The job config of a ``polydiff <key> run=<dir>`` command: ``given`` (the argument
+    ``param``: an instance of ``cls`` or a mapping of its fields) or else the run config's
+    ``<key>`` node, instantiated. ``hint`` names the experiments that carry such a node."""
+    from polydiff.train.run import instantiate
+
+    if given is None:
+        node = run.cfg.get(key)
+        if node is None:
+            raise ValueError(
+                f"{run.run_dir}: the run's config has no {key!r} node; train with an "
+                f"experiment={hint} config or pass {param}={cls.__name__}(...)"
+            )
+        given = instantiate(node, key)
+    elif isinstance(given, Mapping):
+        given = cls(**given)
+    if not isinstance(given, cls):
+        raise TypeError(f"{param} must be an {cls.__name__}, got {type(given).__name__}")
+    return given
