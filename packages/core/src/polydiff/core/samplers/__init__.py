@@ -20,18 +20,23 @@ ancestral variants, LMS, DDIM / DDPM in sigma space), ``dpm_solver`` (DPM-Solver
 2M / 2M-SDE / 3M-SDE), ``unipc``, ``adaptive`` (error-controlled embedded solvers) and
 ``score_sde`` (annealed Langevin, predictor-corrector).
 
-Add a sampler: write the function, add one line to ``SAMPLERS``, pass the contract tests.
+Add a sampler: write the function, add one line to ``SAMPLERS`` and one to ``EVALUATIONS`` (its
+number of denoiser calls on a grid), pass the contract tests.
+
+Evaluations: ``denoiser_evaluations(method, sigmas_or_steps, **options)`` is the exact number of
+denoiser calls of one ``sample`` call (a batch counts once); for ``adaptive`` it depends on the
+denoiser, so wrap the denoiser in ``CountingDenoiser`` (or pass ``info={}``) instead.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from polydiff.core.samplers._base import ancestral_step, churn
+from polydiff.core.samplers._base import ancestral_step, as_grid, churn
 from polydiff.core.samplers.adaptive import adaptive
 from polydiff.core.samplers.dpm_solver import (
     dpmpp_2m,
@@ -56,7 +61,9 @@ from polydiff.core.utils import Cond
 
 __all__ = [
     "DETERMINISTIC",
+    "EVALUATIONS",
     "SAMPLERS",
+    "CountingDenoiser",
     "adaptive",
     "ancestral_step",
     "churn",
@@ -69,6 +76,7 @@ __all__ = [
     "dpmpp_2s_ancestral",
     "dpmpp_3m_sde",
     "dpmpp_sde",
+    "denoiser_evaluations",
     "euler",
     "euler_ancestral",
     "heun",
@@ -76,6 +84,7 @@ __all__ = [
     "lms",
     "pc",
     "sample",
+    "steps_for_evaluations",
     "unipc",
 ]
 
@@ -105,6 +114,122 @@ SAMPLERS: dict[str, Sampler] = {
 DETERMINISTIC = frozenset({"ddim", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "unipc", "adaptive"})
 
 
+# ------------------------------------------------------------------ denoiser evaluations
+# name -> count(grid, **options): denoiser calls of one call on the validated grid (floats,
+# zero-length steps dropped except for ``langevin``, which keeps repeated levels).
+
+
+def _one_per_step(grid: list[float], **_: Any) -> int:
+    return len(grid) - 1
+
+
+def _two_unless_final(grid: list[float], **_: Any) -> int:
+    """Heun / DPM-2 / DPM++ SDE: a second call per step, except a step into sigma 0."""
+    return sum(2 if s_next > 0 else 1 for s_next in grid[1:])
+
+
+def _two_unless_down_is_zero(grid: list[float], eta: float = 1.0, **_: Any) -> int:
+    """Ancestral two-stage steps: a second call unless the deterministic part reaches 0."""
+    return sum(
+        2 if ancestral_step(s, s_next, eta)[0] > 0 else 1 for s, s_next in zip(grid, grid[1:])
+    )
+
+
+def _langevin(grid: list[float], n_steps_each: int = 2, **_: Any) -> int:
+    levels = [s for s in grid if s > 0]
+    return n_steps_each * len(levels) + (1 if grid[-1] == 0 and levels else 0)
+
+
+def _pc(grid: list[float], n_corrector: int = 1, snr: float = 0.16, **_: Any) -> int:
+    return (len(grid) - 1) * (1 + (n_corrector if snr > 0 else 0))
+
+
+def _adaptive(grid: list[float], **_: Any) -> int:
+    positive = [s for s in grid if s > 0]
+    if len(positive) < 2:
+        return 1 if positive and grid[-1] == 0 else 0
+    raise ValueError(
+        "adaptive: the number of denoiser evaluations depends on the denoiser and the tolerance; "
+        "count them with CountingDenoiser(denoiser) or sample(..., info={})"
+    )
+
+
+EVALUATIONS: dict[str, Callable[..., int]] = {
+    "ddpm": _one_per_step,
+    "ddim": _one_per_step,
+    "euler": _one_per_step,
+    "euler_ancestral": _one_per_step,
+    "heun": _two_unless_final,
+    "dpm2": _two_unless_final,
+    "dpm2_ancestral": _two_unless_down_is_zero,
+    "lms": _one_per_step,
+    "dpmpp_2s_ancestral": _two_unless_down_is_zero,
+    "dpmpp_sde": _two_unless_final,
+    "dpmpp_2m": _one_per_step,
+    "dpmpp_2m_sde": _one_per_step,
+    "dpmpp_3m_sde": _one_per_step,
+    "unipc": _one_per_step,
+    "adaptive": _adaptive,
+    "langevin": _langevin,
+    "pc": _pc,
+}
+
+
+def _check_method(method: str) -> Sampler:
+    try:
+        return SAMPLERS[method]
+    except KeyError:
+        raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(SAMPLERS)}") from None
+
+
+def denoiser_evaluations(
+    method: str, sigmas: torch.Tensor | Sequence[float] | int, **options: Any
+) -> int:
+    """Denoiser calls made by ``sample(denoiser, x, sigmas, method, **options)``.
+
+    ``sigmas`` is the grid, or an int ``steps`` meaning ``steps + 1`` distinct sigmas ending in
+    0 (e.g. ``karras_sigmas(steps, ...)``). A batched call counts once. Raises ValueError for
+    ``adaptive`` on a grid it integrates (its count depends on the denoiser: use
+    ``CountingDenoiser``).
+    """
+    _check_method(method)
+    if isinstance(sigmas, int):
+        if sigmas < 1:
+            raise ValueError(f"steps must be >= 1, got {sigmas}")
+        grid = [float(sigmas - i) for i in range(sigmas)] + [0.0]
+    else:
+        grid = as_grid(sigmas, keep_repeats=method == "langevin")
+    return EVALUATIONS[method](grid, **options)
+
+
+def steps_for_evaluations(method: str, budget: int, **options: Any) -> int:
+    """The largest ``steps`` whose grid ending in 0 costs at most ``budget`` denoiser calls.
+
+    Raises ValueError if even one step costs more than ``budget``.
+    """
+    if denoiser_evaluations(method, 1, **options) > budget:
+        raise ValueError(
+            f"sampler {method!r}: one step already costs "
+            f"{denoiser_evaluations(method, 1, **options)} evaluations, more than {budget}"
+        )
+    steps = 1
+    while denoiser_evaluations(method, steps + 1, **options) <= budget:
+        steps += 1
+    return steps
+
+
+class CountingDenoiser:
+    """Wraps a denoiser; counts its calls (``calls``) and the rows it saw (``rows``)."""
+
+    def __init__(self, denoiser: Callable[..., torch.Tensor]) -> None:
+        self.denoiser, self.calls, self.rows = denoiser, 0, 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.denoiser(x, sigma, cond)
+
+
 def sample(
     denoiser: Callable[..., torch.Tensor],
     x: torch.Tensor,
@@ -117,10 +242,7 @@ def sample(
     **options: Any,
 ) -> torch.Tensor:
     """Run the sampler ``method`` (a key of ``SAMPLERS``) from ``x`` (scaled for sigmas[0])."""
-    try:
-        fn = SAMPLERS[method]
-    except KeyError:
-        raise ValueError(f"unknown sampler {method!r}; valid: {', '.join(SAMPLERS)}") from None
+    fn = _check_method(method)
     params = inspect.signature(fn).parameters
     unknown = [k for k in options if k not in params]
     if unknown:
