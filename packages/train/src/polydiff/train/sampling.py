@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,22 +61,35 @@ def generate(
     spec: SamplerSpec,
     *,
     cond: Mapping[str, torch.Tensor] | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    seeds: Sequence[int] | None = None,
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Draw ``n`` samples of per-item ``shape`` by solving from ``sigmas[0]`` to 0.
 
-    The initial noise of all ``n`` samples is drawn first (so the result does not depend on
-    ``batch_size``), then sampled in chunks of ``batch_size``. Returns (n, *shape) float32.
+    Sample i has its own random stream (EDM's per-sample generators): seeded ``seeds[i]``, or
+    ``generator[i]`` for a list, or ``base + i`` with ``base`` drawn once from a single
+    ``generator``. Its start noise and every sampler noise come from that stream, so sample i is
+    the same whatever ``n`` and ``batch_size`` (samplers in ``BATCH_COUPLED`` excepted unless
+    given their decoupling options). With neither, torch's global generator is used and the
+    result depends on ``batch_size``. Sampled in chunks of ``batch_size``; returns (n, *shape)
+    float32.
     """
-    from polydiff.core.samplers import sample
+    from polydiff.core.samplers import per_sample_generators, randn, sample
 
     sigmas = spec.sigmas().to(device)
-    noise = torch.randn(
-        (n, *shape), generator=generator, device=generator.device if generator else "cpu"
-    )
-    noise = noise.to(device)
+    gens: list[torch.Generator] | None = None
+    if seeds is not None:
+        gens = per_sample_generators(seeds, device=device)
+    elif isinstance(generator, torch.Generator):
+        base = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+        gens = per_sample_generators(range(base, base + n), device=device)
+    elif generator is not None:
+        gens = list(generator)
+    if gens is not None and len(gens) != n:
+        raise ValueError(f"generate: got {len(gens)} per-sample seeds/generators for n={n}")
+    noise = randn((n, *shape), gens, device=device)
     batch_size = batch_size or n
     out = []
     for i in range(math.ceil(n / batch_size)):
@@ -89,7 +102,7 @@ def generate(
                 sigmas,
                 spec.method,
                 cond=slice_cond(cond, lo, hi),
-                generator=generator,
+                generator=None if gens is None else gens[lo:hi],
                 **spec.options,
             ).float()
         )

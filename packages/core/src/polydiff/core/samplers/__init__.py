@@ -9,6 +9,11 @@ Contract shared by every sampler (checked by ``tests/core/test_samplers_contract
   and are skipped); the result is ``x`` at ``sigmas[-1]``, and a final step into sigma 0 is a
   clean denoise;
 - all noise comes from ``generator`` (same seed, same samples); no state survives a call;
+  ``generator`` may be one ``torch.Generator`` or a list of one per sample
+  (``per_sample_generators(seeds)``, EDM's ``StackedRandomGenerator``): then row i depends only
+  on its own generator and start, whatever the batch size (draw the start ``x`` with
+  ``randn(shape, generators)`` too). ``pc`` couples rows through its batch-averaged corrector
+  step size unless ``step_norm="sample"``;
 - the denoiser sees sigma as float32 (float64 for float64 ``x``); a non-finite output raises
   FloatingPointError naming the step and sigma;
 - ``callback`` gets ``{"x", "i", "sigma", "sigma_hat", "denoised"}`` once per step (``adaptive``:
@@ -36,7 +41,14 @@ from typing import Any
 
 import torch
 
-from polydiff.core.samplers._base import ancestral_step, as_grid, churn
+from polydiff.core.samplers._base import (
+    Generator,
+    ancestral_step,
+    as_grid,
+    churn,
+    per_sample_generators,
+    randn,
+)
 from polydiff.core.samplers.adaptive import adaptive
 from polydiff.core.samplers.dpm_solver import (
     dpmpp_2m,
@@ -60,10 +72,12 @@ from polydiff.core.samplers.unipc import unipc
 from polydiff.core.utils import Cond
 
 __all__ = [
+    "BATCH_COUPLED",
     "DETERMINISTIC",
     "EVALUATIONS",
     "SAMPLERS",
     "CountingDenoiser",
+    "Generator",
     "adaptive",
     "ancestral_step",
     "churn",
@@ -83,6 +97,8 @@ __all__ = [
     "langevin",
     "lms",
     "pc",
+    "per_sample_generators",
+    "randn",
     "sample",
     "steps_for_evaluations",
     "unipc",
@@ -112,6 +128,10 @@ SAMPLERS: dict[str, Sampler] = {
 
 # samplers that draw no noise with their default options (ODE solvers)
 DETERMINISTIC = frozenset({"ddim", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "unipc", "adaptive"})
+
+# samplers whose default options couple the rows of a batch, and the options that decouple them
+# (with these, and per-sample generators, row i does not depend on the rest of the batch)
+BATCH_COUPLED: dict[str, dict[str, Any]] = {"pc": {"step_norm": "sample"}}
 
 
 # ------------------------------------------------------------------ denoiser evaluations
@@ -237,7 +257,7 @@ def sample(
     method: str,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> torch.Tensor:

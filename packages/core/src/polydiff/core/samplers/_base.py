@@ -1,7 +1,10 @@
 """Helpers shared by every sampler: grid validation, checked denoiser calls, noise, churn, ancestry.
 
 Sigma bookkeeping is done in Python floats (float64); tensors keep the dtype of ``x``. All
-randomness is drawn from the caller's ``generator`` (``None``: torch's global generator).
+randomness is drawn from the caller's ``generator``: ``None`` (torch's global generator), one
+``torch.Generator`` for the whole batch, or a sequence of one generator per sample (EDM's
+``StackedRandomGenerator``): row i's noise then comes from ``generator[i]`` alone, so sample i
+drawn with seed s is the same whatever the batch size and whatever else is in the batch.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from polydiff.core.utils import Cond
 
 Callback = Callable[[dict[str, Any]], None]
 Model = Callable[..., torch.Tensor]
+Generator = torch.Generator | Sequence[torch.Generator] | None
 
 __all__ = [
     "Callback",
+    "Generator",
     "Model",
     "add_noise",
     "ancestral_step",
@@ -27,6 +32,8 @@ __all__ = [
     "brownian_pair",
     "churn",
     "noise_like",
+    "per_sample_generators",
+    "randn",
 ]
 
 
@@ -99,12 +106,41 @@ def bind(denoiser: Model, x: torch.Tensor, cond: Cond) -> Callable[..., torch.Te
     return model
 
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``x``, drawn from ``generator``."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def per_sample_generators(
+    seeds: Sequence[int] | torch.Tensor, device: torch.device | str = "cpu"
+) -> list[torch.Generator]:
+    """One ``torch.Generator`` per sample, seeded with ``seeds[i]`` (pass as ``generator=``)."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def add_noise(x: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+def randn(
+    shape: Sequence[int],
+    generator: Generator,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Standard normal ``shape`` from one generator, or row i from ``generator[i]`` for a list.
+
+    Raises ValueError when a list's length differs from ``shape[0]``.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise ValueError(
+            f"got {len(gens)} per-sample generators for a batch of {shape[0]}; pass one per row"
+        )
+    rows = [torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=device) for g in gens]
+    return torch.stack(rows)
+
+
+def noise_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` (see ``randn``)."""
+    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
+
+
+def add_noise(x: torch.Tensor, std: float, generator: Generator) -> torch.Tensor:
     """``x + std * z`` with ``z ~ N(0, I)`` from ``generator``; no draw when ``std == 0``."""
     return x + noise_like(x, generator) * std if std > 0 else x
 
@@ -117,7 +153,7 @@ def churn(
     s_tmin: float,
     s_tmax: float,
     s_noise: float,
-    generator: torch.Generator | None,
+    generator: Generator,
 ) -> tuple[torch.Tensor, float]:
     """EDM stochastic churn (Karras et al. 2022, Alg. 2 lines 4-6): raise sigma to sigma_hat.
 
@@ -150,7 +186,7 @@ def brownian_pair(
     t0: float,
     t_mid: float,
     t1: float,
-    generator: torch.Generator | None,
+    generator: Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised Brownian increments over ``[t0, t_mid]`` and ``[t0, t1]`` of one path.
 

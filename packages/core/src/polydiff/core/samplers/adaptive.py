@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from polydiff.core.samplers._base import Callback, Model, as_grid, bind
+from polydiff.core.samplers._base import Callback, Generator, Model, as_grid, bind
 from polydiff.core.utils import Cond, append_dims
 
 __all__ = ["TABLEAUS", "adaptive"]
@@ -113,7 +113,7 @@ def adaptive(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     solver: str = "dpmpp32",
     rtol: float = 0.01,

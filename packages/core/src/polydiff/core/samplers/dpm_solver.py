@@ -15,6 +15,7 @@ import torch
 
 from polydiff.core.samplers._base import (
     Callback,
+    Generator,
     Model,
     add_noise,
     ancestral_step,
@@ -41,7 +42,7 @@ def dpmpp_2s_ancestral(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -69,7 +70,7 @@ def dpmpp_sde(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -109,7 +110,7 @@ def dpmpp_2m(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) multistep (Lu et al. 2022, Alg. 2); first order at the ends."""
@@ -137,7 +138,7 @@ def dpmpp_2m_sde(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
@@ -182,7 +183,7 @@ def dpmpp_3m_sde(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     eta: float = 1.0,
     s_noise: float = 1.0,

@@ -9,9 +9,17 @@ import math
 
 import torch
 
-from polydiff.core.samplers._base import Callback, Model, add_noise, as_grid, bind, noise_like
+from polydiff.core.samplers._base import (
+    Callback,
+    Generator,
+    Model,
+    add_noise,
+    as_grid,
+    bind,
+    noise_like,
+)
 from polydiff.core.samplers.karras import _report
-from polydiff.core.utils import Cond
+from polydiff.core.utils import Cond, append_dims
 
 __all__ = ["langevin", "pc"]
 
@@ -22,7 +30,7 @@ def langevin(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     n_steps_each: int = 2,
     step_size: float = 1.0,
@@ -58,21 +66,26 @@ def pc(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     snr: float = 0.16,
     n_corrector: int = 1,
+    step_norm: str = "batch",
 ) -> torch.Tensor:
     """Predictor-corrector sampling of the VE SDE (Song et al. 2021, Alg. 2-4).
 
     Per step: ``n_corrector`` Langevin corrector updates at sigma with step
-    ``eps = 2 (snr * |z| / |score|)^2`` (norms averaged over the batch as in the reference code:
-    per-sample ratios are heavy-tailed in low dimension), then the reverse-diffusion predictor
+    ``eps = 2 (snr * |z| / |score|)^2`` (``step_norm="batch"``: norms averaged over the batch as
+    in the reference code, since per-sample ratios are heavy-tailed in low dimension, but then a
+    row depends on the rest of the batch; ``"sample"``: per-row norms, batch independent), then
+    the reverse-diffusion predictor
     ``x += (sigma^2 - sigma_next^2) score + sqrt(sigma^2 - sigma_next^2) z`` (noise-free into
     sigma 0: a clean denoise).
     """
     if n_corrector < 0 or snr < 0:
         raise ValueError("pc needs n_corrector >= 0 and snr >= 0")
+    if step_norm not in ("batch", "sample"):
+        raise ValueError(f"pc step_norm must be 'batch' or 'sample', got {step_norm!r}")
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
     step = 0
     for i in range(len(grid) - 1):
@@ -80,10 +93,11 @@ def pc(
         for _ in range(n_corrector if snr > 0 else 0):
             score = (model(x, s, step) - x) / s**2
             z = noise_like(x, generator)
-            norm_z = z.flatten(1).norm(dim=1).mean().item()
-            norm_g = score.flatten(1).norm(dim=1).mean().item()
-            eps = 2 * (snr * norm_z / max(norm_g, 1e-30)) ** 2
-            x = x + score * eps + z * math.sqrt(2 * eps)
+            norm_z, norm_g = z.flatten(1).norm(dim=1), score.flatten(1).norm(dim=1)
+            if step_norm == "batch":
+                norm_z, norm_g = norm_z.mean().expand_as(norm_z), norm_g.mean().expand_as(norm_g)
+            eps = append_dims(2 * (snr * norm_z / norm_g.clamp_min(1e-30)) ** 2, x.ndim)
+            x = x + score * eps + z * torch.sqrt(2 * eps)
             step += 1
         denoised = model(x, s, step)
         _report(callback, x, i, s, s, denoised)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from polydiff.core.samplers._base import Callback, Model, as_grid, bind
+from polydiff.core.samplers._base import Callback, Generator, Model, as_grid, bind
 from polydiff.core.samplers.karras import _report
 from polydiff.core.utils import Cond
 
@@ -73,7 +73,7 @@ def unipc(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callback | None = None,
     order: int = 2,
     variant: str = "bh2",
