@@ -88,8 +88,9 @@ def test_overwriting_same_step_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         _save(tmp_path, 5, 9.0)
     monkeypatch.undo()
-    # the old copy was moved aside, not deleted: it is still on disk under a temporary name
-    assert any(p.name.startswith(".tmp-old-step_00000005") for p in tmp_path.iterdir())
+    # the old copy was moved aside, then put back: still listed, verified, with its values
+    tensors, _ = load_checkpoint_files(latest_checkpoint(tmp_path))
+    assert float(tensors["model"]["w"].flatten()[0]) == 1.0
 
 
 def test_truncated_and_missing_files_are_named(tmp_path):
@@ -130,7 +131,15 @@ def test_pickle_that_executes_code_is_refused(tmp_path):
     path = _save(tmp_path / "ckpts", 1, 1.0)
     (path / "model.safetensors").write_bytes(evil.read_bytes())
     manifest = json.loads((path / "manifest.json").read_text())  # sizes made consistent
-    manifest["files"]["model.safetensors"] = evil.stat().st_size
+    manifest["files"]["model.safetensors"]["bytes"] = evil.stat().st_size
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        CheckpointError, match=r"SHA-256.*model\.safetensors|model\.safetensors.*SHA"
+    ):
+        load_checkpoint_files(path)
+    from polydiff.train.checkpoint import sha256_file  # hash made consistent too: still refused
+
+    manifest["files"]["model.safetensors"]["sha256"] = sha256_file(path / "model.safetensors")
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError):
         load_checkpoint_files(path)

@@ -8,20 +8,25 @@ A checkpoint is a directory ``<root>/step_<N>/`` holding
 - ``rng.safetensors``             torch CPU RNG state and the trainer's generators' states
 - ``state.json``                  step, data position, optimizer param groups and scalar state,
                                   LR scheduler state, python/numpy RNG states, the run config
-- ``manifest.json``               name and byte size of every file (written last)
+- ``manifest.json``               name, byte size and SHA-256 of every file (written last)
 
 The directory is written under a temporary name and renamed into place, so a crash or an
-exception mid-write never damages (or replaces) an earlier checkpoint. Loading checks the
-manifest first and names the missing or truncated file. Nothing here ever unpickles.
+exception mid-write never damages (or replaces) an earlier checkpoint; pruning renames a
+checkpoint out of the listed set before deleting it, so a kill mid-delete never leaves a
+half-deleted ``step_*`` that is listed as complete. Loading verifies the manifest first (size
+and SHA-256 of every file) and names the missing, truncated or modified file. A checkpoint is
+only written if every floating tensor in it is finite. Nothing here ever unpickles.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from polydiff.core.fileio import fsync_dir
+
 __all__ = [
     "CheckpointError",
     "flatten_optimizer_state",
@@ -37,14 +44,19 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint_files",
     "load_tensors",
+    "non_finite_tensors",
     "prune_checkpoints",
+    "read_state",
     "save_checkpoint_files",
+    "sha256_file",
     "unflatten_optimizer_state",
+    "verify_checkpoint",
 ]
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: sizes only (still read, with a warning); 2: sizes and SHA-256
+_READABLE = (1, 2)
 
 
 class CheckpointError(RuntimeError):
@@ -136,13 +148,130 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON metadata")
 
 
+# --------------------------------------------------------------------------- integrity
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors holding a NaN or an infinity."""
+    return [
+        k
+        for k, v in tensors.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {path.parent} is not a complete checkpoint")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read {path} ({what}): {err}") from err
+    if not text.strip():
+        raise CheckpointError(f"{path} is empty; expected the checkpoint's {what} (JSON)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{path} is not valid JSON (truncated?): {err}; expected the checkpoint's {what}"
+        ) from err
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """Check a checkpoint directory against its manifest; returns the manifest.
+
+    Every listed file must exist with the listed size and SHA-256 (format 2). Raises
+    :class:`CheckpointError` naming the first file that is missing, truncated or modified.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"{manifest_path} is missing: {path} is not a complete polydiff checkpoint"
+        )
+    manifest = _read_json(manifest_path, "manifest")
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{manifest_path}: expected a JSON object, got {manifest!r:.80}")
+    version = manifest.get("format_version")
+    if version not in _READABLE:
+        raise CheckpointError(
+            f"{manifest_path}: unknown checkpoint format {version!r} "
+            f"(this polydiff reads formats {list(_READABLE)})"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(
+            f"{manifest_path} lists no files (key 'files' missing or empty): cannot verify {path}"
+        )
+    if version == 1:
+        warnings.warn(
+            f"{path} was written before checkpoints carried SHA-256 hashes: only sizes are checked",
+            stacklevel=2,
+        )
+    for name, entry in files.items():
+        file = path / name
+        if not isinstance(name, str) or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{manifest_path} lists an invalid file name {name!r}")
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file missing: {file} (listed in {manifest_path})")
+        if version == 1:
+            size, digest = entry, None
+        elif isinstance(entry, dict):
+            size, digest = entry.get("bytes"), entry.get("sha256")
+        else:
+            raise CheckpointError(
+                f"{manifest_path}: entry of {name!r} should be {{'bytes': ..., 'sha256': ...}}, "
+                f"got {entry!r:.60}"
+            )
+        actual = file.stat().st_size
+        if actual != size:
+            raise CheckpointError(
+                f"checkpoint file truncated or modified: {file} has {actual} bytes, "
+                f"the manifest says {size}"
+            )
+        if version >= 2:
+            got = sha256_file(file)
+            if got != digest:
+                raise CheckpointError(
+                    f"checkpoint file corrupt or modified: {file} has SHA-256 {got[:16]}..., "
+                    f"the manifest says {str(digest)[:16]}..."
+                )
+    return manifest
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """The ``state.json`` of a checkpoint (not re-verified), with errors naming the file."""
+    state = _read_json(Path(path) / "state.json", "state")
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(
+            f"{Path(path) / 'state.json'}: expected a JSON object with a 'step' key"
+        )
+    return state
+
+
 # --------------------------------------------------------------------------- directories
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first (temporary dirs are ignored)."""
+    """Complete checkpoints under ``root`` (those with a manifest), oldest first.
+
+    Temporary directories (being written) and trashed ones (being pruned) are never listed.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / MANIFEST).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -152,17 +281,28 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _trash(path: Path) -> None:
+    """Rename ``path`` out of the listed set, then delete it (a kill leaves only trash)."""
+    trash = path.parent / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, trash)
+    fsync_dir(path.parent)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def prune_checkpoints(root: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest checkpoints (and stale temporary dirs)."""
+    """Delete all but the ``keep_last`` newest checkpoints, and leftovers of killed writes."""
     root = Path(root)
     removed = []
     if keep_last > 0:
         for path in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(path, ignore_errors=True)
+            _trash(path)
             removed.append(path)
-    for tmp in root.glob(".tmp-*"):
-        if tmp.is_dir() and str(os.getpid()) not in tmp.name:
+    for tmp in [*root.glob(".tmp-*"), *root.glob(".trash-*")]:
+        if tmp.is_dir() and f"-{os.getpid()}-" not in tmp.name:
             shutil.rmtree(tmp, ignore_errors=True)
+    for path in root.glob("step_*"):  # incomplete (no manifest): a write or delete was killed
+        if path.is_dir() and not (path / MANIFEST).is_file():
+            shutil.rmtree(path, ignore_errors=True)
     return removed
 
 
@@ -175,33 +315,48 @@ def save_checkpoint_files(
     """Atomically write ``root/step_<step>/`` from named tensor groups and a JSON state.
 
     ``tensor_files`` maps a file stem (``"model"``) to its tensors. Returns the final path.
+    Raises :class:`CheckpointError` (and writes nothing) if a floating tensor is not finite.
     """
     root = Path(root)
+    for stem in ("model", "ema"):
+        bad = non_finite_tensors(tensor_files.get(stem, {}))
+        if bad:
+            raise CheckpointError(
+                f"refusing to write checkpoint step {step}: {stem} tensor {bad[0]!r} "
+                f"(and {len(bad) - 1} more) is not finite"
+            )
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        sizes: dict[str, int] = {}
+        files: dict[str, dict[str, Any]] = {}
         for stem, tensors in tensor_files.items():
             path = tmp / f"{stem}.safetensors"
             save_file(_contiguous(tensors), str(path), metadata={"format": "polydiff"})
-            sizes[path.name] = path.stat().st_size
-        state_path = tmp / "state.json"
-        state_path.write_text(json.dumps(_jsonable(state), indent=1))
-        sizes[state_path.name] = state_path.stat().st_size
-        manifest = {"format_version": FORMAT_VERSION, "step": step, "files": sizes}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        for path in tmp.iterdir():  # make the data durable before the rename publishes it
+        (tmp / "state.json").write_text(json.dumps(_jsonable(state), indent=1))
+        for path in sorted(tmp.iterdir()):  # make the data durable before the rename publishes it
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
+            files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        manifest = {"format_version": FORMAT_VERSION, "step": step, "files": files}
+        with open(tmp / MANIFEST, "w") as fh:
+            fh.write(json.dumps(manifest, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. final save after a periodic one)
-            old = root / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+            old = root / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(old, final)  # put the previous copy back under its name
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,43 +368,14 @@ def load_checkpoint_files(
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
     """Read a checkpoint directory written by :func:`save_checkpoint_files`.
 
-    Returns ``({stem: tensors}, state)``. Raises :class:`CheckpointError` naming the file that is
-    missing or truncated.
+    Returns ``({stem: tensors}, state)``. Verifies the manifest (sizes and SHA-256) first and
+    raises :class:`CheckpointError` naming the file that is missing, truncated or modified.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(
-            f"{manifest_path} is missing: {path} is not a complete polydiff checkpoint"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{manifest_path} is not valid JSON: {err}") from err
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{manifest_path}: unknown checkpoint format {manifest.get('format_version')!r} "
-            f"(this polydiff reads format {FORMAT_VERSION})"
-        )
-    for name, size in manifest["files"].items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file missing: {file}")
-        actual = file.stat().st_size
-        if actual != size:
-            raise CheckpointError(
-                f"checkpoint file truncated or modified: {file} has {actual} bytes, "
-                f"the manifest says {size}"
-            )
+    manifest = verify_checkpoint(path)
     tensors = {
         name[: -len(".safetensors")]: load_tensors(path / name)
         for name in manifest["files"]
         if name.endswith(".safetensors")
     }
-    try:
-        state = json.loads((path / "state.json").read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path / 'state.json'} is not valid JSON: {err}") from err
-    return tensors, state
+    return tensors, read_state(path)

@@ -17,8 +17,11 @@ stopped and resumed ends bit-identical to one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,8 +32,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from polydiff.core.fileio import atomic_path, atomic_write_text
 
 from .checkpoint import (
     CheckpointError,
@@ -39,10 +45,11 @@ from .checkpoint import (
     load_checkpoint_files,
     prune_checkpoints,
     save_checkpoint_files,
+    sha256_file,
     unflatten_optimizer_state,
 )
 from .data import BatchOrder, make_loader, split_batch
-from .ema import EMABank, decay_key
+from .ema import SNAPSHOT_DIR, EMABank, decay_key, sigma_rel_key
 from .hooks import call_hook, write_samples_npz
 from .lr import LRSchedule, make_scheduler
 from .sampling import SamplerSpec, generate, with_objective_grid
@@ -71,6 +78,11 @@ class TrainerConfig:
     lr_min_ratio: float = 0.0
     ema_decays: tuple[float, ...] = (0.999,)
     ema_start_step: int = 0
+    ema_warmup: bool = True  # decay_t = min(decay, 1 - (1 + t / inv_gamma) ** -power)
+    ema_warmup_power: float = 2 / 3
+    ema_warmup_inv_gamma: float = 1.0
+    ema_sigma_rels: tuple[float, ...] = ()  # EDM2 power-function EMAs, e.g. (0.05, 0.10)
+    ema_snapshot_every: int = 0  # power-EMA snapshots for post-hoc EMA; 0: max_steps // 20
     sample_with_ema: bool = True  # sample with the EMA of the first decay
     aux_loss_weight: float = 1.0  # weight of ``model.aux_loss`` (e.g. MoE balance)
     log_every: int = 50
@@ -90,6 +102,7 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         self.ema_decays = tuple(float(d) for d in (self.ema_decays or ()))
+        self.ema_sigma_rels = tuple(float(s) for s in (self.ema_sigma_rels or ()))
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(
                 f"trainer.mixed_precision={self.mixed_precision!r}; valid choices: no, bf16, fp16"
@@ -175,7 +188,17 @@ class Trainer:
             DistributedType.MULTI_GPU,
         )
         self._step_optimizer = self.optimizer.optimizer if self._plain else self.optimizer
-        self.ema = EMABank(model, cfg.ema_decays, cfg.ema_start_step).to(acc.device)
+        _check_learning_rates(opt)
+        self.ema = EMABank(
+            model,
+            cfg.ema_decays,
+            cfg.ema_start_step,
+            warmup=cfg.ema_warmup,
+            inv_gamma=cfg.ema_warmup_inv_gamma,
+            power=cfg.ema_warmup_power,
+            sigma_rels=cfg.ema_sigma_rels,
+        ).to(acc.device)
+        self.ema_snapshots: dict[str, str] = {}  # power-EMA snapshot file -> sha256
         self.noise_generator = torch.Generator(device=acc.device)
 
         self.step = 0  # optimizer steps done
@@ -208,9 +231,16 @@ class Trainer:
 
     def sampling_model(self) -> nn.Module:
         """The network used for sampling: the first EMA by default, else the raw model."""
-        if self.cfg.sample_with_ema and self.cfg.ema_decays:
-            return self.ema[self.cfg.ema_decays[0]]
+        if self.cfg.sample_with_ema and self.ema.keys():
+            return self.ema[self.ema.keys()[0]]
         return self.model
+
+    @property
+    def snapshot_every(self) -> int:
+        """Steps between power-EMA snapshots (0 when no power EMA is tracked)."""
+        if not self.cfg.ema_sigma_rels:
+            return 0
+        return self.cfg.ema_snapshot_every or max(1, self.cfg.max_steps // 20)
 
     # ------------------------------------------------------------------ the loop
     def _batches(self):
@@ -265,8 +295,8 @@ class Trainer:
             where = self.last_checkpoint or "none written yet"
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step "
-                f"{self.step + 1}: stopped before the update; nothing was saved, the last good "
-                f"checkpoint is {where}"
+                f"{self.step + 1}{self._sigma_range(x.shape[0])}: stopped before the update; "
+                f"nothing was saved, the last good checkpoint is {where}"
             )
         self._step_optimizer.step()
         self.lr_scheduler.step()
@@ -274,6 +304,24 @@ class Trainer:
         self.step += 1
         self.ema.update(self.model, self.step)
         return {"loss": loss, "grad_norm": grad_norm}
+
+    def _sigma_range(self, batch: int) -> str:
+        """`` (batch sigma in [a, b])`` of the step that just ran, by replaying the noise
+        generator's first draw (the objective's ``sample_sigma``); empty if not available."""
+        draw = getattr(self.objective, "sample_sigma", None)
+        if draw is None:
+            return ""
+        lo, hi = math.inf, -math.inf
+        for micro in range(self.cfg.grad_accum):
+            gen = torch.Generator(device=self.device).manual_seed(
+                _seed_for(self.cfg.seed, self.accelerator.process_index, self.step, micro)
+            )
+            try:
+                sigma = draw(batch, gen, self.device)
+            except Exception:  # a custom objective: the message simply leaves the range out
+                return ""
+            lo, hi = min(lo, float(sigma.min())), max(hi, float(sigma.max()))
+        return f" (batch sigma in [{lo:.4g}, {hi:.4g}])"
 
     def _clip_gradients(self) -> torch.Tensor:
         """Clip to ``clip_grad_norm`` (if set); returns the global gradient norm before clipping."""
@@ -323,6 +371,9 @@ class Trainer:
                     if self._logger is not None:
                         self._logger.log(self.step, last)
                     window_n, t0 = 0, time.perf_counter()
+                every = self.snapshot_every
+                if self.run_dir is not None and every and self.step % every == 0:
+                    self.save_ema_snapshot()
                 if self.run_dir is not None and cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.save_checkpoint()
                 if (
@@ -441,39 +492,112 @@ class Trainer:
                 "world_size": acc.num_processes,
                 "trainer": asdict(self.cfg),
                 "ema_decays": [decay_key(d) for d in self.cfg.ema_decays],
+                "ema_sigma_rels": [sigma_rel_key(s) for s in self.cfg.ema_sigma_rels],
+                "ema_snapshots": dict(self.ema_snapshots),
                 "optimizer": opt_meta,
                 "lr_scheduler": sched,
                 "rng": rng_meta,
                 "config": self.run_config,
                 "sample_shape": list(self.sample_shape),
             }
-            path = save_checkpoint_files(
-                self.checkpoint_dir,
-                self.step,
-                {
-                    "model": acc.unwrap_model(self.train_model).state_dict(),
-                    "ema": self.ema.tensors(),
-                    "optimizer": opt_tensors,
-                    "rng": rng_tensors,
-                },
-                state,
-            )
-            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
+            with self._naming_write_errors("checkpoint"):
+                path = save_checkpoint_files(
+                    self.checkpoint_dir,
+                    self.step,
+                    {
+                        "model": acc.unwrap_model(self.train_model).state_dict(),
+                        "ema": self.ema.tensors(),
+                        "optimizer": opt_tensors,
+                        "rng": rng_tensors,
+                    },
+                    state,
+                )
+                prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
         self.last_checkpoint = path or self.checkpoint_dir / f"step_{self.step:08d}"
         acc.wait_for_everyone()
         return path
 
+    @contextlib.contextmanager
+    def _naming_write_errors(self, what: str):
+        """Turn an OSError while writing (disk full, file too large, read-only) into one line
+        naming the step, the file system error and the last good checkpoint."""
+        try:
+            yield
+        except OSError as err:
+            reason = {
+                errno.ENOSPC: "the disk is full",
+                errno.EFBIG: "a file exceeds the allowed size",
+                errno.EROFS: "the file system is read-only",
+                errno.EDQUOT: "the disk quota is exceeded",
+                errno.EACCES: "permission denied",
+            }.get(err.errno, err.strerror or type(err).__name__)
+            where = self.last_checkpoint or "none written yet"
+            raise CheckpointError(
+                f"cannot write the {what} of step {self.step} under {self.run_dir} ({reason}: "
+                f"{err.filename or err}); training stopped, nothing partial was left; the last "
+                f"good checkpoint is {where}"
+            ) from err
+
+    def save_ema_snapshot(self) -> Path | None:
+        """Write the power-function EMAs to ``<run>/ema_snapshots/step_<N>.safetensors``
+        (atomically); the next checkpoint records its SHA-256 for post-hoc EMA."""
+        if not self.is_main or self.run_dir is None or not self.cfg.ema_sigma_rels:
+            return None
+        keys = [sigma_rel_key(s) for s in self.cfg.ema_sigma_rels]
+        tensors = {
+            k: v.detach().cpu().contiguous().clone() for k, v in self.ema.tensors(keys).items()
+        }
+        path = self.run_dir / SNAPSHOT_DIR / f"step_{self.step:08d}.safetensors"
+        with self._naming_write_errors("power-EMA snapshot"), atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "polydiff", "step": str(self.step)})
+        self.ema_snapshots[path.name] = sha256_file(path)
+        return path
+
+    def _rewind_logs(self, step: int) -> None:
+        """Make the run's files agree with a checkpoint of ``step``: drop ``metrics.jsonl`` rows
+        past it (and unreadable or repeated rows), delete power-EMA snapshots it does not list."""
+        if self.run_dir is None or not self.is_main:
+            return
+        log = self.run_dir / "metrics.jsonl"
+        if log.is_file():
+            lines = log.read_text().splitlines()
+            kept, last = [], -1
+            for line in lines:
+                try:
+                    row_step = int(json.loads(line)["step"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a kill, or not a metrics row
+                if last < row_step <= step:
+                    kept.append(line)
+                    last = row_step
+            if len(kept) != len(lines):
+                atomic_write_text(log, "".join(line + "\n" for line in kept))
+        snap_dir = self.run_dir / SNAPSHOT_DIR
+        if snap_dir.is_dir():
+            for path in snap_dir.glob("step_*.safetensors"):
+                m = re.fullmatch(r"step_(\d+)\.safetensors", path.name)
+                if m and int(m.group(1)) > step and path.name not in self.ema_snapshots:
+                    path.unlink()
+
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore everything :meth:`save_checkpoint` wrote (exact resume)."""
         tensors, state = load_checkpoint_files(path)
+        missing = [
+            k for k in ("optimizer", "lr_scheduler", "rng", "data_position") if k not in state
+        ]
+        if missing:
+            raise CheckpointError(f"{Path(path) / 'state.json'} lacks the keys {missing}")
         try:
             self.model.load_state_dict(tensors["model"])
         except RuntimeError as err:
             raise CheckpointError(
                 f"{path}/model.safetensors does not fit this model: {err}"
             ) from err
-        if self.cfg.ema_decays:
-            self.ema.load_tensors(tensors["ema"])
+        if self.ema.keys():
+            try:
+                self.ema.load_tensors(tensors["ema"])
+            except KeyError as err:
+                raise CheckpointError(f"{path}/ema.safetensors: {err.args[0]}") from err
         self.optimizer.load_state_dict(
             unflatten_optimizer_state(
                 {k: v.to(self.device) for k, v in tensors["optimizer"].items()}, state["optimizer"]
@@ -484,5 +608,21 @@ class Trainer:
             self._set_rng_state(tensors["rng"], state["rng"])
         self.step = int(state["step"])
         self.data_position = int(state["data_position"])
+        self.ema_snapshots = dict(state.get("ema_snapshots") or {})
         self._loader = None  # rebuilt from data_position
         self.last_checkpoint = Path(path)
+        self._rewind_logs(self.step)
+
+
+def _check_learning_rates(optimizer: torch.optim.Optimizer) -> None:
+    """Every param group's ``lr`` must be a finite positive number a float32 can hold."""
+    top = torch.finfo(torch.float32).max
+    for i, group in enumerate(optimizer.param_groups):
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor):
+            lr = float(lr)
+        if not isinstance(lr, (int, float)) or not (0 < lr <= top and math.isfinite(lr)):
+            raise ValueError(
+                f"trainer.optimizer.lr={lr!r} (param group {i}) must be a finite number in "
+                f"(0, {top:.3g}]; nothing was trained"
+            )
