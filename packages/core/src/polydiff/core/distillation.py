@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from polydiff.core.parameterization import NetworkDenoiser, Parameterization, Scalings
+from polydiff.core.parameterization import ConsistencyParameterization, NetworkDenoiser
+from polydiff.core.samplers._base import Generator, as_grid, ddim_step, noise_like
 from polydiff.core.utils import Cond, Denoiser, append_dims
 
 __all__ = [
@@ -50,16 +51,7 @@ def _edm_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 
 def _grid(sigmas: torch.Tensor, name: str) -> torch.Tensor:
-    sigmas = torch.as_tensor(sigmas, dtype=_F64)
-    if sigmas.ndim != 1 or sigmas.numel() < 2 or not bool((sigmas[1:] < sigmas[:-1]).all()):
-        raise ValueError(f"{name} must be a strictly decreasing 1-D grid of >= 2 sigmas")
-    return sigmas
-
-
-def _ddim(x: torch.Tensor, denoised: torch.Tensor, s: torch.Tensor, s_next: torch.Tensor):
-    """Per-sample DDIM step ``D + s'/s (x - D)``; s, s_next (B,) float64, s > 0."""
-    ratio = append_dims((s_next / s).to(x.dtype), x.ndim)
-    return denoised + ratio * (x - denoised)
+    return torch.tensor(as_grid(sigmas, strict=True, name=name), dtype=_F64)
 
 
 # ------------------------------------------------------------------------ progressive distillation
@@ -95,11 +87,11 @@ def progressive_distillation_loss(
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x = x0 + append_dims(s.to(x0.dtype), x0.ndim) * eps
     with torch.no_grad():
-        x_mid = _ddim(x, teacher(x, s.to(x.dtype), cond), s, s_mid)
+        x_mid = ddim_step(x, teacher(x, s.to(x.dtype), cond), s, s_mid)
         d_mid = teacher(x_mid, s_mid.to(x.dtype), cond)
         # DDIM from s_mid to s_next; a step into sigma 0 lands on the denoised value
         x_next = torch.where(
-            append_dims(s_next > 0, x.ndim), _ddim(x_mid, d_mid, s_mid, s_next), d_mid
+            append_dims(s_next > 0, x.ndim), ddim_step(x_mid, d_mid, s_mid, s_next), d_mid
         )
         ratio = append_dims((s_next / s).to(x.dtype), x.ndim)
         target = (x_next - ratio * x) / (1 - ratio)
@@ -167,42 +159,6 @@ def progressive_distillation(
 
 
 # ------------------------------------------------------------------------ consistency models
-
-
-class ConsistencyParameterization(Parameterization):
-    """Consistency-model preconditioning (Song et al. 2023, app. C; EDM's c_in and c_noise).
-
-    ``c_skip = sd^2 / ((s - s_min)^2 + sd^2)``, ``c_out = (s - s_min) sd / sqrt(s^2 + sd^2)``, so
-    that ``f(x, s_min) = x`` (the boundary condition) for any network.
-    """
-
-    name = "consistency"
-
-    def __init__(self, sigma_min: float = 0.002, sigma_data: float = 0.5) -> None:
-        if sigma_min <= 0 or sigma_data <= 0:
-            raise ValueError(f"need sigma_min, sigma_data > 0, got {sigma_min}, {sigma_data}")
-        self.sigma_min, self.sigma_data = float(sigma_min), float(sigma_data)
-
-    def scalings(self, sigma: torch.Tensor) -> Scalings:
-        sigma, sd = sigma.to(_F64), self.sigma_data
-        shifted = sigma - self.sigma_min
-        c_skip = sd**2 / (shifted**2 + sd**2)
-        c_out = shifted * sd * torch.rsqrt(sigma**2 + sd**2)
-        c_in = torch.rsqrt(sigma**2 + sd**2)
-        return c_skip, c_out, c_in
-
-    def noise_input(self, sigma: torch.Tensor) -> torch.Tensor:
-        return sigma.to(_F64).log() / 4
-
-    def target(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        c_skip, c_out, _ = (append_dims(c, x0.ndim) for c in self.scalings(sigma))
-        x = x0 + append_dims(sigma.to(_F64), x0.ndim) * eps
-        return ((x0 - c_skip * x) / c_out).to(x0.dtype)
-
-    def __repr__(self) -> str:
-        return (
-            f"ConsistencyParameterization(sigma_min={self.sigma_min}, sigma_data={self.sigma_data})"
-        )
 
 
 def consistency_denoiser(
@@ -328,7 +284,7 @@ def consistency_sample(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     callback: Callable[[dict], None] | None = None,
     sigma_min: float = 0.002,
 ) -> torch.Tensor:
@@ -347,8 +303,7 @@ def consistency_sample(
     for i, s in enumerate(levels[1:], start=1):
         if s <= sigma_min:
             continue
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x = x0 + math.sqrt(s**2 - sigma_min**2) * z
+        x = x0 + math.sqrt(s**2 - sigma_min**2) * noise_like(x, generator)
         x0 = denoiser(x, torch.full((b,), s, dtype=x.dtype, device=x.device), cond)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": s, "denoised": x0})

@@ -4,8 +4,9 @@ All work for tensors of any rank (image regions, video frames, trajectory start 
 motion joints) with a mask of x's shape (or broadcastable to it): True / 1 = known, observed
 values taken from ``known``; outpainting is the same call with the mask of the kept region.
 
-- :func:`ddim_step`: one DDIM step in VE form (Song et al. 2021, eq. 12), ``eta=1`` being the
-  DDPM ancestral step (the exact Gaussian posterior ``q(x_s' | x_s, x0 = D)``).
+- :func:`ddim_step` (the samplers' one copy, re-exported): one DDIM step in VE form (Song et al.
+  2021, eq. 12), ``eta=1`` being the DDPM ancestral step (the exact Gaussian posterior
+  ``q(x_s' | x_s, x0 = D)``).
 - :func:`inpaint`: the known part is re-noised to the current sigma at every step and replaces
   that part of x (Song et al. 2021 sec. 5 "imputation"; Lugmayr et al. 2022 eq. 8), with optional
   RePaint resampling: after every ``jump_length`` steps, go back up ``jump_length`` noise levels
@@ -20,43 +21,13 @@ from collections.abc import Callable
 
 import torch
 
-from polydiff.core.utils import Cond, Denoiser
+from polydiff.core.samplers import sample
+from polydiff.core.samplers._base import Generator, as_grid, ddim_step, noise_like, randn
+from polydiff.core.utils import Cond, Denoiser, batch_sigma
 
 __all__ = ["ddim_step", "inpaint", "repaint", "repaint_schedule", "sdedit", "sdedit_sigmas"]
 
 Callback = Callable[[dict], None]
-
-
-def _batch_sigma(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), float(value), dtype=x.dtype, device=x.device)
-
-
-def ddim_step(
-    x: torch.Tensor,
-    denoised: torch.Tensor,
-    sigma: float,
-    sigma_next: float,
-    *,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One DDIM step from ``sigma`` to ``sigma_next`` in VE form (Song et al. 2021, eq. 12).
-
-    ``x' = D + sqrt(s'^2 - c^2) * (x - D) / s + c * z`` with ``c = eta * s' * sqrt(1 - s'^2/s^2)``;
-    eta 0 is the deterministic DDIM / Euler step, eta 1 the DDPM ancestral step.
-    """
-    sigma, sigma_next = float(sigma), float(sigma_next)
-    if sigma <= 0:
-        raise ValueError(f"ddim_step needs sigma > 0, got {sigma}")
-    if sigma_next <= 0:
-        return denoised
-    c = eta * sigma_next * max(0.0, 1.0 - sigma_next**2 / sigma**2) ** 0.5
-    out = denoised + (max(sigma_next**2 - c**2, 0.0) ** 0.5 / sigma) * (x - denoised)
-    if c > 0:
-        if noise is None:
-            raise ValueError("ddim_step with eta > 0 needs noise")
-        out = out + c * noise
-    return out
 
 
 # ------------------------------------------------------------------------------- inpainting
@@ -107,7 +78,7 @@ def inpaint(
     mask: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     resample: int = 1,
     jump_length: int = 1,
     eta: float = 1.0,
@@ -121,32 +92,28 @@ def inpaint(
     jumps back (:func:`repaint_schedule`). The result holds ``known`` exactly where mask is 1.
     Number of denoiser calls: ``len(repaint_schedule(...))``-ish, about ``resample * steps``.
     """
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D grid of >= 2 values, got {tuple(sigmas.shape)}")
+    sig = as_grid(sigmas, strict=True)
     m = _as_mask(mask, x)
     known = torch.as_tensor(known, dtype=x.dtype, device=x.device)
     if known.ndim == 0 or torch.broadcast_shapes(known.shape, x.shape) != x.shape:
         raise ValueError(f"known of shape {tuple(known.shape)} does not broadcast to {x.shape}")
-    sig = [float(s) for s in sigmas]
-
-    def randn() -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
     def replace(z: torch.Tensor, level: float) -> torch.Tensor:
-        noisy_known = known + level * randn() if level > 0 else known.expand_as(z)
+        noisy_known = known + level * noise_like(x, generator) if level > 0 else known.expand_as(z)
         return m * noisy_known + (1 - m) * z
 
     path = repaint_schedule(len(sig) - 1, jump_length, resample)
     x = replace(x, sig[0])
     for step, (i, j) in enumerate(zip(path[:-1], path[1:])):
         if j == i + 1:  # denoise sigma_i -> sigma_j, then replace the known part
-            denoised = denoiser(x, _batch_sigma(sig[i], x), cond)
-            x = ddim_step(x, denoised, sig[i], sig[j], eta=eta, noise=randn() if eta else None)
+            denoised = denoiser(x, batch_sigma(sig[i], x), cond)
+            z = noise_like(x, generator) if eta else None
+            x = ddim_step(x, denoised, sig[i], sig[j], eta=eta, noise=z)
             x = replace(x, sig[j])
             if callback is not None:
                 callback({"x": x, "i": i, "step": step, "sigma": sig[i], "denoised": denoised})
         else:  # forward noising sigma_i -> sigma_j (> sigma_i)
-            x = x + max(sig[j] ** 2 - sig[i] ** 2, 0.0) ** 0.5 * randn()
+            x = x + max(sig[j] ** 2 - sig[i] ** 2, 0.0) ** 0.5 * noise_like(x, generator)
     return x
 
 
@@ -158,7 +125,7 @@ def repaint(
     mask: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     resample: int = 10,
     jump_length: int = 10,
     callback: Callback | None = None,
@@ -202,30 +169,21 @@ def sdedit(
     *,
     strength: float | None = None,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     eta: float = 1.0,
     sampler: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): noise the input to ``sigmas[0]`` and denoise it back.
 
     With ``strength``, the grid is first cut to its last ``strength`` fraction
-    (:func:`sdedit_sigmas`). The loop is DDIM with ``eta`` (1 = DDPM, the SDE of the paper), or
+    (:func:`sdedit_sigmas`). The loop is the registered ``ddim`` sampler with ``eta`` (1 = DDPM,
+    the SDE of the paper), or
     ``sampler(denoiser, x, sigmas, cond=cond, generator=generator)`` if given (e.g. a
     ``functools.partial`` of ``polydiff.core.samplers.sample``).
     """
     if strength is not None:
         sigmas = sdedit_sigmas(sigmas, strength)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-    x = x0 + float(sigmas[0]) * noise
+    x = x0 + float(sigmas[0]) * randn(x0.shape, generator, dtype=x0.dtype, device=x0.device)
     if sampler is not None:
         return sampler(denoiser, x, sigmas, cond=cond, generator=generator)
-    sig = [float(s) for s in sigmas]
-    for s, s_next in zip(sig[:-1], sig[1:]):
-        denoised = denoiser(x, _batch_sigma(s, x), cond)
-        z = (
-            torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            if eta
-            else None
-        )
-        x = ddim_step(x, denoised, s, s_next, eta=eta, noise=z)
-    return x
+    return sample(denoiser, x, sigmas, "ddim", cond=cond, generator=generator, eta=eta)

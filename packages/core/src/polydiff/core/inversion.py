@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from polydiff.core.editing import ddim_step
-from polydiff.core.utils import Cond, Denoiser
+from polydiff.core.samplers import sample
+from polydiff.core.samplers._base import Generator, ancestral_step, as_grid, ddim_step, noise_like
+from polydiff.core.utils import Cond, Denoiser, batch_sigma
 
 __all__ = [
     "ddpm_invert",
@@ -31,19 +32,10 @@ __all__ = [
 _METHODS = ("ddim", "heun")
 
 
-def _batch_sigma(value: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],), value, dtype=x.dtype, device=x.device)
-
-
 def _check(sigmas: torch.Tensor, method: str) -> list[float]:
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {_METHODS}")
-    if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D grid of >= 2 values, got {tuple(sigmas.shape)}")
-    sig = [float(s) for s in sigmas]
-    if any(b >= a for a, b in zip(sig, sig[1:])) or sig[-1] < 0:
-        raise ValueError("sigmas must be strictly decreasing and non-negative")
-    return sig
+    return as_grid(sigmas, strict=True)
 
 
 def ode_step(
@@ -60,13 +52,9 @@ def ode_step(
     ``"ddim"``: DDIM = Euler in sigma, ``x' = D + sigma'/sigma (x - D)``. ``"heun"``: Karras et al.
     2022 Alg. 1 (Euler predictor, trapezoidal corrector; plain Euler for a step to sigma 0).
     """
-    denoised = denoiser(x, _batch_sigma(sigma, x), cond)
-    x_next = ddim_step(x, denoised, sigma, sigma_next)
-    if method == "heun" and sigma_next > 0:
-        d1 = (x - denoised) / sigma
-        d2 = (x_next - denoiser(x_next, _batch_sigma(sigma_next, x), cond)) / sigma_next
-        x_next = x + (sigma_next - sigma) * (d1 + d2) / 2
-    return x_next
+    grid = torch.tensor([float(sigma), float(sigma_next)], dtype=torch.float64)
+    _check(grid, method)
+    return sample(denoiser, x, grid, method, cond=cond)
 
 
 def ode_reconstruct(
@@ -77,11 +65,10 @@ def ode_reconstruct(
     cond: Cond = None,
     method: str = "ddim",
 ) -> torch.Tensor:
-    """Deterministic DDIM / Heun sampling from ``x`` at ``sigmas[0]`` down the grid."""
-    sig = _check(sigmas, method)
-    for s, s_next in zip(sig[:-1], sig[1:]):
-        x = ode_step(denoiser, x, s, s_next, cond=cond, method=method)
-    return x
+    """Deterministic DDIM / Heun sampling from ``x`` at ``sigmas[0]`` down the grid (the
+    registered samplers of the same names)."""
+    _check(sigmas, method)
+    return sample(denoiser, x, sigmas, method, cond=cond)
 
 
 def _explicit_inverse(
@@ -95,11 +82,11 @@ def _explicit_inverse(
     """Backward ODE step from ``sigma_next`` up to ``sigma`` with D evaluated at the known point."""
     if sigma_next <= 0:  # no derivative at sigma 0: start from x0 itself
         return x_next
-    denoised = denoiser(x_next, _batch_sigma(sigma_next, x_next), cond)
+    denoised = denoiser(x_next, batch_sigma(sigma_next, x_next), cond)
     d1 = (x_next - denoised) / sigma_next
     x = x_next + (sigma - sigma_next) * d1  # = D + sigma / sigma_next (x_next - D)
     if method == "heun":
-        d2 = (x - denoiser(x, _batch_sigma(sigma, x), cond)) / sigma
+        d2 = (x - denoiser(x, batch_sigma(sigma, x), cond)) / sigma
         x = x_next + (sigma - sigma_next) * (d1 + d2) / 2
     return x
 
@@ -182,9 +169,7 @@ def _solve_step(
 
 
 def _posterior_std(sigma: float, sigma_next: float, eta: float) -> float:
-    if sigma_next <= 0:
-        return 0.0
-    return eta * sigma_next * max(0.0, 1.0 - sigma_next**2 / sigma**2) ** 0.5
+    return ancestral_step(sigma, sigma_next, eta)[1]
 
 
 def ddpm_invert(
@@ -193,7 +178,7 @@ def ddpm_invert(
     sigmas: torch.Tensor,
     *,
     cond: Cond = None,
-    generator: torch.Generator | None = None,
+    generator: Generator = None,
     eta: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit-friendly DDPM inversion (Huberman-Spiegelglas et al. 2023, Alg. 1).
@@ -205,16 +190,11 @@ def ddpm_invert(
     last one, to sigma 0) stores its residual unscaled. :func:`ddpm_reconstruct` inverts exactly.
     """
     sig = _check(sigmas, "ddim")
-    levels = [
-        x0 + s * torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        if s > 0
-        else x0
-        for s in sig
-    ]
+    levels = [x0 + s * noise_like(x0, generator) if s > 0 else x0 for s in sig]
     maps = []
     for i in range(len(sig) - 1):
         x = levels[i]
-        denoised = denoiser(x, _batch_sigma(sig[i], x), cond)
+        denoised = denoiser(x, batch_sigma(sig[i], x), cond)
         mean = ddim_step(x, denoised, sig[i], sig[i + 1], eta=eta, noise=torch.zeros_like(x))
         c = _posterior_std(sig[i], sig[i + 1], eta)
         maps.append((levels[i + 1] - mean) / (c if c > 0 else 1.0))
@@ -242,7 +222,7 @@ def ddpm_reconstruct(
             f"got {tuple(noise_maps.shape)}"
         )
     for i in range(len(sig) - 1):
-        denoised = denoiser(x, _batch_sigma(sig[i], x), cond)
+        denoised = denoiser(x, batch_sigma(sig[i], x), cond)
         mean = ddim_step(x, denoised, sig[i], sig[i + 1], eta=eta, noise=torch.zeros_like(x))
         c = _posterior_std(sig[i], sig[i + 1], eta)
         x = mean + (c if c > 0 else 1.0) * noise_maps[i]

@@ -42,7 +42,7 @@ from polydiff.core.schedules import (
     VPSchedule,
     vp_alpha,
 )
-from polydiff.core.utils import Cond, append_dims
+from polydiff.core.utils import Cond, append_dims, batch_sigma
 
 _F64 = torch.float64
 Scalings = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (c_skip, c_out, c_in), each (B,)
@@ -189,6 +189,42 @@ class EDMParameterization(Parameterization):
         return f"EDMParameterization(sigma_data={self.sigma_data})"
 
 
+class ConsistencyParameterization(Parameterization):
+    """Consistency-model preconditioning (Song et al. 2023, app. C; EDM's c_in and c_noise).
+
+    ``c_skip = sd^2 / ((s - s_min)^2 + sd^2)``, ``c_out = (s - s_min) sd / sqrt(s^2 + sd^2)``, so
+    that ``f(x, s_min) = x`` (the boundary condition) for any network.
+    """
+
+    name = "consistency"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_data: float = 0.5) -> None:
+        if sigma_min <= 0 or sigma_data <= 0:
+            raise ValueError(f"need sigma_min, sigma_data > 0, got {sigma_min}, {sigma_data}")
+        self.sigma_min, self.sigma_data = float(sigma_min), float(sigma_data)
+
+    def scalings(self, sigma: torch.Tensor) -> Scalings:
+        sigma, sd = sigma.to(_F64), self.sigma_data
+        shifted = sigma - self.sigma_min
+        c_skip = sd**2 / (shifted**2 + sd**2)
+        c_out = shifted * sd * torch.rsqrt(sigma**2 + sd**2)
+        c_in = torch.rsqrt(sigma**2 + sd**2)
+        return c_skip, c_out, c_in
+
+    def noise_input(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.to(_F64).log() / 4
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        c_skip, c_out, _ = (append_dims(c, x0.ndim) for c in self.scalings(sigma))
+        x = x0 + append_dims(sigma.to(_F64), x0.ndim) * eps
+        return ((x0 - c_skip * x) / c_out).to(x0.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"ConsistencyParameterization(sigma_min={self.sigma_min}, sigma_data={self.sigma_data})"
+        )
+
+
 PARAMETERIZATIONS: dict[str, Callable[[NoiseSchedule | None], Parameterization]] = {
     "eps": lambda schedule: EpsParameterization(_need(schedule, "eps")),
     "x0": lambda schedule: X0Parameterization(_need(schedule, "x0")),
@@ -226,18 +262,6 @@ def make_parameterization(
 # ---------------------------------------------------------------------------------------------
 
 
-def _batch_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, device=x.device)
-    if sigma.ndim == 0:
-        sigma = sigma.expand(x.shape[0])
-    if sigma.shape != (x.shape[0],):
-        raise ValueError(
-            f"sigma must have shape (B,) = ({x.shape[0]},) for x of shape {tuple(x.shape)}, "
-            f"got {tuple(sigma.shape)}"
-        )
-    return sigma
-
-
 def _time_dtype(dtype: torch.dtype) -> torch.dtype:
     # timesteps up to ~1000 do not survive half precision; keep the network's t in float32
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -261,10 +285,10 @@ class NetworkDenoiser(nn.Module):
         self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None
     ) -> torch.Tensor:
         """``F(c_in x, c_noise, cond)``: the raw network prediction of the parameterised target."""
-        return self._run(x, _batch_sigma(sigma, x), cond)[0]
+        return self._run(x, batch_sigma(sigma, x), cond)[0]
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond = None) -> torch.Tensor:
-        out, c_skip, c_out = self._run(x, _batch_sigma(sigma, x), cond)
+        out, c_skip, c_out = self._run(x, batch_sigma(sigma, x), cond)
         return c_skip * x + c_out * out
 
     def _run(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> Scalings:
@@ -316,6 +340,7 @@ class EDMPrecond(NetworkDenoiser):
 
 __all__ = [
     "PARAMETERIZATIONS",
+    "ConsistencyParameterization",
     "EDMParameterization",
     "EDMPrecond",
     "EpsDenoiser",

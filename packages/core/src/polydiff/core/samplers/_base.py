@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from polydiff.core.utils import Cond
+from polydiff.core.utils import Cond, append_dims
 
 Callback = Callable[[dict[str, Any]], None]
 Model = Callable[..., torch.Tensor]
@@ -31,36 +31,46 @@ __all__ = [
     "bind",
     "brownian_pair",
     "churn",
+    "ddim_step",
     "noise_like",
     "per_sample_generators",
     "randn",
 ]
 
 
-def as_grid(sigmas: torch.Tensor | Sequence[float], *, keep_repeats: bool = False) -> list[float]:
-    """Validate a sigma grid and return it as Python floats (float64).
+def as_grid(
+    sigmas: torch.Tensor | Sequence[float],
+    *,
+    keep_repeats: bool = False,
+    strict: bool = False,
+    name: str = "sigmas",
+) -> list[float]:
+    """Validate a sigma grid and return it as Python floats (float64): the one grid validator.
 
-    Raises ValueError if the grid is not 1-D, has fewer than 2 values, is not finite, has a
-    negative value, or increases anywhere. Repeated consecutive values (zero-length steps) are
-    dropped unless ``keep_repeats`` (annealed Langevin uses them as extra levels).
+    Raises ValueError (naming ``name`` and the offending index) if the grid is not 1-D, has
+    fewer than 2 values, is not finite, has a negative value, or increases anywhere; with
+    ``strict`` also if two consecutive values are equal. Repeated consecutive values
+    (zero-length steps) are dropped unless ``keep_repeats`` (annealed Langevin uses them as extra
+    levels).
     """
     s = torch.as_tensor(sigmas).detach()
     if s.ndim != 1:
-        raise ValueError(f"sigmas must be a 1-D tensor, got shape {tuple(s.shape)}")
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(s.shape)}")
     if s.numel() < 2:
-        raise ValueError(f"sigmas needs at least 2 values (start and end), got {s.numel()}")
+        raise ValueError(f"{name} needs at least 2 values (start and end), got {s.numel()}")
     s = s.to(device="cpu", dtype=torch.float64)
     if not torch.isfinite(s).all():
-        raise ValueError(f"sigmas must be finite, got {s.tolist()}")
+        raise ValueError(f"{name} must be finite, got {s.tolist()}")
     if (s < 0).any():
         i = int((s < 0).nonzero()[0])
-        raise ValueError(f"sigmas must be non-negative, got sigmas[{i}] = {s[i].item():.6g}")
-    up = s[1:] > s[:-1]
+        raise ValueError(f"{name} must be non-negative, got {name}[{i}] = {s[i].item():.6g}")
+    up = (s[1:] >= s[:-1]) if strict else (s[1:] > s[:-1])
     if up.any():
         i = int(up.nonzero()[0])
+        rule, sign = ("strictly decreasing", "<=") if strict else ("non-increasing", "<")
         raise ValueError(
-            "sigmas must be non-increasing, got "
-            f"sigmas[{i}] = {s[i].item():.6g} < sigmas[{i + 1}] = {s[i + 1].item():.6g}"
+            f"{name} must be {rule}, got "
+            f"{name}[{i}] = {s[i].item():.6g} {sign} {name}[{i + 1}] = {s[i + 1].item():.6g}"
         )
     grid = s.tolist()
     if keep_repeats:
@@ -179,6 +189,44 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
         return sigma_to, 0.0
     sigma_up = min(sigma_to, eta * sigma_to * math.sqrt(sigma_from**2 - sigma_to**2) / sigma_from)
     return math.sqrt(max(sigma_to**2 - sigma_up**2, 0.0)), sigma_up
+
+
+def ddim_step(
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    sigma: float | torch.Tensor,
+    sigma_next: float | torch.Tensor,
+    *,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One DDIM step ``sigma -> sigma_next`` in VE form (Song et al. 2021, eq. 12): the one copy.
+
+    ``x' = D + (sigma_down / sigma) (x - D) + sigma_up z`` with ``(sigma_down, sigma_up) =
+    ancestral_step(sigma, sigma_next, eta)``: eta 0 is the deterministic DDIM / Euler step of the
+    probability-flow ODE, eta 1 the DDPM ancestral step. ``noise`` (``z``) is required when
+    ``sigma_up > 0``. ``sigma``, ``sigma_next`` may be (B,) tensors (per-row steps, eta 0 only).
+    A step into sigma 0 returns ``D``.
+    """
+    if isinstance(sigma, torch.Tensor) or isinstance(sigma_next, torch.Tensor):
+        if eta != 0:
+            raise ValueError("ddim_step with per-row (tensor) sigmas supports eta=0 only")
+        ratio = torch.as_tensor(sigma_next, dtype=torch.float64) / torch.as_tensor(
+            sigma, dtype=torch.float64
+        )
+        return torch.lerp(denoised, x, append_dims(ratio.to(x.device, x.dtype), x.ndim))
+    sigma, sigma_next = float(sigma), float(sigma_next)
+    if sigma <= 0:
+        raise ValueError(f"ddim_step needs sigma > 0, got {sigma}")
+    if sigma_next <= 0:
+        return denoised
+    sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
+    out = torch.lerp(denoised, x, sigma_down / sigma)
+    if sigma_up > 0:
+        if noise is None:
+            raise ValueError(f"ddim_step with eta={eta} > 0 needs noise")
+        out = out + noise * sigma_up
+    return out
 
 
 def brownian_pair(

@@ -4,7 +4,7 @@ With ``lambda = -log(sigma)`` and ``h = lambda_next - lambda`` the exact solutio
 probability-flow ODE is ``x_next = (sigma_next / sigma) x + sigma_next int e^lambda D dlambda``;
 the solvers approximate ``D`` along ``lambda`` (first order: ``x_next = (sigma_next / sigma) x -
 expm1(-h) D``, i.e. DDIM). SDE variants follow k-diffusion's formulation. The final step to
-sigma 0 is a clean denoise (``x = D``).
+sigma 0 is a clean denoise (``x = D``). DPM-Solver++(1) is the DDIM step (``ddim_step``).
 """
 
 from __future__ import annotations
@@ -22,18 +22,12 @@ from polydiff.core.samplers._base import (
     as_grid,
     bind,
     brownian_pair,
+    ddim_step,
 )
 from polydiff.core.samplers.karras import _report
 from polydiff.core.utils import Cond
 
 __all__ = ["dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "dpmpp_sde"]
-
-
-def _first_order(x: torch.Tensor, denoised: torch.Tensor, s: float, s_to: float) -> torch.Tensor:
-    """DPM-Solver++(1) = DDIM step ``s -> s_to``: ``(s_to / s) x - expm1(-h) D``."""
-    if s_to == 0:
-        return denoised
-    return x * (s_to / s) - denoised * math.expm1(-math.log(s / s_to))
 
 
 def dpmpp_2s_ancestral(
@@ -58,8 +52,8 @@ def dpmpp_2s_ancestral(
             x = denoised
         else:
             s_mid = math.sqrt(s * s_down)  # lambda midpoint (r = 1/2)
-            x_mid = _first_order(x, denoised, s, s_mid)
-            x = _first_order(x, model(x_mid, s_mid, i), s, s_down)
+            x_mid = ddim_step(x, denoised, s, s_mid)
+            x = ddim_step(x, model(x_mid, s_mid, i), s, s_down)
         x = add_noise(x, s_noise * s_up, generator)
     return x
 
@@ -94,13 +88,13 @@ def dpmpp_sde(
         z_mid, z_next = brownian_pair(x, s, s_mid, s_next, generator) if eta > 0 else (0, 0)
         # sub-step 1: ancestral DPM-Solver++(1) to s_mid
         sd, su = ancestral_step(s, s_mid, eta)
-        x_mid = _first_order(x, denoised, s, sd) + z_mid * (s_noise * su)
+        x_mid = ddim_step(x, denoised, s, sd) + z_mid * (s_noise * su)
         denoised_mid = model(x_mid, s_mid, i)
         # sub-step 2: the full step with D extrapolated through (s, D) and (s_mid, D_mid)
         sd, su = ancestral_step(s, s_next, eta)
         fac = 1 / (2 * r)
         denoised_d = denoised * (1 - fac) + denoised_mid * fac
-        x = _first_order(x, denoised_d, s, sd) + z_next * (s_noise * su)
+        x = ddim_step(x, denoised_d, s, sd) + z_next * (s_noise * su)
     return x
 
 
@@ -121,11 +115,11 @@ def dpmpp_2m(
         denoised = model(x, s, i)
         _report(callback, x, i, s, s, denoised)
         if old_denoised is None or s_next == 0:
-            x = _first_order(x, denoised, s, s_next)
+            x = ddim_step(x, denoised, s, s_next)
         else:
             h = math.log(s / s_next)
             half_inv_r = h / (2 * h_last)  # 1 / (2 r), r = h_last / h
-            x = _first_order(x, denoised * (1 + half_inv_r) - old_denoised * half_inv_r, s, s_next)
+            x = ddim_step(x, denoised * (1 + half_inv_r) - old_denoised * half_inv_r, s, s_next)
         if s_next > 0:
             h_last = math.log(s / s_next)
         old_denoised = denoised

@@ -21,6 +21,7 @@ from polydiff.core.samplers._base import (
     as_grid,
     bind,
     churn,
+    ddim_step,
 )
 from polydiff.core.utils import Cond
 
@@ -52,7 +53,7 @@ def euler(
         x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
         denoised = model(x, s_hat, i)
         _report(callback, x, i, grid[i], s_hat, denoised)
-        x = torch.lerp(denoised, x, grid[i + 1] / s_hat)  # = x + (s_next - s_hat) * d
+        x = ddim_step(x, denoised, s_hat, grid[i + 1])  # = x + (s_next - s_hat) * d
     return x
 
 
@@ -145,7 +146,7 @@ def euler_ancestral(
         denoised = model(x, s, i)
         _report(callback, x, i, s, s, denoised)
         s_down, s_up = ancestral_step(s, grid[i + 1], eta)
-        x = add_noise(torch.lerp(denoised, x, s_down / s), s_noise * s_up, generator)
+        x = add_noise(ddim_step(x, denoised, s, s_down), s_noise * s_up, generator)
     return x
 
 
@@ -184,17 +185,12 @@ def ddpm(
     In VE form ``x_next = x0 + sigma_next * eps`` and ``x = x_next + sqrt(sigma^2 -
     sigma_next^2) * n``, so the posterior is Gaussian with mean ``D + (sigma_next^2 /
     sigma^2) (x - D)`` and variance ``sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2``
-    (the beta-tilde "fixed_small" variance of the VP chain, rescaled by 1 / alpha_bar).
+    (the beta-tilde "fixed_small" variance of the VP chain, rescaled by 1 / alpha_bar): the
+    DDIM step with eta=1 (``ancestral_step`` splits it exactly so).
     """
-    grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    for i in range(len(grid) - 1):
-        s, s_next = grid[i], grid[i + 1]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        ratio = s_next**2 / s**2
-        std = s_next * math.sqrt(1.0 - ratio)
-        x = add_noise(torch.lerp(denoised, x, ratio), std, generator)
-    return x
+    return euler_ancestral(
+        denoiser, x, sigmas, cond=cond, generator=generator, callback=callback, eta=1.0
+    )
 
 
 def dpm2_ancestral(
