@@ -1,0 +1,1 @@
+"""polydiff.motion: human motion diffusion (HumanML3D features, MDM, editing, T2M metrics)."""
