@@ -1,15 +1,23 @@
 """`polydiff` command line: train, sample, evaluate, demo, show.
 
     polydiff train experiment=toy/gmm trainer.max_steps=500           # hydra overrides
+    polydiff train data=image_folder data.root=my_images              # your own images
     polydiff sample run=runs/toy/gmm/<stamp>-<hash> sampler=dpmpp_2m steps=20 n=1000
-    polydiff evaluate run=<dir> n=2000 steps=32
-    polydiff edit run=<dir> edit.task=sdedit edit.strength=0.5        # modality commands
-    polydiff adapt run=<dir> adapt.method=textual_inversion
+    polydiff sample run=latest sampler=euler_ancestral sampler.eta=0.5 ~sampler.s_noise
+    polydiff evaluate run=latest:toy/gmm n=2000 steps=32
+    polydiff edit run=<dir> edit=inpaint edit.strength=0.5            # modality commands
+    polydiff adapt run=<dir> adapt=textual_inversion
     polydiff demo [--only toy] [--quick] [--out demo_out]
     polydiff show experiment=toy/gmm                                   # print the composed config
+    polydiff show run=<dir>                                            # what a run holds
 
-Shorthands (sample/evaluate): ``steps=`` -> ``sampler.steps=``, ``n=`` -> ``sample.n=`` /
-``evaluate.n=``, ``seed=``, ``ema=`` (a decay, true or false), ``out=`` (output path).
+Shorthands (sample/evaluate/modality commands): ``steps=`` -> ``sampler.steps=``, ``n=`` ->
+``sample.n=`` / ``evaluate.n=``, ``seed=``, ``ema=`` (true, false, a decay or sigma_rel:<x>),
+``out=`` (output path), ``overwrite=true`` (replace an existing output). ``run=latest`` is the
+newest run under ``runs_root`` (``run=latest:<experiment name>`` within one experiment).
+Every sampler of ``polydiff.core.samplers.SAMPLERS`` is a ``sampler=<name>`` choice with its
+options as plain keys. Settings that cannot change after training (``data.*``, ``model.*``,
+``objective.*``, ``trainer.*``) are refused at sample time, not ignored.
 Configs come from ``$POLYDIFF_CONFIGS`` or the ``configs/`` of the enclosing repository.
 Multi-process training: ``torchrun --nproc_per_node 2 -m polydiff_apps.cli train ...`` or
 ``accelerate launch -m polydiff_apps.cli train ...``.
@@ -34,19 +42,20 @@ BUILTIN = ("train", "sample", "evaluate", "show", "demo")
 
 
 def _split(items: list[str], command: str) -> tuple[dict[str, str], list[str]]:
-    """Separate CLI shorthands (run=, out=, steps=, n=, seed=, ema=) from hydra overrides."""
+    """Separate CLI shorthands (run=, out=, steps=, n=, seed=, ema=, overwrite=) from hydra
+    overrides (``key=value``, ``+key=value``, ``~key``)."""
     special: dict[str, str] = {}
     overrides: list[str] = []
     block = "evaluate" if command == "evaluate" else "sample"
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"polydiff {command}: expected key=value, got {item!r}")
+        if not eq and not key.startswith("~"):
+            raise SystemExit(f"polydiff {command}: expected key=value or ~key, got {item!r}")
         if key in ("run", "out"):
             special[key] = value
         elif key == "steps":
             overrides.append(f"sampler.steps={value}")
-        elif key in ("n", "seed"):
+        elif key in ("n", "seed", "overwrite"):
             overrides.append(f"{block}.{key}={value}")
         elif key == "ema":
             overrides.append(f"sample.ema={value}")
@@ -64,21 +73,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _need_run(special: dict[str, str], command: str) -> Path:
+def _need_run(special: dict[str, str], command: str, overrides: list[str] | None = None) -> Path:
+    """The run directory of ``run=`` (a path, ``latest`` or ``latest:<experiment name>``)."""
+    from polydiff.train.run import find_run
+
     if "run" not in special:
         raise SystemExit(f"polydiff {command}: run=<run directory> is required")
-    return Path(special["run"])
+    root = next((o.split("=", 1)[1] for o in overrides or () if o.startswith("runs_root=")), None)
+    run = find_run(special["run"], root)
+    if special["run"].startswith("latest"):
+        print(f"polydiff {command}: run={special['run']} -> {run}", file=sys.stderr)
+    return run
+
+
+def _without_runs_root(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("runs_root=")]
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from polydiff.train.run import sample_run
 
     special, overrides = _split(args.overrides, "sample")
-    out = sample_run(_need_run(special, "sample"), overrides, out=special.get("out"))
+    run = _need_run(special, "sample", overrides)
+    out = sample_run(run, _without_runs_root(overrides), out=special.get("out"))
     info = json.loads((out / "sample.json").read_text())
     print(
         f"polydiff: {info['n']} samples ({info['sampler']}, {info['steps']} steps, "
-        f"{info['weights']}) -> {out} {info['files']}"
+        f"{info['weights']}, seed {info['seed']}) -> {out} {info['files']}"
     )
     return 0
 
@@ -87,17 +108,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from polydiff.train.run import evaluate_run
 
     special, overrides = _split(args.overrides, "evaluate")
-    result = evaluate_run(_need_run(special, "evaluate"), overrides, out=special.get("out"))
+    run = _need_run(special, "evaluate", overrides)
+    result = evaluate_run(run, _without_runs_root(overrides), out=special.get("out"))
+    for key in ("reference", "features"):
+        if key in result:
+            print(f"polydiff: {key}: {json.dumps(result[key])}")
     print(json.dumps(result["metrics"], indent=1))
     print(f"polydiff: metrics -> {result['path']}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """``show <overrides>``: the composed config; ``show run=<dir>``: what a run holds."""
     from omegaconf import OmegaConf
 
     from polydiff.train.config import compose
+    from polydiff.train.run import describe_run
 
+    runs = [o for o in args.overrides if o.startswith("run=")]
+    if runs:
+        rest = [o for o in args.overrides if not o.startswith("run=")]
+        special = {"run": runs[-1].split("=", 1)[1]}
+        if _without_runs_root(rest):
+            raise SystemExit(f"polydiff show run=...: unexpected arguments {rest}")
+        info = describe_run(_need_run(special, "show", rest))
+        print(OmegaConf.to_yaml(OmegaConf.create(info)))
+        return 0
     print(OmegaConf.to_yaml(compose(args.overrides)))
     return 0
 
@@ -154,7 +190,8 @@ def discover_commands() -> dict[str, object]:
 def cmd_modality(args: argparse.Namespace) -> int:
     special, overrides = _split(args.overrides, args.command)
     fn = args.entry_point.load()
-    result = fn(_need_run(special, args.command), overrides, out=special.get("out"))
+    run = _need_run(special, args.command, overrides)
+    result = fn(run, _without_runs_root(overrides), out=special.get("out"))
     print(json.dumps(result, indent=1, default=str))
     return 0
 
@@ -171,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", cmd_train, "train a model: polydiff train experiment=toy/gmm [overrides]"),
         ("sample", cmd_sample, "sample a run: polydiff sample run=<dir> [sampler=..] [steps=..]"),
         ("evaluate", cmd_evaluate, "metrics of a run: polydiff evaluate run=<dir> [n=..]"),
-        ("show", cmd_show, "print the composed config: polydiff show experiment=toy/gmm"),
+        ("show", cmd_show, "the composed config (show experiment=..) or a run (show run=<dir>)"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("overrides", nargs="*", help="hydra overrides key=value")

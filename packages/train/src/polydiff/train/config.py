@@ -4,26 +4,44 @@ Configs are composed with hydra's compose API (no ``@hydra.main``, no working-di
 the same code serves the ``polydiff`` command, tests and notebooks::
 
     cfg = compose(["experiment=toy/gmm", "trainer.max_steps=100"])
+
+Two things happen besides plain composition:
+
+- every sampler of ``polydiff.core.samplers.SAMPLERS`` is a ``sampler=<name>`` choice, generated
+  from the registry (:func:`sampler_node`: ``method``, ``steps``, ``schedule`` and each keyword
+  option of the function with its default, as plain keys: ``sampler.eta=0.5``) unless
+  ``configs/sampler/<name>.yaml`` exists; a sampler registered later is picked up automatically;
+- a data node with a ``describe`` node (``_target_`` returning a mapping) has its ``auto`` values
+  read from the data itself (``data=image_folder data.root=<dir>``: channels, size, classes...)
+  before interpolations resolve, so the model follows; the describing function raises naming
+  both values when an explicit override disagrees with the data.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
     "ConfigError",
     "compose",
     "config_delta",
+    "describe_data",
     "find_config_dir",
     "flatten",
+    "json_safe",
     "merge_overrides",
+    "register_sampler_configs",
+    "sampler_node",
+    "sampler_options",
 ]
 
 ENV_VAR = "POLYDIFF_CONFIGS"
@@ -33,6 +51,8 @@ NON_SEMANTIC = (
     "runs_root",
     "sample",
     "evaluate",
+    "edit",
+    "adapt",
     "trainer.progress",
     "trainer.resume",
     "trainer.log_every",
@@ -89,7 +109,12 @@ def merge_overrides(*groups: Iterable[str]) -> list[str]:
 
 def _group_options(config_dir: Path, group: str) -> list[str]:
     base = config_dir / group
-    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+    found = {str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml")}
+    if group == "sampler":
+        from polydiff.core.samplers import SAMPLERS
+
+        found |= set(SAMPLERS)
+    return sorted(found)
 
 
 def _explain(config_dir: Path, overrides: Sequence[str], err: Exception) -> str:
@@ -131,22 +156,108 @@ def _explain(config_dir: Path, overrides: Sequence[str], err: Exception) -> str:
     return msg
 
 
+# keyword arguments of a sampler that are not options a config can set
+_NOT_OPTIONS = ("cond", "generator", "callback", "info")
+SAMPLER_KEYS = ("method", "steps", "schedule")
+DEFAULT_STEPS = 32
+
+
+def sampler_options(method: str) -> dict[str, Any]:
+    """The options of a registered sampler with their defaults (its keyword-only arguments)."""
+    from polydiff.core.samplers import SAMPLERS
+
+    params = inspect.signature(SAMPLERS[method]).parameters.values()
+    out = {}
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY and p.name not in _NOT_OPTIONS:
+            d = p.default
+            if d is inspect.Parameter.empty:
+                continue
+            out[p.name] = list(d) if isinstance(d, tuple) else d
+    return out
+
+
+def sampler_node(method: str) -> dict[str, Any]:
+    """The generated ``sampler=<method>`` config: ``method``, ``steps`` (32), ``schedule`` (null:
+    the objective schedule's own grid) and every option of the function with its default."""
+    return {"method": method, "steps": DEFAULT_STEPS, "schedule": None, **sampler_options(method)}
+
+
+def register_sampler_configs(config_dir: Path) -> None:
+    """Make every registered sampler a ``sampler=<name>`` choice (a file of that name wins)."""
+    from hydra.core.config_store import ConfigStore
+
+    from polydiff.core.samplers import SAMPLERS
+
+    store = ConfigStore.instance()
+    stored = store.repo.setdefault("sampler", {})
+    for name in SAMPLERS:
+        if (config_dir / "sampler" / f"{name}.yaml").is_file():
+            stored.pop(f"{name}.yaml", None)  # the file is the choice (no schema matching)
+        elif f"{name}.yaml" not in stored:
+            store.store(group="sampler", name=name, node=sampler_node(name))
+
+
 def _compose(config_dir: Path, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_sampler_configs(config_dir)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+AUTO = "auto"
+
+
+def describe_data(cfg: DictConfig) -> dict[str, Any]:
+    """Fill the ``auto`` values of ``cfg.data`` from its ``describe`` node (in place).
+
+    ``data.describe`` builds (``_target_``) a mapping of facts read from the data (channels,
+    image size, classes, captions, normalisation...), given the declared values so that it can
+    refuse a mismatch naming both. Returns the facts; ``{}`` when the data has no ``describe``.
+    """
+    data = cfg.get("data")
+    node = data.get("describe") if isinstance(data, DictConfig) else None
+    if node is None:
+        return {}
+    from hydra.utils import instantiate as hydra_instantiate
+
+    missing = [k for k in data if k != "describe" and OmegaConf.is_missing(data, k)]
+    if missing:
+        raise ConfigError(
+            f"data.{missing[0]} is required by this data config (e.g. "
+            f"'polydiff train data=<name> data.{missing[0]}=<path>')"
+        )
+    try:
+        facts = dict(hydra_instantiate(node))
+    except Exception as err:  # the describing function names the file / value
+        cause = err.__cause__ or err
+        raise ConfigError(f"data: {cause}") from err
+    with open_dict(data):
+        for key, value in facts.items():
+            data[key] = value
+    left = [k for k in data if k != "describe" and not OmegaConf.is_missing(data, k)]
+    auto = [k for k in left if OmegaConf.select(data, k, throw_on_resolution_failure=False) == AUTO]
+    if auto:
+        raise ConfigError(f"data: {auto} left 'auto' by {node.get('_target_')}")
+    return facts
+
+
 def compose(
-    overrides: Sequence[str] = (), config_dir: str | os.PathLike | None = None
+    overrides: Sequence[str] = (),
+    config_dir: str | os.PathLike | None = None,
+    *,
+    describe: bool = True,
 ) -> DictConfig:
     """Compose ``configs/config.yaml`` with hydra ``overrides``; resolves interpolations.
 
-    Raises :class:`ConfigError` naming the bad key or group and the valid choices.
+    With ``describe`` (the default) a data node's ``auto`` values are read from the data
+    first (:func:`describe_data`); reopening a trained run passes ``False`` (the run's saved
+    config already holds them). Raises :class:`ConfigError` naming the bad key or group and
+    the valid choices.
     """
     config_dir = Path(config_dir) if config_dir is not None else find_config_dir()
     bad = [o for o in overrides if "=" not in o and not o.startswith("~")]
@@ -154,12 +265,28 @@ def compose(
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     try:
         cfg = _compose(config_dir, overrides)
+        if describe:
+            describe_data(cfg)
         OmegaConf.resolve(cfg)
     except Exception as err:  # hydra's own exceptions: rephrase with the valid choices
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(_explain(config_dir, overrides, err)) from err
     return cfg
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats made strict-JSON (NaN -> None, inf -> "inf"/"-inf") and
+    tuples / paths turned into lists / strings, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """What a modality tells the engine and the ``polydiff`` command: conditioning, files, metrics.
 
+:func:`draw` and :func:`write_outputs` are the one way samples are drawn and written, shared by
+``Trainer.write_samples`` and ``polydiff sample`` / ``evaluate`` (``polydiff.train.run``).
+
 A data config may carry ``hooks: {_target_: ...}`` building an object with any of these methods
 (missing methods fall back to :class:`DefaultHooks`' behaviour):
 
@@ -7,21 +10,40 @@ A data config may carry ``hooks: {_target_: ...}`` building an object with any o
   (class labels, prompts' embeddings, masks...); None = unconditional.
 - ``to_data(x) -> Tensor``: model space -> data space (denormalise, decode latents...).
 - ``write(samples, cond, out_dir) -> list[Path]``: the modality's own files (PNG, WAV, GIF...).
-- ``evaluate(samples, cond) -> dict[str, float]``: metrics of samples already in data space.
+- ``evaluate(samples, cond) -> dict[str, float]``: metrics of samples already in data space;
+  a hook that also takes ``options`` gets the run's ``evaluate`` settings (``reference``,
+  ``save_images``, ``out_dir``...) and may return non-float entries (what it compared against,
+  which feature extractor) alongside the metrics.
 - ``extra_npz(cond) -> dict[str, np.ndarray]``: extra arrays for ``samples.npz``
   (e.g. the prompts as strings).
+- ``evaluate_model(run) -> dict[str, float]``: metrics of the trained model itself, given the
+  opened run (``polydiff.train.run.OpenedRun``: model, objective, sampler, config), used by
+  ``polydiff evaluate`` instead of sampling + ``evaluate`` (e.g. RL rollouts in simulators).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-__all__ = ["DefaultHooks", "ModalityHooks", "call_hook", "write_samples_npz"]
+from polydiff.core.fileio import atomic_path
+
+from .sampling import SamplerSpec, generate
+
+__all__ = [
+    "DefaultHooks",
+    "ModalityHooks",
+    "call_hook",
+    "call_evaluate",
+    "draw",
+    "write_outputs",
+    "write_samples_npz",
+]
 
 
 @runtime_checkable
@@ -79,8 +101,66 @@ def write_samples_npz(
             arrays[f"cond_{k}"] = (v.float() if v.is_floating_point() else v).numpy()
     for k, v in (extra or {}).items():
         arrays[k] = np.asarray(v)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
     return path
+
+
+def call_evaluate(
+    hooks: Any, samples: torch.Tensor, cond: Mapping | None, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``hooks.evaluate``, given ``options`` when its signature takes them."""
+    fn = getattr(hooks, "evaluate", None) if hooks is not None else None
+    if fn is None:
+        return {}
+    if "options" in inspect.signature(fn).parameters:
+        return dict(fn(samples, cond, options=dict(options)))
+    return dict(fn(samples, cond))
+
+
+def draw(
+    denoiser: Callable,
+    hooks: Any,
+    shape: tuple[int, ...],
+    n: int,
+    spec: SamplerSpec,
+    *,
+    seed: int,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, dict | None]:
+    """``n`` samples in data space and the conditioning they were drawn with.
+
+    One generator seeded ``seed`` draws the conditioning (``hooks.sample_cond``) and then the
+    noise (a generator on ``device`` with the same seed off the CPU).
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    cond = call_hook(hooks, "sample_cond", n, gen)
+    if cond is not None:
+        cond = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
+    noise_gen = gen
+    if torch.device(device).type != "cpu":
+        noise_gen = torch.Generator(device=device).manual_seed(int(seed))
+    x = generate(
+        denoiser,
+        shape,
+        n,
+        spec,
+        cond=cond,
+        generator=noise_gen,
+        batch_size=batch_size,
+        device=device,
+    )
+    return call_hook(hooks, "to_data", x), cond
+
+
+def write_outputs(
+    out_dir: str | Path, samples: torch.Tensor, cond: Mapping | None, hooks: Any
+) -> list[str]:
+    """``samples.npz`` plus the modality's files in ``out_dir``; returns their names."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = call_hook(hooks, "extra_npz", cond)
+    write_samples_npz(out_dir / "samples.npz", samples, cond, extra)
+    files = call_hook(hooks, "write", samples, cond, out_dir) or []
+    return ["samples.npz", *[Path(f).name for f in files]]

@@ -1,8 +1,16 @@
-"""Runs built from a composed config: train one, reopen one, sample and evaluate it.
+"""Runs: train one from a composed config, reopen one, sample and evaluate it, find one.
 
 A run directory ``<runs_root>/<name>/<timestamp>-<hash of the config delta>/`` holds
 ``config.yaml`` (resolved), ``overrides.json`` (what was asked for), ``checkpoints/``,
-``metrics.jsonl`` and ``samples/``. Everything is built by ``_target_`` (hydra instantiate).
+``metrics.jsonl``, ``samples/<job>/`` and ``eval/<job>.json``. Everything is built by
+``_target_`` (hydra instantiate).
+
+Sampling and evaluating never overwrite and never drop a setting: a job's output is named by
+all of its settings (:func:`job_settings`: sampler, steps, options, guidance and scale, EMA,
+seed, n, checkpoint step) and an existing output is refused unless ``sample.overwrite`` /
+``evaluate.overwrite``; ``sample.json`` / the evaluation JSON record the resolved settings in
+strict JSON. What cannot change after training (``data``, ``model``, ``objective``,
+``trainer``) is refused at sample time, and so is guidance that cannot apply.
 
 Config layout expected (see ``configs/config.yaml``): ``data.dataset`` and optional
 ``data.hooks`` (``polydiff.train.hooks``), ``model``, ``objective``, ``sampler`` (``method``,
@@ -14,7 +22,11 @@ Config layout expected (see ``configs/config.yaml``): ``data.dataset`` and optio
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +35,45 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_tensors
-from .config import ConfigError, compose, config_delta, merge_overrides
-from .ema import decay_key
-from .hooks import call_hook, write_samples_npz
-from .sampling import SamplerSpec, generate, with_objective_grid
+from polydiff.core.fileio import atomic_write_text
+from polydiff.core.samplers import SAMPLERS
+
+from .checkpoint import CheckpointError, latest_checkpoint, read_state
+from .config import (
+    SAMPLER_KEYS,
+    ConfigError,
+    compose,
+    config_delta,
+    json_safe,
+    merge_overrides,
+    sampler_options,
+)
+from .ema import load_weights, parse_ema_spec
+from .hooks import call_evaluate, call_hook, draw, write_outputs
+from .safe_config import check_config, is_trusted_config_dir
+from .sampling import SamplerSpec, with_objective_grid
 from .tracking import config_delta_hash, make_run_dir
 
 __all__ = [
+    "FIXED_AT_SAMPLE_TIME",
     "OpenedRun",
     "build_sampler",
     "build_trainer_config",
+    "describe_run",
     "evaluate_run",
+    "find_run",
     "instantiate",
+    "job_settings",
     "open_run",
+    "run_job_config",
     "sample_run",
     "train",
 ]
+
+# what a trained run is: overriding these when sampling would be ignored, so it is refused
+FIXED_AT_SAMPLE_TIME = ("data", "model", "objective", "trainer")
+# guidance that needs a condition to drop (refused on unconditional runs)
+CONDITIONAL_GUIDANCE = ("polydiff.core.guidance.classifier_free_guidance",)
 
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
@@ -76,23 +110,43 @@ def build_trainer_config(node: Mapping[str, Any]):  # -> TrainerConfig
 
 
 def build_sampler(node: Mapping[str, Any]) -> SamplerSpec:
-    """``SamplerSpec`` from ``cfg.sampler``."""
-    from polydiff.core.samplers import SAMPLERS
-
-    method = node["method"]
+    """``SamplerSpec`` from ``cfg.sampler``: ``method``, ``steps``, ``schedule`` and the
+    sampler's options as plain keys (``sampler.eta=0.5``; a legacy ``options`` mapping is
+    merged). Unknown methods / options and non-positive steps are named."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    node = dict(node)
+    method = node.get("method")
     if method not in SAMPLERS:
         raise ConfigError(
             f"sampler.method={method!r} is unknown; valid choices: {sorted(SAMPLERS)}"
         )
-    options = node.get("options") or {}
-    if isinstance(options, DictConfig):
-        options = OmegaConf.to_container(options, resolve=True)
+    steps = node.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"sampler.steps={steps!r}: expected a positive integer")
+    options = {k: v for k, v in node.items() if k not in (*SAMPLER_KEYS, "options")}
+    options.update(node.get("options") or {})
+    valid = sampler_options(method)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"sampler {method!r} has no option(s) {unknown}; its options: {sorted(valid)}"
+        )
+    # the spec carries what differs from the function's defaults (job records show all)
+    options = {k: v for k, v in options.items() if _differs(v, valid[k])}
+    schedule = node.get("schedule")
     return SamplerSpec(
         method=method,
-        steps=int(node["steps"]),
-        schedule=instantiate(node.get("schedule"), "sampler.schedule"),
-        options=dict(options),
+        steps=steps,
+        schedule=instantiate(OmegaConf.create(schedule) if schedule else None, "sampler.schedule"),
+        options=options,
     )
+
+
+def _differs(value: Any, default: Any) -> bool:
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) != list(default)
+    return value != default
 
 
 def _experiment_signature(cfg: DictConfig, config_dir: str | Path | None) -> tuple[str, dict]:
@@ -114,6 +168,8 @@ def train(
     from .trainer import Trainer
 
     cfg = compose(overrides, config_dir)
+    if not is_trusted_config_dir(config_dir):  # configs from elsewhere: allow-list unless trusted
+        check_config(cfg, config_dir or "$POLYDIFF_CONFIGS")
     trainer_cfg = build_trainer_config(cfg.trainer)
     state = PartialState(cpu=trainer_cfg.cpu)
     run_dir = run_dir or cfg.get("run_dir")
@@ -127,9 +183,12 @@ def train(
             delta = {}
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        (run_dir / "overrides.json").write_text(
-            json.dumps({"overrides": list(overrides), "delta": delta}, indent=1, default=str)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+        atomic_write_text(
+            run_dir / "overrides.json",
+            json.dumps(
+                json_safe({"overrides": list(overrides), "delta": delta}), indent=1, default=str
+            ),
         )
     box = [str(run_dir)]
     if state.num_processes > 1:
@@ -161,6 +220,24 @@ def train(
     return run_dir
 
 
+# ---------------------------------------------------------------------------- finding runs
+def find_run(spec: str | Path, runs_root: str | Path | None = None) -> Path:
+    """A run directory from ``run=<spec>``: a path, ``latest`` (the newest run under
+    ``runs_root``, by the time its config was written) or ``latest:<experiment name>``."""
+    text = str(spec)
+    if text != "latest" and not text.startswith("latest:"):
+        return Path(text)
+    root = Path(runs_root if runs_root is not None else compose([]).get("runs_root", "runs"))
+    name = text.partition(":")[2].strip("/")
+    base = root / name if name else root
+    if not base.is_dir():
+        raise CheckpointError(f"run={text}: {base} is not a directory (runs_root={root})")
+    runs = [p.parent for p in base.rglob("config.yaml") if (p.parent / "checkpoints").is_dir()]
+    if not runs:
+        raise CheckpointError(f"run={text}: no trained run under {base}")
+    return max(runs, key=lambda p: ((p / "config.yaml").stat().st_mtime, str(p)))
+
+
 # ---------------------------------------------------------------------------- reopening runs
 @dataclass
 class OpenedRun:
@@ -185,47 +262,89 @@ class OpenedRun:
         return den
 
 
+def _refuse_fixed(overrides: Sequence[str], run_dir: Path) -> None:
+    """Overrides of what was trained (data, model, objective, trainer) would be ignored."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        group = key.split(".", 1)[0]
+        if group in FIXED_AT_SAMPLE_TIME:
+            raise ConfigError(
+                f"'{o}': {group} is fixed once a run is trained ({run_dir} was trained with its "
+                f"own {group}, see its config.yaml); sample-time settings are sampler, guidance, "
+                "sample.* and evaluate.*; train a new run to change it"
+            )
+
+
+def _positive_int(value: Any, key: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r}: expected a positive integer")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r}: expected an integer seed")
+    return value
+
+
+def _check_job_config(cfg: DictConfig) -> None:
+    """Validate the settings a sample / evaluate job reads (one line naming the bad value)."""
+    s, e = cfg.sample, cfg.evaluate
+    _positive_int(s.get("n"), "sample.n")
+    _positive_int(s.get("batch_size"), "sample.batch_size", allow_none=True)
+    _int(s.get("seed"), "sample.seed")
+    _positive_int(e.get("n"), "evaluate.n")
+    _int(e.get("seed"), "evaluate.seed")
+    try:
+        parse_ema_spec(s.get("ema"))
+    except ValueError as err:
+        raise ConfigError(f"sample.{err}") from None
+
+
 def open_run(
     run_dir: str | Path,
     overrides: Sequence[str] = (),
     *,
-    ema: bool | float = True,
+    ema: bool | float | str | None = None,
     checkpoint: str | Path | None = None,
     config_dir: str | Path | None = None,
 ) -> OpenedRun:
     """Rebuild a run: its model/objective/data from the saved resolved config, and sampler /
     guidance / sample settings from the configs re-composed with the run's overrides plus
-    ``overrides`` (so ``sampler=dpmpp_2m guidance.scale=3`` work on any run)."""
+    ``overrides`` (so ``sampler=dpmpp_2m guidance.scale=3`` work on any run). Overrides of
+    ``data`` / ``model`` / ``objective`` / ``trainer`` are refused. ``ema`` defaults to the
+    config's ``sample.ema`` (true: the first EMA; false: raw weights; a decay; sigma_rel:x)."""
     run_dir = Path(run_dir)
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise CheckpointError(f"{saved_path} not found: {run_dir} is not a polydiff run directory")
+    _refuse_fixed(overrides, run_dir)
     saved = OmegaConf.load(saved_path)
     old = (
         json.loads((run_dir / "overrides.json").read_text())["overrides"]
         if (run_dir / "overrides.json").is_file()
         else []
     )
-    cfg = compose(merge_overrides(old, overrides), config_dir)
+    cfg = compose(merge_overrides(old, overrides), config_dir, describe=False)
     for key in ("data", "model", "objective"):  # what was trained is what the run says
         cfg[key] = saved[key]
+    _check_job_config(cfg)
+    check_config(cfg, run_dir)  # a run directory is data: allow-listed targets only
+    if ema is None:
+        ema = cfg.sample.get("ema")
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     model = instantiate(cfg.model, "model")
-    state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
-    decays = state.get("ema_decays", [])
-    if ema and decays:
-        key = decays[0] if ema is True else decay_key(float(ema))
-        tensors = load_tensors(ckpt / "ema.safetensors")
-        prefix = f"{key}/module."
-        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not weights:
-            raise CheckpointError(f"{ckpt / 'ema.safetensors'} has no EMA {key} (has {decays})")
-        which = f"ema:{key}"
-    else:
-        weights, which = load_tensors(ckpt / "model.safetensors"), "model"
-    model.load_state_dict(weights)
+    weights, which = load_weights(ckpt, ema)  # verified (SHA-256), finite, EMA or raw
+    state = read_state(ckpt)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        msg = str(err).splitlines()[0]
+        raise CheckpointError(f"{ckpt}: weights ({which}) do not fit the model: {msg}") from err
     model.eval()
     shape = tuple(state.get("sample_shape") or ())
     objective = instantiate(cfg.objective, "objective")
@@ -242,52 +361,133 @@ def open_run(
     )
 
 
+def run_job_config(run: OpenedRun, key: str, cls: type, given: Any, param: str) -> Any:
+    """The job config of a modality command (``polydiff <key> run=<dir>``): ``given`` (the
+    function argument ``param``: an instance of ``cls`` or a mapping of its fields) or else the
+    composed ``<key>`` node (``<key>=<group option> <key>.field=...``), instantiated."""
+    if given is None:
+        node = run.cfg.get(key)
+        if node is None:
+            raise ConfigError(
+                f"{run.run_dir}: no {key!r} settings; choose one with '{key}=<option>' "
+                f"(configs/{key}/) or pass {param}={cls.__name__}(...)"
+            )
+        given = instantiate(node, key)
+    elif isinstance(given, Mapping):
+        given = cls(**given)
+    if not isinstance(given, cls):
+        raise TypeError(f"{param} must be an {cls.__name__}, got {type(given).__name__}")
+    return given
+
+
+# ---------------------------------------------------------------------------- jobs
+def _check_guidance(run: OpenedRun, cond: Mapping | None) -> None:
+    g = run.cfg.get("guidance")
+    target = g.get("_target_") if g is not None else None
+    if target is None:
+        scale = g.get("scale", 1.0) if g is not None else 1.0
+        if scale not in (None, 1.0):
+            raise ConfigError(
+                f"guidance.scale={scale} has no effect without a guidance method "
+                "(guidance=none); choose one, e.g. guidance=cfg"
+            )
+    elif target in CONDITIONAL_GUIDANCE and cond is None:
+        raise ConfigError(
+            f"guidance ({target}) needs a condition to drop, but {run.run_dir} samples "
+            "unconditionally (its data config gives no condition); use guidance=none"
+        )
+
+
+def _step_of(checkpoint: Path) -> int | None:
+    m = re.search(r"(\d+)$", checkpoint.name)
+    return int(m.group(1)) if m else None
+
+
+def job_settings(run: OpenedRun, block: str) -> dict[str, Any]:
+    """Every setting that decides the output of a sample / evaluate job (``block`` is
+    ``"sample"`` or ``"evaluate"``), resolved: sampler (method, steps, schedule, options),
+    guidance, EMA request and the weights used, seed, n, batch size, checkpoint."""
+    job = run.cfg[block]
+    sampler = OmegaConf.to_container(run.cfg.sampler, resolve=True)
+    return json_safe(
+        {
+            "sampler": run.sampler.method,
+            "steps": run.sampler.steps,
+            "schedule": sampler.get("schedule") or "the objective schedule's own grid",
+            "options": {**sampler_options(run.sampler.method), **run.sampler.options},
+            "guidance": OmegaConf.to_container(run.cfg.get("guidance") or {}, resolve=True),
+            "ema": str(run.cfg.sample.get("ema")),
+            "weights": run.weights,
+            "seed": int(job.seed),
+            "n": int(job.n),
+            "batch_size": run.cfg.sample.get("batch_size"),
+            "checkpoint": str(run.checkpoint),
+            "checkpoint_step": _step_of(run.checkpoint),
+        }
+    )
+
+
+def _job_name(settings: Mapping[str, Any]) -> str:
+    """``<sampler>-<steps>[-<guidance><scale>]-<weights>-seed<s>-n<n>-step<k>-<hash>``: readable
+    parts plus a hash of every setting (options, schedule, rescale...)."""
+    parts = [settings["sampler"], str(settings["steps"])]
+    g = settings["guidance"]
+    if g.get("_target_"):
+        parts.append(f"{str(g['_target_']).rsplit('.', 1)[-1].split('_')[0]}{g.get('scale', 1):g}")
+    parts += [
+        settings["weights"].replace("ema:", "ema").replace(":", ""),
+        f"seed{settings['seed']}",
+        f"n{settings['n']}",
+        f"step{settings['checkpoint_step']}",
+    ]
+    digest = hashlib.sha256(
+        json.dumps(
+            {k: v for k, v in settings.items() if k != "checkpoint"}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(parts)) + f"-{digest}"
+
+
+def _refuse_existing(path: Path, block: str) -> None:
+    if path.exists() and (path.is_file() or any(path.iterdir())):
+        raise ConfigError(
+            f"{path} exists (a {block} with these settings was written before); "
+            f"pass overwrite=true ({block}.overwrite=true) to replace it, or out=<elsewhere>"
+        )
+
+
+def _strict_json(data: Any) -> str:
+    return json.dumps(json_safe(data), indent=1, allow_nan=False)
+
+
 def _draw(run: OpenedRun, n: int, seed: int, batch_size: int | None):
     gen = torch.Generator().manual_seed(seed)
-    cond = call_hook(run.hooks, "sample_cond", n, gen)
-    x = generate(
-        run.denoiser(),
-        run.sample_shape,
-        n,
-        run.sampler,
-        cond=cond,
-        generator=gen,
+    _check_guidance(run, call_hook(run.hooks, "sample_cond", 1, gen))
+    return draw(
+        run.denoiser(), run.hooks, run.sample_shape, n, run.sampler, seed=seed,
         batch_size=batch_size,
-    )
-    return call_hook(run.hooks, "to_data", x), cond
+    )  # fmt: skip
 
 
 def sample_run(
     run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None
 ) -> Path:
-    """Sample a run (``cfg.sample``: n, seed, batch_size, ema).
+    """Sample a run (``cfg.sample``: n, seed, batch_size, ema, out, overwrite).
 
-    Writes ``samples.npz``, the modality's files and ``sample.json`` into ``out`` (default
-    ``<run>/samples/<sampler>-<steps>``).
+    Writes ``samples.npz``, the modality's files and ``sample.json`` (every resolved setting)
+    into ``out`` (default ``<run>/samples/<name from every setting>``); refuses to replace an
+    existing output unless ``sample.overwrite``.
     """
-    run = _open_with_sample_cfg(run_dir, overrides)
+    run = open_run(run_dir, overrides)
     s = run.cfg.sample
+    settings = job_settings(run, "sample")
+    out_dir = Path(out or s.get("out") or run.run_dir / "samples" / _job_name(settings))
+    if not s.get("overwrite", False):
+        _refuse_existing(out_dir, "sample")
     data, cond = _draw(run, int(s.n), int(s.seed), s.get("batch_size"))
-    name = f"{run.sampler.method}-{run.sampler.steps}"
-    scale = run.cfg.get("guidance", {}).get("scale")
-    if scale is not None and run.cfg.guidance.get("_target_"):
-        name += f"-cfg{scale:g}"
-    out_dir = Path(out or s.get("out") or run.run_dir / "samples" / name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_samples_npz(out_dir / "samples.npz", data, cond, call_hook(run.hooks, "extra_npz", cond))
-    files = call_hook(run.hooks, "write", data, cond, out_dir) or []
-    info = {
-        "run": str(run.run_dir),
-        "checkpoint": str(run.checkpoint),
-        "weights": run.weights,
-        "sampler": run.sampler.method,
-        "steps": run.sampler.steps,
-        "n": int(s.n),
-        "seed": int(s.seed),
-        "guidance": OmegaConf.to_container(run.cfg.get("guidance") or {}),
-        "files": ["samples.npz", *[Path(f).name for f in files]],
-    }
-    (out_dir / "sample.json").write_text(json.dumps(info, indent=1, default=str))
+    files = write_outputs(out_dir, data, cond, run.hooks)
+    info = {"run": str(run.run_dir), **settings, "files": files}
+    atomic_write_text(out_dir / "sample.json", _strict_json(info))
     return out_dir
 
 
@@ -295,40 +495,94 @@ def evaluate_run(
     run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None
 ) -> dict:
     """Sample ``cfg.evaluate.n`` items and compute the modality's metrics; writes
-    ``<run>/eval/<sampler>-<steps>.json`` (or ``out``) and returns the metrics."""
-    run = _open_with_sample_cfg(run_dir, overrides)
+    ``<run>/eval/<name from every setting>.json`` (or ``out`` / ``evaluate.out``), refusing to
+    replace one unless ``evaluate.overwrite``, and returns the result (with ``"path"``).
+
+    The hooks get the ``evaluate`` settings (``reference``, ``save_images``...); what they
+    compared against and with which features is recorded. No metric is an error saying why.
+    """
+    run = open_run(run_dir, overrides)
     e = run.cfg.evaluate
-    data, cond = _draw(run, int(e.n), int(e.seed), run.cfg.sample.get("batch_size"))
-    metrics = {k: float(v) for k, v in call_hook(run.hooks, "evaluate", data, cond).items()}
-    result = {
-        "run": str(run.run_dir),
-        "checkpoint": str(run.checkpoint),
-        "weights": run.weights,
-        "sampler": run.sampler.method,
-        "steps": run.sampler.steps,
-        "n": int(e.n),
-        "seed": int(e.seed),
-        "metrics": metrics,
-    }
-    path = (
-        Path(out)
-        if out
-        else run.run_dir / "eval" / f"{run.sampler.method}-{run.sampler.steps}.json"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    settings = job_settings(run, "evaluate")
+    name = _job_name(settings)
+    path = Path(out or e.get("out") or run.run_dir / "eval" / f"{name}.json")
+    if not e.get("overwrite", False):
+        _refuse_existing(path, "evaluate")
+    evaluate_model = getattr(run.hooks, "evaluate_model", None)
+    if evaluate_model is not None:  # metrics of the model itself (RL rollouts), not of samples
+        found = evaluate_model(run)
+    elif getattr(run.hooks, "evaluate", None) is None:
+        raise ConfigError(
+            f"{run.run_dir}: nothing to evaluate: its data hooks "
+            f"({type(run.hooks).__name__ if run.hooks is not None else 'none'}) define no "
+            "metrics (data.hooks has no evaluate); use 'polydiff sample' and your own tools"
+        )
+    else:
+        takes_options = "options" in inspect.signature(run.hooks.evaluate).parameters
+        for key, default in (("reference", None), ("save_images", False)):
+            if not takes_options and e.get(key, default) != default:
+                raise ConfigError(
+                    f"evaluate.{key}={e.get(key)}: the evaluation of {run.run_dir} "
+                    f"({type(run.hooks).__name__}) takes no such setting"
+                )
+        data, cond = _draw(run, int(e.n), int(e.seed), run.cfg.sample.get("batch_size"))
+        options = OmegaConf.to_container(e, resolve=True)
+        options["out_dir"] = str(path.with_suffix(""))
+        found = call_evaluate(run.hooks, data, cond, options)
+    metrics = {k: float(v) for k, v in found.items() if isinstance(v, (int, float))}
+    extra = {k: v for k, v in found.items() if not isinstance(v, (int, float))}
+    if not metrics:
+        why = extra.get("why") or (
+            f"{type(run.hooks).__name__}.evaluate returned no metric for this run"
+        )
+        raise ConfigError(f"{run.run_dir}: no metric to compute: {why}")
+    result = {"run": str(run.run_dir), **settings, **extra, "metrics": metrics}
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        result["non_finite"] = bad
+    atomic_write_text(path, _strict_json(result))
+    result["metrics"] = json_safe(metrics)
     result["path"] = str(path)
     return result
 
 
-def _open_with_sample_cfg(run_dir: str | Path, overrides: Sequence[str]) -> OpenedRun:
-    ema = True
-    for o in overrides:
-        if o.startswith("sample.ema="):
-            v = o.split("=", 1)[1].lower()
-            ema = (
-                False
-                if v in ("false", "none", "null", "0")
-                else (True if v == "true" else float(v))
-            )
-    return open_run(run_dir, overrides, ema=ema)
+# ---------------------------------------------------------------------------- showing runs
+def describe_run(run_dir: str | Path) -> dict[str, Any]:
+    """What a run directory holds: its experiment, overrides, checkpoints (step, EMA), last
+    logged metrics, and the sample / evaluate outputs written so far with their settings."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir / 'config.yaml'} not found: not a polydiff run directory")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    info: dict[str, Any] = {"run": str(run_dir), "name": cfg.get("name")}
+    if (run_dir / "overrides.json").is_file():
+        info["overrides"] = json.loads((run_dir / "overrides.json").read_text())["overrides"]
+    info["data"] = {
+        k: v for k, v in OmegaConf.to_container(cfg.data).items() if not isinstance(v, dict)
+    }
+    ckpts = []
+    for c in (
+        sorted((run_dir / "checkpoints").glob("*")) if (run_dir / "checkpoints").is_dir() else []
+    ):
+        state = json.loads((c / "state.json").read_text()) if (c / "state.json").is_file() else {}
+        ckpts.append({"path": c.name, "step": state.get("step"), "ema": state.get("ema_decays")})
+    info["checkpoints"] = ckpts
+    log = run_dir / "metrics.jsonl"
+    if log.is_file() and log.stat().st_size:
+        info["last_log"] = json.loads(log.read_text().splitlines()[-1])
+    jobs = []
+    for f in sorted(run_dir.glob("samples/*/sample.json")) + sorted(run_dir.glob("eval/*.json")):
+        d = json.loads(f.read_text())
+        jobs.append(
+            {
+                "path": str(f.relative_to(run_dir)),
+                "sampler": d.get("sampler"),
+                "guidance": d.get("guidance"),
+                "weights": d.get("weights"),
+                "seed": d.get("seed"),
+                "n": d.get("n"),
+                **({"metrics": d["metrics"]} if "metrics" in d else {}),
+            }
+        )
+    info["outputs"] = jobs
+    return json_safe(info)

@@ -50,7 +50,7 @@ from .checkpoint import (
 )
 from .data import BatchOrder, make_loader, split_batch
 from .ema import SNAPSHOT_DIR, EMABank, decay_key, sigma_rel_key
-from .hooks import call_hook, write_samples_npz
+from .hooks import draw, write_outputs
 from .lr import LRSchedule, make_scheduler
 from .sampling import SamplerSpec, generate, with_objective_grid
 from .tracking import MetricLogger
@@ -428,17 +428,20 @@ class Trainer:
         """Sample ``sample_n`` items with the modality's conditioning; write npz + its files."""
         if not self.is_main:
             return None
-        gen = torch.Generator().manual_seed(self.cfg.seed + 7919 * self.step)
-        cond = call_hook(self.hooks, "sample_cond", self.cfg.sample_n, gen)
-        if cond is not None:
-            cond = {k: v.to(self.device) for k, v in cond.items()}
-        x = self.sample(self.cfg.sample_n, cond=cond, seed=self.cfg.seed + self.step)
-        data = call_hook(self.hooks, "to_data", x)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_samples_npz(
-            out_dir / "samples.npz", data, cond, call_hook(self.hooks, "extra_npz", cond)
+        net = self.sampling_model()
+        was_training = net.training
+        net.eval()
+        data, cond = draw(  # the same function as `polydiff sample` (polydiff.train.run)
+            self.objective.denoiser(net),
+            self.hooks,
+            self.sample_shape,
+            self.cfg.sample_n,
+            self.sampler,
+            seed=self.cfg.seed + self.step,
+            device=self.device,
         )
-        call_hook(self.hooks, "write", data, cond, out_dir)
+        net.train(was_training)
+        write_outputs(out_dir, data, cond, self.hooks)
         return out_dir
 
     # ------------------------------------------------------------------ checkpoints
