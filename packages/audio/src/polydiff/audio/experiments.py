@@ -1,0 +1,524 @@
+"""What the audio configs build: datasets, the vocoder objective, and the ``polydiff`` hooks.
+
+Datasets (items ``{"x", <cond>}``, in memory, memoised per process so the hooks reuse them):
+
+- :func:`mel_data`: normalised log-mel images ``x`` (1, n_mels, frames) with ``"class"`` or a
+  caption embedding ``"text_pooled"`` (MiniLM); per-dataset mean / std normalisation.
+- :func:`wave_data`: waveforms ``x`` (1, L), optionally with their log-mel ``"mel"`` (vocoders).
+
+Sources: ``notes`` / ``events`` / ``digits`` (built-in, :mod:`polydiff.audio.data`) or
+``folder`` (``root=<dir>``, classes from sub-folders, captions from captions.jsonl / .csv).
+
+:class:`VocoderObjective` trains a ``mel -> waveform`` network (mel L1 + MR-STFT) through the
+same trainer; its "denoiser" ignores ``x`` and ``sigma`` and returns the vocoder's output (the
+regression estimate of ``x0`` from the condition), so a one-step sampler yields it exactly and
+``polydiff sample / evaluate`` work on vocoder runs unchanged.
+
+Hooks: :class:`AudioHooks` (mel or waveform diffusion: conditions, WAV + mel PNG, metrics on the
+vocoded audio) and :class:`VocoderHooks` (held-out real mels in, vocoder metrics vs Griffin-Lim).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from auraloss.freq import MultiResolutionSTFTLoss
+
+from polydiff.core.metrics import frechet_distance_from_features
+from polydiff.train.data import TensorDictDataset
+
+from .data import (
+    EVENT_COUNTS,
+    PITCHES,
+    AudioClips,
+    load_audio_folder,
+    midi_to_hz,
+    spoken_digits,
+    synth_events,
+    synth_notes,
+)
+from .io import save_mel_png, write_wavs
+from .metrics import (
+    AudioClassifier,
+    load_or_train_classifier,
+    log_spectral_distance,
+    mel_cepstral_distortion,
+    mrstft_distance,
+    pitch_accuracy,
+)
+from .spectral import GriffinLimVocoder, MelSpectrogramCodec, mel_config
+
+__all__ = [
+    "AudioDataset",
+    "AudioHooks",
+    "VocoderHooks",
+    "VocoderObjective",
+    "audio_clips",
+    "load_vocoder",
+    "mel_data",
+    "text_encoder",
+    "wave_data",
+]
+
+SOURCES = ("notes", "events", "digits", "folder")
+
+
+# ------------------------------------------------------------------------------ data
+@functools.lru_cache(maxsize=8)
+def audio_clips(
+    source: str = "notes",
+    per_class: int = 8,
+    seed: int = 0,
+    preset: str = "cpu",
+    root: str | None = None,
+    on_error: str = "raise",
+) -> AudioClips:
+    """The clips of a source at the preset's sample rate and clip length (memoised)."""
+    cfg = mel_config(preset)
+    sr, n = cfg.sample_rate, cfg.num_samples
+    if source == "folder":
+        if root is None:
+            raise ValueError("source='folder' needs data.root=<directory of audio files>")
+        clips = load_audio_folder(root, sr, n, on_error=on_error)
+        if clips.skipped:
+            print(f"polydiff.audio: skipped {len(clips.skipped)} file(s) in {root}: "
+                  f"{clips.skipped[:3]}", flush=True)  # fmt: skip
+        return clips
+    if root is not None:
+        raise ValueError(f"data.root={root!r} is only used with source='folder' (got {source!r})")
+    if source == "notes":
+        return synth_notes(per_class, seed, sample_rate=sr, num_samples=n)
+    if source == "events":
+        return synth_events(per_class, seed, sample_rate=sr, num_samples=n)
+    if source == "digits":
+        return spoken_digits(per_class, seed, sample_rate=sr, num_samples=n)
+    raise ValueError(f"unknown audio source {source!r}; valid choices: {list(SOURCES)}")
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
+def text_encoder(name: str = "minilm") -> Any:
+    """The caption encoder (built once per process): ``"minilm"`` (offline all-MiniLM-L6-v2)."""
+    if name != "minilm":
+        raise ValueError(f"unknown text encoder {name!r}; expected 'minilm'")
+    if name not in _ENCODERS:
+        from polydiff.nn.text import MiniLMTextEncoder  # optional heavy dependency (tokenizers)
+
+        _ENCODERS[name] = MiniLMTextEncoder()
+    return _ENCODERS[name]
+
+
+def encode_captions(captions: list[str], encoder: str = "minilm") -> torch.Tensor:
+    """Pooled caption embeddings (N, D), each distinct caption encoded once."""
+    unique = sorted(set(captions))
+    pooled = text_encoder(encoder).encode(unique)["text_pooled"].float()
+    row = {c: i for i, c in enumerate(unique)}
+    return pooled[torch.tensor([row[c] for c in captions])]
+
+
+class AudioDataset(TensorDictDataset):
+    """In-memory items plus what the hooks need: the clips, the preset, the normalisation."""
+
+    def __init__(
+        self, clips: AudioClips, preset: str, conditioning: str | None, stats: tuple[float, float],
+        x: torch.Tensor, **cond: torch.Tensor,
+    ) -> None:  # fmt: skip
+        super().__init__(x, **cond)
+        self.clips, self.preset, self.conditioning, self.stats = clips, preset, conditioning, stats
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.clips.class_names) if self.clips.labels is not None else None
+
+
+def _log_mels(wave: torch.Tensor, preset: str) -> torch.Tensor:
+    codec = MelSpectrogramCodec(preset)
+    with torch.no_grad():
+        return torch.cat([codec(wave[i : i + 256]) for i in range(0, len(wave), 256)])
+
+
+def _conditioning(clips: AudioClips, conditioning: str | None, source: str) -> str | None:
+    if conditioning == "auto":
+        return "class" if clips.labels is not None else ("text" if clips.captions else None)
+    if conditioning == "class" and clips.labels is None:
+        raise ValueError(f"conditioning='class' but the {source} data has no classes (sub-folders)")
+    if conditioning == "text" and not clips.captions:
+        raise ValueError(
+            f"conditioning='text' but the {source} data has no captions (captions.jsonl / .csv)"
+        )
+    if conditioning not in (None, "class", "text"):
+        raise ValueError(
+            f"conditioning must be null, 'auto', 'class' or 'text', got {conditioning!r}"
+        )
+    return conditioning
+
+
+def data_num_classes(
+    source: str = "notes",
+    root: str | None = None,
+    num_classes: int | str | None = None,
+    **kw: Any,
+) -> int | None:
+    """The number of classes the data has; an explicit ``num_classes`` that differs is an error
+    naming both values (``"auto"`` = whatever the data has)."""
+    if num_classes == "auto":
+        num_classes = None
+    clips = audio_clips(source, root=root, **kw)
+    found = len(clips.class_names) if clips.labels is not None else None
+    if num_classes is not None and found is not None and num_classes != found:
+        where = root if source == "folder" else f"the {source} data"
+        raise ValueError(f"data.num_classes={num_classes} but {where} has {found} classes")
+    return found if num_classes is None else num_classes
+
+
+@functools.lru_cache(maxsize=8)
+def mel_data(
+    source: str = "notes",
+    per_class: int = 8,
+    seed: int = 0,
+    preset: str = "cpu",
+    conditioning: str | None = "auto",
+    root: str | None = None,
+    on_error: str = "raise",
+    num_classes: int | str | None = None,
+    text_encoder: str = "minilm",
+) -> AudioDataset:
+    """Normalised log-mel images ``x`` (N, 1, n_mels, frames) with their condition."""
+    clips = audio_clips(source, per_class, seed, preset, root, on_error)
+    data_num_classes(source, root, num_classes, per_class=per_class, seed=seed, preset=preset,
+                     on_error=on_error)  # fmt: skip
+    cond_kind = _conditioning(clips, conditioning, source)
+    logmel = _log_mels(clips.wave, preset)
+    mean, std = float(logmel.mean()), float(logmel.std())
+    x = ((logmel - mean) / std)[:, None]  # (N, 1, M, F)
+    cond: dict[str, torch.Tensor] = {}
+    if cond_kind == "class":
+        cond["class"] = clips.labels
+    elif cond_kind == "text":
+        cond["text_pooled"] = encode_captions(list(clips.captions or []), text_encoder)
+    return AudioDataset(clips, preset, cond_kind, (mean, std), x, **cond)
+
+
+@functools.lru_cache(maxsize=8)
+def wave_data(
+    source: str = "notes",
+    per_class: int = 8,
+    seed: int = 0,
+    preset: str = "cpu",
+    with_mel: bool = True,
+    root: str | None = None,
+    on_error: str = "raise",
+) -> AudioDataset:
+    """Waveforms ``x`` (N, 1, L) and, ``with_mel``, their log-mels ``"mel"`` (N, n_mels, F)."""
+    clips = audio_clips(source, per_class, seed, preset, root, on_error)
+    cond = {"mel": _log_mels(clips.wave, preset)} if with_mel else {}
+    x = clips.wave[:, None].float()
+    return AudioDataset(clips, preset, "mel" if with_mel else None, (0.0, 1.0), x, **cond)
+
+
+# ------------------------------------------------------------------------------ vocoder objective
+class _RegressionDenoiser:
+    """``D(x, sigma, cond) = vocoder(cond["mel"])``: the denoiser of a deterministic regressor."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping | None = None):
+        if cond is None or cond.get("mel") is None:
+            raise KeyError("a vocoder run needs cond['mel'] (log-mel spectrograms)")
+        return self.net(cond["mel"]).to(x.dtype).reshape(x.shape)
+
+
+class VocoderObjective:
+    """Vocoder training loss: ``mel_weight * L1(logmel(G(m)), m) + stft_weight * MR-STFT``
+    (HiFi-GAN's mel loss, Kong et al. 2020 Eq. 3, plus auraloss' multi-resolution STFT loss,
+    Yamamoto et al. 2020 Eq. 5); no adversarial term (see the package README)."""
+
+    def __init__(
+        self, preset: str = "cpu", mel_weight: float = 1.0, stft_weight: float = 1.0
+    ) -> None:
+        self.codec = MelSpectrogramCodec(preset)
+        self.mrstft = MultiResolutionSTFTLoss()
+        self.mel_weight, self.stft_weight = mel_weight, stft_weight
+
+    def loss(
+        self, net: torch.nn.Module, x: torch.Tensor, cond: Mapping | None, generator: Any = None
+    ) -> torch.Tensor:
+        if cond is None or "mel" not in cond:
+            raise KeyError("VocoderObjective needs items with 'mel' (use wave_data(with_mel=True))")
+        y = net(cond["mel"])  # (B, 1, L)
+        mel_loss = F.l1_loss(self.codec(y), cond["mel"])
+        return self.mel_weight * mel_loss + self.stft_weight * self.mrstft(y, x)
+
+    def denoiser(self, net: torch.nn.Module) -> _RegressionDenoiser:
+        return _RegressionDenoiser(net)
+
+
+# ------------------------------------------------------------------------------ vocoders
+Vocoder = Callable[[torch.Tensor], torch.Tensor]  # log-mel (B, M, F) -> wave (B, L)
+
+
+def load_vocoder(spec: str, preset: str = "cpu", griffin_lim_iters: int = 32) -> Vocoder:
+    """``"griffinlim"`` or the directory of a trained vocoder run (Vocos-style or a
+    mel-conditioned DiffWave, sampled with the run's own sampler)."""
+    if spec == "griffinlim":
+        return GriffinLimVocoder(MelSpectrogramCodec(preset), n_iter=griffin_lim_iters)
+    from polydiff.train.run import open_run
+    from polydiff.train.sampling import generate
+
+    run = open_run(spec)
+    den = run.denoiser(guidance=False)
+
+    @torch.no_grad()
+    def vocode(logmel: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(logmel), 16):
+            mel = logmel[i : i + 16].float()
+            shape = (1, mel.shape[-1] * mel_config(preset).hop_length)
+            gen = torch.Generator().manual_seed(i)
+            out.append(generate(den, shape, len(mel), run.sampler, cond={"mel": mel},
+                                generator=gen)[:, 0])  # fmt: skip
+        return torch.cat(out)
+
+    return vocode
+
+
+def timed_vocode(vocoder: Vocoder, logmel: torch.Tensor, sample_rate: int):
+    """``(wave, real-time factor)``: CPU-wall seconds spent / seconds of audio produced."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        wave = vocoder(logmel)
+    seconds = time.perf_counter() - t0
+    return wave.reshape(len(logmel), -1), seconds / (wave.numel() / sample_rate)
+
+
+# ------------------------------------------------------------------------------ hooks
+class AudioHooks:
+    """``polydiff.train.hooks`` of mel and waveform diffusion.
+
+    ``dataset`` is the training :class:`AudioDataset` (normalisation, classes, captions);
+    ``representation`` ``"mel"`` (samples are normalised log-mels, vocoded by ``vocoder``:
+    ``"griffinlim"`` or a vocoder run directory) or ``"wave"``. ``metrics``: ``"notes"``
+    (pitch / instrument accuracy, FAD), ``"events"`` (event / count accuracy, FAD), or None.
+    ``reference`` is held-out real data for the Frechet distance and its real-vs-real floor.
+    """
+
+    def __init__(
+        self,
+        dataset: AudioDataset,
+        representation: str = "mel",
+        vocoder: str = "griffinlim",
+        metrics: str | None = None,
+        reference: AudioDataset | None = None,
+        cache_dir: str | None = None,
+        classifier_steps: int = 300,
+        griffin_lim_iters: int = 32,
+        max_files: int = 32,
+    ) -> None:
+        if representation not in ("mel", "wave"):
+            raise ValueError(f"representation must be 'mel' or 'wave', got {representation!r}")
+        if metrics not in (None, "notes", "events"):
+            raise ValueError(f"metrics must be null, 'notes' or 'events', got {metrics!r}")
+        self.dataset, self.representation, self.metrics = dataset, representation, metrics
+        self.vocoder_spec, self.reference = vocoder, reference or dataset
+        self.cache_dir, self.classifier_steps = cache_dir, classifier_steps
+        self.griffin_lim_iters, self.max_files = griffin_lim_iters, max_files
+        self.sample_rate = mel_config(dataset.preset).sample_rate
+        self._vocoder: Vocoder | None = None
+        self._prompts: list[str] | None = None
+        self.last_rtf: float | None = None
+
+    # -- conditions
+    def sample_cond(self, n: int, generator: torch.Generator | None) -> dict | None:
+        kind = self.dataset.conditioning
+        if kind == "class":
+            return {"class": torch.arange(n) % int(self.dataset.num_classes or 1)}
+        if kind == "text":
+            pool = sorted(set(self.dataset.clips.captions or []))
+            idx = torch.randint(0, len(pool), (n,), generator=generator)
+            self._prompts = [pool[i] for i in idx.tolist()]
+            return {"text_pooled": encode_captions(self._prompts)}
+        return None
+
+    # -- spaces
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        if self.representation == "mel":
+            mean, std = self.dataset.stats
+            return x[:, 0] * std + mean  # (N, n_mels, F) log-mel
+        return x[:, 0].clamp(-1, 1)  # (N, L)
+
+    def vocoder(self) -> Vocoder:
+        if self._vocoder is None:
+            self._vocoder = load_vocoder(self.vocoder_spec, self.dataset.preset,
+                                         self.griffin_lim_iters)  # fmt: skip
+        return self._vocoder
+
+    def waves(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples in data space -> waveforms (N, L); records the vocoder's real-time factor."""
+        if self.representation == "wave":
+            return samples.reshape(len(samples), -1)
+        wave, self.last_rtf = timed_vocode(self.vocoder(), samples, self.sample_rate)
+        return wave
+
+    def _titles(self, cond: Mapping | None, n: int) -> list[str] | None:
+        if self._prompts is not None and self.dataset.conditioning == "text":
+            return self._prompts[:n]
+        if cond is not None and "class" in cond:
+            names = self.dataset.clips.class_names
+            return [names[int(c)] for c in cond["class"][:n]]
+        return None
+
+    # -- files
+    def write(self, samples: torch.Tensor, cond: Mapping | None, out_dir: Path) -> list[Path]:
+        out_dir = Path(out_dir)
+        n = min(len(samples), self.max_files)
+        wave = self.waves(samples[:n])
+        files = write_wavs(out_dir, wave, self.sample_rate)
+        mel = samples[:n] if self.representation == "mel" else _log_mels(wave, self.dataset.preset)
+        files.append(save_mel_png(out_dir / "mels.png", mel[:16], self._titles(cond, 16)))
+        if self.last_rtf is not None:
+            print(f"polydiff.audio: vocoder {self.vocoder_spec} real-time factor "
+                  f"{self.last_rtf:.4f} ({n} clips)", flush=True)  # fmt: skip
+        return files
+
+    def extra_npz(self, cond: Mapping | None) -> dict[str, np.ndarray]:
+        if self.dataset.conditioning == "text" and self._prompts is not None:
+            return {"prompts": np.asarray(self._prompts)}
+        return {}
+
+    # -- metrics
+    def classifier(self) -> AudioClassifier:
+        """The metric network of ``metrics`` (trained on its own seed of the built-in data)."""
+        preset = self.dataset.preset
+        source = self.metrics
+        per_class = 6 if source == "notes" else 24
+
+        def clips() -> AudioClips:
+            return audio_clips(source, per_class, 1000, preset)
+
+        def labels() -> list[torch.Tensor]:
+            y = clips().labels
+            k = len(PITCHES) if source == "notes" else len(EVENT_COUNTS)
+            return [y // k, y % k]
+
+        key = {"source": source, "per_class": per_class, "seed": 1000}
+        return load_or_train_classifier(key, lambda: clips().wave, labels, self.cache_dir,
+                                        self.classifier_steps, preset)  # fmt: skip
+
+    def evaluate(self, samples: torch.Tensor, cond: Mapping | None) -> dict[str, float]:
+        if self.metrics is None:
+            return {}
+        wave = self.waves(samples)
+        net = self.classifier()
+        mel = _log_mels(wave, self.dataset.preset)
+        with torch.no_grad():
+            logits = net(mel)
+            fake = net.features(mel)
+            real = net.features(_log_mels(self.reference.clips.wave, self.dataset.preset))
+            train = net.features(_log_mels(self.dataset.clips.wave, self.dataset.preset))
+        m = min(len(real), len(train))
+        out: dict[str, float] = {
+            "fad": float(frechet_distance_from_features(real, fake)),
+            "fad_real_floor": float(frechet_distance_from_features(real[:m], train[:m])),
+            "n": float(len(wave)),
+        }
+        if self.last_rtf is not None:
+            out["vocoder_rtf"] = float(self.last_rtf)
+        requested = self._requested(cond, len(wave))
+        if requested is not None:
+            a, b = requested
+            pa, pb = logits[0].argmax(-1), logits[1].argmax(-1)
+            notes = self.metrics == "notes"
+            first, second = ("instrument", "pitch") if notes else ("event", "count")
+            out[f"{first}_accuracy"] = float((pa == a).float().mean())
+            out[f"{second}_class_accuracy"] = float((pb == b).float().mean())
+            out["both_accuracy"] = float(((pa == a) & (pb == b)).float().mean())
+            if self.metrics == "notes":
+                hz = midi_to_hz(torch.tensor([PITCHES[int(i)] for i in b]).double()).numpy()
+                out.update(pitch_accuracy(wave, hz, self.sample_rate))
+        return out
+
+    def _requested(self, cond: Mapping | None, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The requested (instrument, pitch) or (event, count) labels of the samples."""
+        if self.dataset.clips.class_names == [] or self.dataset.conditioning is None:
+            return None
+        k = len(PITCHES) if self.metrics == "notes" else len(EVENT_COUNTS)
+        if self.dataset.conditioning == "class" and cond is not None and "class" in cond:
+            y = cond["class"].cpu()
+        elif self.dataset.conditioning == "text" and self._prompts is not None:
+            names = self.dataset.clips.class_names
+            y = torch.tensor([names.index(p) for p in self._prompts[:n]])
+        else:
+            return None
+        return y // k, y % k
+
+
+class VocoderHooks:
+    """Hooks of vocoder runs: held-out real log-mels in (``reference``, a :func:`wave_data`
+    with mels), metrics of the vocoded audio vs the real audio, beside Griffin-Lim on the same
+    mels: MR-STFT, LSD, MCD, pitch accuracy (notes), and Griffin-Lim's real-time factor."""
+
+    def __init__(
+        self, reference: AudioDataset, griffin_lim_iters: int = 32, max_files: int = 16,
+        pitch: bool | None = None,
+    ) -> None:  # fmt: skip
+        if "mel" not in reference.tensors:
+            raise ValueError("VocoderHooks needs a reference wave_data(with_mel=True)")
+        self.reference, self.max_files = reference, max_files
+        self.griffin_lim_iters = griffin_lim_iters
+        self.sample_rate = mel_config(reference.preset).sample_rate
+        names = reference.clips.class_names
+        if pitch is None:  # the notes: score the requested pitch of each clip
+            pitch = len(names) % len(PITCHES) == 0 and " note at " in names[0]
+        self.pitch = pitch
+
+    def sample_cond(self, n: int, generator: torch.Generator | None) -> dict:
+        total = len(self.reference)
+        if n > total:
+            raise ValueError(f"asked for {n} vocoded clips but the reference set has {total}")
+        return {"mel": self.reference.tensors["mel"][:n]}
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(len(x), -1)
+
+    def write(self, samples: torch.Tensor, cond: Mapping | None, out_dir: Path) -> list[Path]:
+        n = min(len(samples), self.max_files)
+        files = write_wavs(out_dir, samples[:n], self.sample_rate)
+        mel = _log_mels(samples[:n], self.reference.preset)
+        files.append(save_mel_png(Path(out_dir) / "mels.png", mel[:16]))
+        return files
+
+    def _scores(self, wave: torch.Tensor, real: torch.Tensor, labels) -> dict[str, float]:
+        preset = self.reference.preset
+        out = {
+            "mrstft": float(mrstft_distance(wave, real).mean()),
+            "lsd": float(log_spectral_distance(wave, real, preset).mean()),
+            "mcd": float(mel_cepstral_distortion(wave, real, preset).mean()),
+        }
+        if self.pitch and labels is not None:
+            hz = midi_to_hz(torch.tensor([PITCHES[int(y) % len(PITCHES)] for y in labels]).double())
+            p = pitch_accuracy(wave, hz.numpy(), self.sample_rate)
+            out["pitch_accuracy"] = p["pitch_accuracy"]
+            out["pitch_error_cents"] = p["pitch_error_cents"]
+        return out
+
+    def evaluate(self, samples: torch.Tensor, cond: Mapping | None) -> dict[str, float]:
+        n = len(samples)
+        real = self.reference.clips.wave[:n]
+        labels = self.reference.clips.labels
+        labels = None if labels is None else labels[:n]
+        gl = GriffinLimVocoder(MelSpectrogramCodec(self.reference.preset), self.griffin_lim_iters)
+        gl_wave, gl_rtf = timed_vocode(gl, self.reference.tensors["mel"][:n], self.sample_rate)
+        out = self._scores(samples.reshape(n, -1), real, labels)
+        out.update({f"griffinlim_{k}": v for k, v in self._scores(gl_wave, real, labels).items()})
+        out["griffinlim_rtf"] = gl_rtf
+        out["n"] = float(n)
+        return out
