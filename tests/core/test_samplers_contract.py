@@ -94,7 +94,7 @@ def test_registry_has_exactly_the_issue_names() -> None:
     assert set(SAMPLERS) == {
         "ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm2", "dpm2_ancestral", "lms",
         "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc",
-        "adaptive", "langevin", "pc",
+        "adaptive", "langevin", "pc", "ipndm", "deis",
     }  # fmt: skip
     assert set(SAMPLERS) >= DETERMINISTIC
     for fn in SAMPLERS.values():
@@ -214,7 +214,7 @@ def test_repeated_sigmas_are_zero_length_steps(gmm8: GaussianMixture) -> None:
     x = _start((4, 8), 10.0)
     grid = karras_sigmas(5, 0.05, 10.0)
     doubled = torch.cat([grid[:3], grid[2:3], grid[3:]])
-    for name in ["euler", "heun", "dpmpp_2m", "unipc", "lms", "dpmpp_3m_sde"]:
+    for name in ["euler", "heun", "dpmpp_2m", "unipc", "lms", "dpmpp_3m_sde", "ipndm", "deis"]:
         torch.testing.assert_close(_run(name, gmm8, x, doubled), _run(name, gmm8, x, grid))
 
 

@@ -21,7 +21,8 @@ Contract shared by every sampler (checked by ``tests/core/test_samplers_contract
 - grad mode is the caller's: wrap in ``torch.no_grad()`` for inference.
 
 Families: ``karras`` (Euler / Heun / DPM-2 with EDM churn ``s_churn, s_tmin, s_tmax, s_noise``,
-ancestral variants, LMS, DDIM / DDPM in sigma space), ``dpm_solver`` (DPM-Solver++ 2S / SDE /
+ancestral variants, LMS, DDIM / DDPM in sigma space), ``multistep`` (iPNDM, DEIS tAB),
+``dpm_solver`` (DPM-Solver++ 2S / SDE /
 2M / 2M-SDE / 3M-SDE), ``unipc``, ``adaptive`` (error-controlled embedded solvers) and
 ``score_sde`` (annealed Langevin, predictor-corrector).
 
@@ -67,6 +68,7 @@ from polydiff.core.samplers.karras import (
     heun,
     lms,
 )
+from polydiff.core.samplers.multistep import deis, ipndm
 from polydiff.core.samplers.score_sde import langevin, pc
 from polydiff.core.samplers.unipc import unipc
 from polydiff.core.utils import Cond
@@ -94,6 +96,7 @@ __all__ = [
     "euler",
     "euler_ancestral",
     "heun",
+    "ipndm",
     "langevin",
     "lms",
     "pc",
@@ -121,13 +124,17 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "dpmpp_3m_sde": dpmpp_3m_sde,
     "unipc": unipc,
+    "ipndm": ipndm,
+    "deis": deis,
     "adaptive": adaptive,
     "langevin": langevin,
     "pc": pc,
 }
 
 # samplers that draw no noise with their default options (ODE solvers)
-DETERMINISTIC = frozenset({"ddim", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "unipc", "adaptive"})
+DETERMINISTIC = frozenset(
+    {"ddim", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "unipc", "ipndm", "deis", "adaptive"}
+)
 
 # samplers whose default options couple the rows of a batch, and the options that decouple them
 # (with these, and per-sample generators, row i does not depend on the rest of the batch)
@@ -189,6 +196,8 @@ EVALUATIONS: dict[str, Callable[..., int]] = {
     "dpmpp_2m_sde": _one_per_step,
     "dpmpp_3m_sde": _one_per_step,
     "unipc": _one_per_step,
+    "ipndm": _one_per_step,
+    "deis": _one_per_step,
     "adaptive": _adaptive,
     "langevin": _langevin,
     "pc": _pc,
