@@ -47,8 +47,13 @@ def _lookup(table: dict[str, dict[str, Any]], size: str, what: str) -> dict[str,
     return dict(table[size])
 
 
-def _classes(num_classes: int | str | None) -> int | None:
-    if num_classes in (None, "auto", 0, 1):
+def _classes(num_classes: int | str | None, source: Any = None) -> int | None:
+    """``"auto"``: the data source's class count (None for one class / unlabelled data)."""
+    if num_classes == "auto":
+        if source is None:
+            raise ValueError("model.num_classes='auto' needs the data source (model.source)")
+        num_classes = source.num_classes
+    if num_classes in (None, 0, 1):
         return None
     return int(num_classes)
 
@@ -58,18 +63,20 @@ def point_transformer(
     num_classes: int | str | None = None,
     context_dim: int | None = None,
     pooled_dim: int | None = None,
+    source: Any = None,
     **overrides: Any,
 ) -> TransformerDenoiser:
     """Permutation-equivariant point denoiser ``(B, P, 3) -> (B, P, 3)`` of a named size.
 
-    ``num_classes`` <= 1 / None gives an unconditional model (a one-class folder);
+    ``num_classes`` <= 1 / None gives an unconditional model (a one-class folder); ``"auto"``
+    takes it from ``source`` (a :class:`~polydiff.shapes.experiments.ShapeSource`);
     ``context_dim`` / ``pooled_dim`` add text conditioning (MiniLM tokens / pooled vector)."""
     kw = _lookup(POINT_SIZES, size, "point transformer")
     kw.update(overrides)
     return TransformerDenoiser(
         in_dim=3,
         pos_embedding="none",
-        num_classes=_classes(num_classes),
+        num_classes=_classes(num_classes, source),
         context_dim=context_dim,
         pooled_dim=pooled_dim,
         **kw,
@@ -82,6 +89,7 @@ def voxel_unet(
     num_classes: int | str | None = None,
     context_dim: int | None = None,
     pooled_dim: int | None = None,
+    source: Any = None,
     **overrides: Any,
 ) -> UNet:
     """3-D U-Net over ``(B, channels, R, R, R)`` grids of a named size (attention in the middle
@@ -89,11 +97,12 @@ def voxel_unet(
     kw = _lookup(VOXEL_SIZES, size, "voxel U-Net")
     kw.setdefault("attention_levels", ())
     kw.setdefault("num_heads", 4)
+    kw.setdefault("channels_last", True)  # measured 1.2x faster fwd+bwd for 3-D convs on CPU
     kw.update(overrides)
     return UNet(
         dims=3,
         in_channels=channels,
-        num_classes=_classes(num_classes),
+        num_classes=_classes(num_classes, source),
         context_dim=context_dim,
         pooled_dim=pooled_dim,
         **kw,
