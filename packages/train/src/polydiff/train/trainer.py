@@ -48,6 +48,7 @@ from .checkpoint import (
     sha256_file,
     unflatten_optimizer_state,
 )
+from .config import ConfigError
 from .data import BatchOrder, make_loader, split_batch
 from .ema import SNAPSHOT_DIR, EMABank, decay_key, sigma_rel_key
 from .hooks import draw, write_outputs
@@ -217,6 +218,8 @@ class Trainer:
                 self.load_checkpoint(path)
             elif cfg.resume != "auto":
                 raise CheckpointError(f"trainer.resume={cfg.resume!r}: no checkpoint there")
+        if self.step == 0:  # a fresh start: rows and snapshots of an earlier, dead attempt go
+            self._rewind_logs(0)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -369,7 +372,8 @@ class Trainer:
                     }
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
                     if self._logger is not None:
-                        self._logger.log(self.step, last)
+                        with self._naming_write_errors("metrics log"):
+                            self._logger.log(self.step, last)
                     window_n, t0 = 0, time.perf_counter()
                 every = self.snapshot_every
                 if self.run_dir is not None and every and self.step % every == 0:
@@ -552,7 +556,7 @@ class Trainer:
         }
         path = self.run_dir / SNAPSHOT_DIR / f"step_{self.step:08d}.safetensors"
         with self._naming_write_errors("power-EMA snapshot"), atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"format": "polydiff", "step": str(self.step)})
+            save_file(tensors, str(tmp), metadata={"format": "polydiff"})  # one key: same bytes
         self.ema_snapshots[path.name] = sha256_file(path)
         return path
 
@@ -625,7 +629,7 @@ def _check_learning_rates(optimizer: torch.optim.Optimizer) -> None:
         if isinstance(lr, torch.Tensor):
             lr = float(lr)
         if not isinstance(lr, (int, float)) or not (0 < lr <= top and math.isfinite(lr)):
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.optimizer.lr={lr!r} (param group {i}) must be a finite number in "
                 f"(0, {top:.3g}]; nothing was trained"
             )
