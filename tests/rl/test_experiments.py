@@ -1,137 +1,198 @@
-"""End-to-end RL experiments: the benchmark's goal logic, the demo, the toy's two modes (slow)."""
+"""RL recipes are configs: every experiment composes into its groups, ``polydiff evaluate`` rolls
+a trained run out through the experiment's ``rl`` node, goals and paired statistics."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from polydiff.rl.experiments import (
-    MazeConfig,
-    PendulumConfig,
-    TwoPathConfig,
-    run_experiment,
-    run_two_path_policy,
+    ROLLOUTS,
+    ChunkRollouts,
+    MazeRollouts,
+    PendulumRollouts,
+    _planner_grid,
+    benchmark_goals,
+    flat_metrics,
+    nest_metrics,
+    paired_difference,
+    rollouts_from_config,
 )
+from polydiff.train.config import compose
+from polydiff.train.run import evaluate_run, open_run, train
+from polydiff.train.sampling import SamplerSpec
 
 ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = sorted(
+    p.relative_to(ROOT / "configs/experiment").with_suffix("").as_posix()
+    for p in (ROOT / "configs/experiment/rl").glob("*.yaml")
+)
+TARGETS = {
+    "rl/umaze_diffuser": ("polydiff.rl.models.SequenceUNet", "DiffusionObjective", MazeRollouts),
+    "rl/pendulum_diffuser": (
+        "polydiff.rl.models.SequenceUNet", "StartConditionedObjective", PendulumRollouts,
+    ),
+    "rl/two_path_dp_unet": ("polydiff.rl.models.SequenceUNet", "DiffusionObjective", ChunkRollouts),
+    "rl/two_path_dp_transformer": (
+        "polydiff.rl.models.chunk_transformer", "DiffusionObjective", ChunkRollouts,
+    ),
+    "rl/two_path_mse": ("polydiff.rl.models.MLPPolicy", "regression_loss", ChunkRollouts),
+}  # fmt: skip
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("rl_bench", ROOT / "benchmarks/rl/run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_every_rl_experiment_takes_model_objective_sampler_from_its_groups() -> None:
+    assert {"rl/umaze_diffuser", "rl/pendulum_value", "rl/two_path_mse"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        cfg = compose([f"experiment={name}"])
+        assert cfg.name == name
+        rollouts = rollouts_from_config(cfg.rl)  # the rollout settings: the experiment's node
+        assert type(rollouts) in ROLLOUTS.values()
+        if name in TARGETS:
+            model, objective, kind = TARGETS[name]
+            assert cfg.model._target_ == model and cfg.objective._target_.endswith(objective)
+            assert isinstance(rollouts, kind)
+        assert rollouts.seed == cfg.seed  # interpolated, so `seed=` moves everything
+    pend = compose(["experiment=rl/pendulum_diffuser", "rl.n_candidates=3", "seed=4"])
+    r = rollouts_from_config(pend.rl)
+    assert (r.n_candidates, r.seed, r.value["experiment"]) == (3, 4, "rl/pendulum_value")
+    assert pend.model.cond_dim == 3 and pend.data.dataset.start_cond and pend.objective.obs_dim == 3
 
 
-def _agent(success: float, ret: float, left: float = 0.5) -> dict:
-    return {
-        "episodes": 10, "success_rate": success, "return_mean": ret, "return_std": 1.0,
-        "nfe_per_action": 2.0, "latency_ms_mean": 1.0, "latency_ms_median": 0.001,
-        "latency_ms_p95": 3.0, "inference_ms_median": 5.0, "inference_ms_p95": 6.0,
-        "left": left, "right": 1 - left, "normalized_score": 50.0,
-    }  # fmt: skip
+def test_rollouts_config_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match="no 'rl' node"):
+        rollouts_from_config(None)
+    with pytest.raises(ValueError, match=r"rl._target_='os.system'"):
+        rollouts_from_config({"_target_": "os.system"})
+    node = OmegaConf.create({"_target_": "polydiff.rl.experiments.MazeRollouts", "seeds": 3})
+    with pytest.raises(ValueError, match=r"unknown rl keys \['seeds'\].*eval_seeds"):
+        rollouts_from_config(node)
+    with pytest.raises(ValueError, match="rl.policy='sac'"):
+        ChunkRollouts(policy="sac")
+    pend = rollouts_from_config(
+        {"_target_": "polydiff.rl.experiments.PendulumRollouts", "guide_scales": [0, 1]}
+    )
+    assert pend.guide_scales == (0.0, 1.0)
 
 
-def test_benchmark_goals_and_markdown() -> None:
-    bench = _bench()
-    res = {
-        "maze": {
-            "diffuser": _agent(0.9, 0.9), "expert": _agent(1.0, 1.0), "random": _agent(0, 0),
-            "success_vs_expert": 0.9,
-            "config": {"train_steps": 10, "horizon": 32, "stride": 5, "n_candidates": 4,
-                       "replan_every": None},
-            "train": {"parameters": 1000, "train_seconds": 1.0},
-        },
-        "pendulum": {
-            "guided": _agent(0, -300), "unguided": _agent(0, -500), "expert": _agent(0, -150),
-            "random": _agent(0, -1200), "guided_minus_unguided": 200.0,
-            "guided_scale_0": _agent(0, -400),
-            "config": {"guide_scale": 0.1, "n_candidates": 8},
-            "value_heldout_corr": {"sigma_0.1": 0.95},
-        },
-        "two_path": {"policies": {"diffusion_unet_ddim": _agent(0.9, 0.9, left=0.45),
-                                  "mse": _agent(0.0, 0.0, left=0.9)}},
-    }  # fmt: skip
-    res["pendulum"]["guided"]["returns"] = [-300.0, -200.0, -400.0]
-    res["pendulum"]["unguided"]["returns"] = [-500.0, -500.0, -350.0]
-    goals = bench.goals(res)
+def test_planner_takes_the_runs_sampler_or_refuses_it() -> None:
+    def run_with(spec: SamplerSpec):
+        return SimpleNamespace(sampler=spec)
+
+    grid = lambda n: torch.linspace(10.0, 0.0, n + 1)  # noqa: E731
+    sigmas, eta = _planner_grid(run_with(SamplerSpec("ddim", 4, grid, {"eta": 0.5})))
+    torch.testing.assert_close(sigmas, grid(4).float())
+    assert eta == 0.5
+    euler = SamplerSpec("euler", 3, grid, {"s_churn": 0.0, "s_noise": 1.0})
+    assert _planner_grid(run_with(euler))[0].shape == (4,)
+    with pytest.raises(ValueError, match=r"sampler.method='dpmpp_2m'.*\['euler', 'ddim'\]"):
+        _planner_grid(run_with(SamplerSpec("dpmpp_2m", 4, grid)))
+    with pytest.raises(ValueError, match="s_churn must be 0"):
+        _planner_grid(run_with(SamplerSpec("euler", 4, grid, {"s_churn": 1.0})))
+
+
+def test_paired_difference_matches_brute_force_and_goals() -> None:
+    g, u = [-300.0, -200.0, -400.0], [-500.0, -500.0, -350.0]
+    p = paired_difference(g, u)
+    d = torch.tensor(g, dtype=torch.float64) - torch.tensor(u, dtype=torch.float64)
+    assert p["mean"] == pytest.approx(float(d.mean()))
+    assert p["se"] == pytest.approx(float(d.std(unbiased=True) / math.sqrt(3)))  # 104.08
+    assert p["se"] == pytest.approx(104.083, abs=1e-3) and (p["wins"], p["seeds"]) == (2, 3)
+    assert math.isnan(paired_difference([1.0], [0.0])["se"])
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [])
+
+    agent = lambda s, left=0.5: {"success_rate": s, "left": left, "right": 1 - left}  # noqa: E731
+    maze, pend = {"success_vs_expert": 0.9}, {"guided_minus_unguided": 5.0}
+    policies = {"diffusion_unet_ddim": agent(0.9, 0.45), "mse": agent(0.0, 0.9)}
+    assert all(benchmark_goals(maze, pend, policies).values())
+    policies["diffusion_unet_ddim"]["left"] = 0.05
+    goals = benchmark_goals({"success_vs_expert": 0.85}, {"guided_minus_unguided": -1}, policies)
     assert goals == {
-        "maze_success_ge_90pct_expert": True,
-        "pendulum_guided_above_unguided": True,
-        "toy_both_modes": True,
+        "maze_success_ge_90pct_expert": False,
+        "pendulum_guided_above_unguided": False,
+        "toy_both_modes": False,
         "toy_beats_mse": True,
     }
-    res["two_path"]["policies"]["diffusion_unet_ddim"]["left"] = 0.05
-    res["maze"]["success_vs_expert"] = 0.85
-    goals = bench.goals(res)
-    assert not goals["toy_both_modes"] and not goals["maze_success_ge_90pct_expert"]
-    res["goals"] = goals
-    md = bench.markdown(res)
-    assert (
-        "| maze Diffuser | 10 | 0.90 | 0.9 ± 1.0 | 2.00 | 1.00 | 0.001 | 3.00 | 5.00 | 6.00 |" in md
-    )
-    assert "| pendulum Diffuser guided_scale_0 | 10 | 0.00 | -400.0 ± 1.0 |" in md
-    assert "scale 0.1, best of 8 by V" in md and "sigma_0.1 0.950" in md
-    assert "per executed action ms" in md and "per inference call ms" in md
-    assert "replanning when the plan is used up" in md
-    # paired differences 200, 300, -50: mean 150, s.e. sqrt(32500 / 3) = 104.1
-    assert "(paired over 3 seeds: 150.0 ± 104.1 s.e., guided better on 2)" in md
-    assert "toy_both_modes: NOT met" in md
-    quick = bench.configs(quick=True)
-    assert quick[2].backbones == ("unet", "transformer") and quick[0].env == "pointmaze-umaze"
+
+
+def test_flat_metrics_round_trip() -> None:
+    result = {"a": {"b": 1, "c": {"d": 2.5}}, "e": 3.0, "skip": [1, 2], "name": "x", "ok": True}
+    flat = flat_metrics(result)
+    assert flat == {"a/b": 1.0, "a/c/d": 2.5, "e": 3.0, "ok": 1.0}
+    assert nest_metrics(flat) == {"a": {"b": 1.0, "c": {"d": 2.5}}, "e": 3.0, "ok": 1.0}
 
 
 @pytest.mark.slow
-def test_tiny_maze_and_pendulum_experiments(tmp_path) -> None:
-    maze = run_experiment(
-        MazeConfig(
-            data_episodes=2, episode_len=100, horizon=8, stride=4, size="diffuser-tiny",
-            train_steps=5, batch_size=16, n_steps=3, replan_every=10, eval_seeds=2,
-            max_episode_steps=150, gif=False, data_root=str(tmp_path),
-        ),
-        tmp_path,
-    )  # fmt: skip
-    assert maze["expert"]["success_rate"] == 1.0 >= maze["random"]["success_rate"]
-    assert maze["diffuser"]["episodes"] == 2 and maze["diffuser"]["nfe_per_action"] > 0
-    assert maze["success_vs_expert"] == pytest.approx(
-        maze["diffuser"]["success_rate"] / maze["expert"]["success_rate"], abs=1e-3
+def test_train_then_evaluate_is_the_rollout(tmp_path, monkeypatch) -> None:
+    """``polydiff train experiment=rl/umaze_diffuser`` + ``polydiff evaluate`` (tiny sizes) gives
+    exactly the numbers of the rollout object the ``rl`` node names, called on the opened run."""
+    monkeypatch.setenv("POLYDIFF_RL_DATA", str(tmp_path / "data"))
+    tiny = [
+        "trainer.max_steps=5", "trainer.progress=false", "model.size=diffuser-tiny",
+        "data.dataset.generator_kwargs.n_episodes=2",
+        "data.dataset.generator_kwargs.episode_len=100",
+        "data.dataset.horizon=8", "data.dataset.stride=4", "sampler.steps=3",
+        "rl.eval_seeds=2", "rl.max_episode_steps=150",
+    ]  # fmt: skip
+    run_dir = train(["experiment=rl/umaze_diffuser", *tiny], run_dir=tmp_path / "run")
+    result = evaluate_run(run_dir)
+    m = result["metrics"]
+    assert m["expert/success_rate"] == 1.0 >= m["random/success_rate"]
+    assert m["diffuser/episodes"] == 2 and m["diffuser/nfe_per_action"] > 0
+    assert m["success_vs_expert"] == pytest.approx(
+        m["diffuser/success_rate"] / m["expert/success_rate"], abs=1e-3
     )
-    assert Path(maze["plot"]).stat().st_size > 10_000
-    pend = run_experiment(
-        PendulumConfig(
-            n_per_level=1, n_random=1, horizon=8, size="diffuser-tiny", train_steps=5,
-            value_steps=5, batch_size=16, n_steps=2, execute=4, n_candidates=2, eval_seeds=1,
-            data_root=str(tmp_path),
-        )
-    )  # fmt: skip
-    assert pend["expert"]["return_mean"] > -400 > pend["random"]["return_mean"]
+    assert json.loads(Path(result["path"]).read_text())["metrics"] == m
+    assert (run_dir / "eval/rollouts/pointmaze-umaze_diffuser_plans.png").stat().st_size > 10_000
+    run = open_run(run_dir)
+    direct = flat_metrics(rollouts_from_config(run.cfg.rl)(run))
+    same = {k: v for k, v in direct.items() if "latency" not in k and "inference_ms" not in k}
+    assert same == {k: m[k] for k in same}  # seeded: the same rollouts, timings aside
+
+
+@pytest.mark.slow
+def test_pendulum_trains_its_value_by_the_value_recipe(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYDIFF_RL_DATA", str(tmp_path / "data"))
+    tiny = [
+        "trainer.max_steps=5", "trainer.progress=false", "model.size=diffuser-tiny",
+        "data.dataset.generator_kwargs.n_per_level=1", "data.dataset.generator_kwargs.n_random=1",
+        "data.dataset.horizon=8", "sampler.steps=2", "rl.eval_seeds=1", "rl.execute=4",
+        "rl.n_candidates=2", "rl.value.overrides=['trainer.max_steps=7']",
+    ]  # fmt: skip
+    run_dir = train(["experiment=rl/pendulum_diffuser", *tiny], run_dir=tmp_path / "run")
+    m = evaluate_run(run_dir)["metrics"]
+    value = open_run(run_dir / "value")
+    assert value.cfg.name == "rl/pendulum_value" and value.cfg.trainer.max_steps == 7
+    assert value.cfg.data.dataset.horizon == 8 and value.cfg.data.dataset.return_value
+    assert m["value_train/train_steps"] == 7
+    assert m["expert/return_mean"] > -400 > m["random/return_mean"]
     for k in ("guided", "unguided"):
-        assert pend[k]["nfe_per_action"] == pytest.approx(2 / 4)
-        assert -16.3 * 200 <= pend[k]["return_mean"] <= 0
-    assert pend["guided_minus_unguided"] == pytest.approx(
-        pend["guided"]["return_mean"] - pend["unguided"]["return_mean"], abs=0.01
-    )
-
-
-def test_run_experiment_rejects_unknown_config() -> None:
-    with pytest.raises(TypeError, match="no RL experiment for dict"):
-        run_experiment({})
+        assert m[f"{k}/nfe_per_action"] == pytest.approx(2 / 4)
+        assert -16.3 * 200 <= m[f"{k}/return_mean"] <= 0
+    assert m["paired/mean"] == pytest.approx(m["guided_minus_unguided"], abs=0.06)
 
 
 @pytest.mark.slow
-def test_diffusion_policy_covers_both_modes_and_beats_mse(tmp_path) -> None:
-    cfg = TwoPathConfig(
-        data_episodes=100, train_steps=800, mse_steps=400, eval_seeds=30, methods=("ddim",),
-        data_root=str(tmp_path),
-    )  # fmt: skip
-    res = run_two_path_policy(cfg, tmp_path)["policies"]
-    dp, mse = res["diffusion_unet_ddim"], res["mse"]
-    assert min(dp["left"], dp["right"]) >= 0.2  # both ways around the obstacle
-    assert dp["success_rate"] >= 0.6 > mse["success_rate"]
-    assert (tmp_path / "two_path_policies.png").stat().st_size > 10_000
+def test_diffusion_policy_covers_both_modes_and_beats_mse(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYDIFF_RL_DATA", str(tmp_path / "data"))
+    common = ["trainer.progress=false", "rl.eval_seeds=30"]
+    dp = train(
+        ["experiment=rl/two_path_dp_unet", "trainer.max_steps=800", *common],
+        run_dir=tmp_path / "dp",
+    )
+    mse = train(
+        ["experiment=rl/two_path_mse", "trainer.max_steps=400", *common], run_dir=tmp_path / "mse"
+    )
+    d = nest_metrics(evaluate_run(dp, ["sampler=ddim", "sampler.steps=8"])["metrics"])["policy"]
+    r = nest_metrics(evaluate_run(mse)["metrics"])["policy"]
+    assert min(d["left"], d["right"]) >= 0.2  # both ways around the obstacle
+    assert d["success_rate"] >= 0.6 > r["success_rate"]
 
 
 @pytest.mark.slow
@@ -143,4 +204,4 @@ def test_demo_quick(tmp_path, monkeypatch) -> None:
     saved = json.loads((tmp_path / "rl_demo.json").read_text())
     assert saved["two_path"] == out["two_path"]
     assert set(out["two_path"]) == {"diffusion_mlp_dpmpp_2m", "mse"}
-    assert all(Path(f).is_file() for f in out["figures"])
+    assert all(Path(f).is_file() for f in out["figures"]) and len(out["figures"]) == 2

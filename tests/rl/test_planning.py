@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
+from polydiff.core.objective import DiffusionObjective
+from polydiff.core.schedules import EDMSchedule
 from polydiff.rl.datasets import (
     ActionChunks,
     TrajectoryWindows,
@@ -28,13 +32,35 @@ from polydiff.rl.evaluate import (
 from polydiff.rl.models import (
     MLPPolicy,
     SequenceUNet,
+    StartConditionedObjective,
     TrajectoryValue,
     chunk_transformer,
-    edm_objective,
     value_loss,
 )
 from polydiff.rl.policy import ChunkAgent, DiffusionPolicy, RegressionPolicy, regression_loss
-from polydiff.rl.training import train_network
+from polydiff.train import Trainer
+from polydiff.train.run import build_trainer_config
+
+
+def edm_objective() -> DiffusionObjective:
+    """``configs/objective/edm.yaml`` with ``sigma_max=10`` (the RL experiments' objective)."""
+    return DiffusionObjective(EDMSchedule(sigma_max=10.0), "edm", "edm", "log_normal")
+
+
+def train_network(
+    model: torch.nn.Module, objective, dataset, steps: int, batch_size: int = 64
+) -> tuple[torch.nn.Module, dict]:
+    """A few steps through the training engine (recipes train through configs; this is a unit
+    test of the planners on a barely trained net). Returns (EMA model, last metrics)."""
+    torch.manual_seed(0)
+    cfg = build_trainer_config(
+        {"max_steps": steps, "batch_size": min(batch_size, len(dataset)), "ema_decays": [0.995],
+         "log_every": max(steps // 5, 1), "progress": False, "cpu": True}
+    )  # fmt: skip
+    opt = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-6)
+    trainer = Trainer(model, objective, dataset, opt, cfg)
+    metrics = trainer.fit()
+    return trainer.sampling_model().eval().requires_grad_(False), metrics
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +286,9 @@ def test_candidates_without_value_keep_the_smoothest_plan() -> None:
     assert plan.nfe == 3
 
 
-def test_start_conditioned_loss_keeps_the_start_state_clean() -> None:
-    from polydiff.rl.models import StartConditionedLoss
-
-    objective = edm_objective()
+def test_start_conditioned_objective_keeps_the_start_state_clean() -> None:
+    objective = StartConditionedObjective(EDMSchedule(sigma_max=10.0), "edm", "edm", obs_dim=3)
+    assert objective.denoiser is not None  # a DiffusionObjective: the run's denoiser works
     seen: list[torch.Tensor] = []
 
     class Recorder(torch.nn.Module):
@@ -276,9 +301,7 @@ def test_start_conditioned_loss_keeps_the_start_state_clean() -> None:
             return x * self.w
 
     x0 = torch.rand(5, 8, 4) * 2 - 1
-    loss = StartConditionedLoss(objective, obs_dim=3).loss(
-        Recorder(), x0, None, torch.Generator().manual_seed(0)
-    )
+    loss = objective.loss(Recorder(), x0, None, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and loss > 0
     x_in = seen[0]  # EDM network input c_in * (x0 + sigma * noise), c_in > 0 per row
     ratio = x_in[:, 0, :3] / x0[:, 0, :3]  # clean start: the same c_in for the 3 state dims
@@ -287,7 +310,7 @@ def test_start_conditioned_loss_keeps_the_start_state_clean() -> None:
     noisy = x_in[:, 1:] / c_in[:, None, None] - x0[:, 1:]
     assert noisy.abs().mean() > 0.05  # everything else is noised
     with pytest.raises(ValueError, match="D >= 3"):
-        StartConditionedLoss(objective, obs_dim=3).loss(Recorder(), torch.zeros(2, 8, 2))
+        objective.loss(Recorder(), torch.zeros(2, 8, 2))
 
 
 def test_clean_known_planning_pins_the_state_at_every_step() -> None:

@@ -457,6 +457,7 @@ class TrajectoryWindows(torch.utils.data.Dataset):
         start_cond: bool = False,
     ) -> None:
         self.return_value, self.start_cond = return_value, start_cond
+        self.source = data  # the episodes (inverse dynamics, held-out checks, rollout figures)
         keys = ["observations", "actions"] if with_actions else ["observations"]
         self.normalizer = MinMaxNormalizer.from_stats(data.stats, keys)
         self.horizon, self.stride, self.with_actions = horizon, stride, with_actions
@@ -514,6 +515,8 @@ class ActionChunks(torch.utils.data.Dataset):
         self.obs_norm = MinMaxNormalizer.from_stats(data.stats, ["observations"])
         self.act_norm = MinMaxNormalizer.from_stats(data.stats, ["actions"])
         self.obs_horizon, self.pred_horizon = obs_horizon, pred_horizon
+        self.action_horizon = action_horizon  # actions executed per prediction
+        self.source = data
         self.obs_dim = data.episodes[0].obs.shape[1]
         self.action_dim = data.episodes[0].actions.reshape(len(data.episodes[0]), -1).shape[1]
         self.obs, self.act, self.index = [], [], []

@@ -12,7 +12,8 @@ only). Planning is conditional sampling through the core's denoiser transformati
   with the smallest largest jump between consecutive planned positions is kept (jumps are
   where an under-trained model cuts through walls);
 - ``clean_known`` keeps the known entries clean at every step instead (Diffuser's
-  ``apply_conditioning``), for a model trained that way (:class:`StartConditionedLoss`);
+  ``apply_conditioning``), for a model trained that way
+  (:class:`~polydiff.rl.models.StartConditionedObjective`);
 - ``goal_indices`` inpaints the goal at several plan indices and keeps the earliest arrival
   whose plan has no step longer than ``max_step``.
 
@@ -74,10 +75,13 @@ class DiffuserPlanner:
     goal_indices: tuple[int, ...] | None = None
     max_step: float | None = None  # env units of ``goal_dims``; None: the smoothest plan
     # True: the known entries stay clean at every step (Diffuser's apply_conditioning), for a
-    # model trained with them clean (StartConditionedLoss); False: re-noised replacement
+    # model trained with them clean (StartConditionedObjective); False: re-noised replacement
     clean_known: bool = False
     start_cond: bool = False  # the network takes the start state as cond["vector"] (FiLM)
     seed: int = 0
+    # the run's sampler grid (``sampler`` config group through the objective's schedule); None:
+    # Karras rho=7 over [sigma_min, sigma_max] in n_steps steps
+    sigmas: torch.Tensor | None = None
     _generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -126,7 +130,11 @@ class DiffuserPlanner:
                 self.guide_scale,
                 sigma_min=self.guide_sigma_min,
             )
-        sigmas = karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max).float()
+        sigmas = (
+            karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max)
+            if self.sigmas is None
+            else self.sigmas
+        ).float()
         b, d = len(arrivals), len(self.normalizer)
         x = torch.randn(b, self.horizon, d, generator=self._generator) * sigmas[0]
         cond = {"vector": known[:, 0, : self.obs_dim]} if self.start_cond else None
@@ -139,7 +147,7 @@ class DiffuserPlanner:
             )  # (B, H, D)  # fmt: skip
         best, value = 0, None
         if self.value is not None:
-            v = self.value(x0, torch.full((b,), self.sigma_min))
+            v = self.value(x0, torch.full((b,), float(sigmas[-2])))  # the last noise level
             best, value = int(v.argmax()), float(v.max())
         elif b > 1:
             best = self._select(self.normalizer.unnormalize(x0), arrivals)

@@ -5,7 +5,9 @@
   Policy's ``ConditionalUnet1D`` (Chi et al. 2023, FiLM on ``cond["vector"]``);
 - :class:`TrajectoryValue`: Diffuser's value function ``V(x_sigma, sigma)`` on noisy
   trajectories, in the same EDM input scaling as the denoiser;
-- :class:`MLPPolicy`: the MSE-regression baseline of the multi-modal comparison.
+- :class:`MLPPolicy`: the MSE-regression baseline of the multi-modal comparison;
+- :class:`StartConditionedObjective` and :func:`value_loss`: the objectives of Diffuser's
+  start-conditioned trajectory model and of its value function (``configs/objective/rl_*``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from polydiff.core.objective import DiffusionObjective
-from polydiff.core.schedules import EDMSchedule
 from polydiff.nn.embeddings import TimestepMLP
 from polydiff.nn.mlp import ResidualMLP
 from polydiff.nn.transformer import TransformerDenoiser
@@ -165,16 +166,6 @@ class MLPPolicy(nn.Module):
         return self.net(obs).view(-1, self.pred_horizon, self.action_dim)
 
 
-def edm_objective(sigma_data: float = 0.5, sigma_max: float = 10.0) -> DiffusionObjective:
-    """EDM objective (Karras et al. 2022) for data normalised to [-1, 1]: preconditioning,
-    log-normal noise levels and EDM loss weighting, from :mod:`polydiff.core.objective`."""
-    return DiffusionObjective(
-        EDMSchedule(sigma_min=0.002, sigma_max=sigma_max, sigma_data=sigma_data),
-        prediction="edm",
-        weighting="edm",
-    )
-
-
 class CountingDenoiser:
     """Wraps a denoiser and counts its evaluations (the NFE of a sampler call)."""
 
@@ -210,17 +201,22 @@ def value_loss(
     return F.mse_loss(value(x, sigma), cond["value"].to(x.dtype))
 
 
-class StartConditionedLoss:
+class StartConditionedObjective(DiffusionObjective):
     """Diffuser's training with the conditioning applied (Janner et al. 2022, ``p_losses``).
 
-    The current state (first ``obs_dim`` entries of step 0) enters the network clean at every
-    noise level (its noise is zeroed), exactly as it is imposed while planning with
-    ``DiffuserPlanner(clean_known=True)``: the model learns the actions and futures that go with
-    the state, instead of reconciling a replaced boundary at sampling time only.
+    A :class:`polydiff.core.objective.DiffusionObjective` (same schedule, parameterisation,
+    weighting and noise density; built from the ``objective`` config node plus ``obs_dim``)
+    whose noise is zero on the current state (first ``obs_dim`` entries of step 0): the network
+    sees that state clean at every noise level, exactly as it is imposed while planning with
+    ``DiffuserPlanner(clean_known=True)``, so it learns the actions and futures that go with the
+    state instead of reconciling a replaced boundary at sampling time only.
     """
 
-    def __init__(self, objective: DiffusionObjective, obs_dim: int) -> None:
-        self.objective, self.obs_dim = objective, obs_dim
+    def __init__(self, *args: Any, obs_dim: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if obs_dim < 1:
+            raise ValueError(f"obs_dim must be >= 1, got {obs_dim}")
+        self.obs_dim = obs_dim
 
     def loss(
         self,
@@ -233,4 +229,4 @@ class StartConditionedLoss:
             raise ValueError(f"expected x0 of shape (B, H, D >= {self.obs_dim}), got {x0.shape}")
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         noise[:, 0, : self.obs_dim] = 0.0  # (B, H, D): the start state stays clean
-        return self.objective.per_sample_loss(net, x0, cond, generator, noise=noise).mean()
+        return self.per_sample_loss(net, x0, cond, generator, noise=noise).mean()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +39,10 @@ class DiffusionPolicy:
     sigma_min: float = 0.002
     sigma_max: float = 10.0
     seed: int = 0
+    # the run's sampler grid (``sampler`` config group through the objective's schedule); None:
+    # Karras rho=7 over [sigma_min, sigma_max] in n_steps steps
+    sigmas: torch.Tensor | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # sampler options (eta, ...)
     nfe: int = field(init=False, default=0)  # denoiser evaluations of the last prediction
     _generator: torch.Generator = field(init=False, repr=False)
 
@@ -50,10 +55,17 @@ class DiffusionPolicy:
         obs = self.obs_norm.normalize(np.asarray(obs_history, dtype=np.float32))
         b = obs.shape[0]
         cond = {"vector": obs.reshape(b, -1)}
-        sigmas = karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max).float()
+        sigmas = (
+            karras_sigmas(self.n_steps, self.sigma_min, self.sigma_max)
+            if self.sigmas is None
+            else self.sigmas
+        ).float()
         x = torch.randn(b, self.pred_horizon, len(self.act_norm), generator=self._generator)
         counter = CountingDenoiser(self.denoiser)
-        actions = sample(counter, x * sigmas[0], sigmas, self.method, cond=cond)
+        actions = sample(
+            counter, x * sigmas[0], sigmas, self.method, cond=cond, generator=self._generator,
+            **dict(self.options),
+        )  # fmt: skip
         self.nfe = counter.calls
         return self.act_norm.unnormalize(actions.clamp(-1.0, 1.0)).numpy()
 
