@@ -20,6 +20,12 @@ TINY = [
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    """The overrides of the tiny toy run (to resume it)."""
+    return list(TINY)
+
+
+@pytest.fixture(scope="session")
 def tiny_run_master(tmp_path_factory) -> Path:
     from polydiff.train.run import train
 
