@@ -15,13 +15,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.common import write_results
 from polydiff.core.distillation import progressive_distillation
 from polydiff.core.editing import inpaint, repaint_schedule
 from polydiff.core.guidance import classifier_free_guidance
@@ -34,7 +33,6 @@ from polydiff.core.toy import GaussianMixture, ring_mixture
 from polydiff.nn import ResidualMLP
 from polydiff.nn.unet import unet
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 F64 = torch.float64
 
 
@@ -258,11 +256,7 @@ def run(quick: bool = False) -> dict:
         ]
     )
     result["markdown"] = markdown
-    RESULTS.mkdir(exist_ok=True)
-    for name, text in (("guidance.json", json.dumps(result, indent=2)), ("guidance.md", markdown)):
-        tmp = RESULTS / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(RESULTS / name)
+    write_results("guidance", result, markdown, quick=quick)
     return result
 
 

@@ -11,7 +11,11 @@
 
 Single-threaded torch (the benchmark machine is a shared 2-core box).
 
-Writes ``benchmarks/results/image.json`` and ``image.md``.
+Every model is a config recipe trained by ``polydiff.train.run.train`` and scored by
+``polydiff.train.run.evaluate_run`` (``polydiff train experiment=image/digits_cond`` /
+``image/digits_latent`` / ``image/shapes_text`` + the overrides stored in the results, then
+``polydiff evaluate run=<dir> guidance.scale=3 ...``). Writes ``benchmarks/results/image.json``
+and ``image.md`` through ``benchmarks.common.write_results``.
 
     python -m benchmarks.image.run [--quick]
 """
@@ -19,229 +23,161 @@ Writes ``benchmarks/results/image.json`` and ``image.md``.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
-import time
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from polydiff.core.objective import DiffusionObjective
-from polydiff.core.schedules import EDMSchedule
-from polydiff.image.autoencoder import AutoencoderConfig, reconstruction_error, train_autoencoder
-from polydiff.image.data import DigitsDataset, ShapesDataset, all_shape_specs
-from polydiff.image.experiments import InMemoryDataset
+from benchmarks.common import cpu_timer, train_recipe, write_results
+from polydiff.core.samplers import denoiser_evaluations, steps_for_evaluations
+from polydiff.image.autoencoder import reconstruction_error
+from polydiff.image.data import DigitsDataset, ShapesDataset
 from polydiff.image.metrics import ImageEvaluator
-from polydiff.image.models import image_unet, num_parameters
-from polydiff.image.pipeline import generate
-from polydiff.train import Trainer, TrainerConfig
+from polydiff.train.run import evaluate_run, instantiate, open_run
 
-RESULTS = Path(__file__).resolve().parent.parent / "results"
 GUIDANCE = 3.0
 SAMPLERS = ("euler", "heun", "dpmpp_2m", "unipc")
-SHAPES_STEPS = 2000
 SHAPES_GUIDANCE = (1.0, 3.0, 5.0)
+QUIET = ["trainer.progress=false", "trainer.ckpt_every=0"]
+# shapes text-to-image at 16x16 with the digits recipe's CPU settings (tiny U-Net, constant LR)
+SHAPES = [
+    "data.image_size=16", "model.size=tiny", "trainer.max_steps=2000", "trainer.batch_size=64",
+    "trainer.lr_schedule=constant", "trainer.lr_warmup_steps=50", "trainer.ema_decays=[0.99]",
+    "trainer.ema_warmup=false", "trainer.ema_sigma_rels=[]", "trainer.optimizer.lr=3e-3",
+]  # fmt: skip
 
 
-def _trainer(net, data, steps: int, batch_size: int, lr: float, seed: int = 0) -> Trainer:
-    objective = DiffusionObjective(EDMSchedule(sigma_data=0.5), "edm", "edm", cond_drop_prob=0.1)
-    cfg = TrainerConfig(
-        max_steps=steps,
-        batch_size=batch_size,
-        lr_schedule="constant",
-        lr_warmup_steps=min(50, steps // 10),
-        ema_decays=(0.99,),
-        log_every=max(1, steps // 5),
-        progress=False,
-        cpu=True,
-        seed=seed,
-    )
-    opt = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
-    return Trainer(net, objective, data, opt, cfg)
-
-
-def _score(trainer, shape, ev, labels, decode=None, method="dpmpp_2m", steps=20) -> dict:
-    den = trainer.objective.denoiser(trainer.sampling_model())
-    t0 = time.perf_counter()
-    x = generate(
-        den,
-        len(labels),
-        shape,
-        sampler=method,
-        steps=steps,
-        guidance_scale=GUIDANCE,
-        classes=labels,
-        seed=123,
-        batch_size=250,
-        autoencoder=decode,
-    )
-    secs = time.perf_counter() - t0
+def _score(run_dir: Path, n: int, *overrides: str) -> dict[str, Any]:
+    """``polydiff evaluate run=<run_dir> <overrides>``: class accuracy and FID (+ seconds)."""
+    settings = [f"evaluate.n={n}", "evaluate.seed=123", "evaluate.overwrite=true", *overrides]
+    with cpu_timer() as t:
+        m = evaluate_run(run_dir, settings)["metrics"]
     return {
-        "class_accuracy": round(ev.class_accuracy(x, labels), 4),
-        "fid": round(ev.fid(x), 3),
-        "sample_seconds": round(secs, 2),
+        "class_accuracy": round(m["class_accuracy"], 4),
+        "fid": round(m["fid"], 3),
+        "sample_seconds": round(t["wall"], 2),
     }
 
 
-def _steps_for_nfe(method: str, nfe: int) -> int | None:
-    """Sampler steps giving ``nfe`` denoiser evaluations (Heun: 2 per step, last one Euler)."""
-    if method == "heun":
-        return (nfe + 1) // 2 if nfe >= 3 else None
-    return nfe
+def _staged(experiment: str, stages: tuple[int, ...], run_dir: Path, n: int) -> list[dict]:
+    """Train ``experiment`` to each stage in turn (a finished run resumes exactly where it
+    stopped: constant LR, same data order) and score it with CFG after every stage."""
+    rows, seconds = [], 0.0
+    for stop in stages:
+        with cpu_timer() as t:
+            train_recipe(experiment, [*QUIET, f"trainer.max_steps={stop}"], run_dir=run_dir)
+        seconds += t["wall"]
+        row = {"steps": stop, "train_seconds": round(seconds, 1)}
+        rows.append(row | _score(run_dir, n, f"guidance.scale={GUIDANCE:g}"))
+        print(experiment, rows[-1], flush=True)
+    return rows
 
 
-def shapes_text_to_image(quick: bool = False, evaluator: ImageEvaluator | None = None) -> dict:
+def _parameters(run_dir: Path) -> str:
+    run = open_run(run_dir)
+    n = sum(p.numel() for p in run.model.parameters())
+    c = run.cfg.data
+    return f"UNet-{run.cfg.model.size} {n / 1e6:.2f}M on {c.channels}x{c.image_size}x{c.image_size}"
+
+
+def shapes_text_to_image(quick: bool, run_dir: Path, evaluator: ImageEvaluator) -> dict:
     """Text-to-image on procedural shapes: does "a small red circle at the top left" yield one?
 
-    Pixel U-Net at 16x16 (the shapes autoencoder's f=4 latents lose the outline of small shapes:
-    its reconstructions keep only ~57% of small shapes recognisable), MiniLM caption tokens by
-    cross-attention plus the pooled vector, 10% caption dropout. Samples for every one of the
-    120 captions, scored by the shapes feature net's attribute heads with and without guidance.
+    ``experiment=image/shapes_text`` at 16x16 (the shapes autoencoder's f=4 latents lose the
+    outline of small shapes), MiniLM caption tokens by cross-attention plus the pooled vector,
+    10% caption dropout; ``polydiff evaluate`` with guidance scales 1 / 3 / 5 samples random
+    captions and scores them with the shapes feature net's attribute heads.
     """
-    from polydiff.image.experiments import text_encoder
-
-    ev = evaluator if evaluator is not None else ImageEvaluator("shapes")
-    enc = text_encoder("minilm", 384)
-    train = ShapesDataset(n=2400, size=16, seed=0)
-    captions = [s.caption for s in all_shape_specs()]  # the 120 attribute combinations
-    codes = enc.encode(captions)  # one padded length for the whole data set
-    row = {c: i for i, c in enumerate(captions)}
-    idx = torch.tensor([row[c] for c in train.captions])
-    data = InMemoryDataset(x=train.images, **{k: v[idx] for k, v in codes.items()})
-    net = image_unet("tiny", channels=3, image_size=16, context_dim=384, pooled_dim=384)
-    steps = 150 if quick else SHAPES_STEPS
-    tr = _trainer(net, data, steps, 64, 3e-3)
-    t0 = time.perf_counter()
-    tr.fit()
-    train_seconds = time.perf_counter() - t0
-    per_caption = 1 if quick else 3
-    prompts = captions * per_caption
-    real = ShapesDataset(n=len(prompts), size=16, seed=40_000)
-    rows = [
-        {"guidance": "real 16x16 images (ceiling)", "scale": None}
-        | _attr(ev, real.images, real.captions)
-    ]
-    den = tr.objective.denoiser(tr.sampling_model())
-    for scale in SHAPES_GUIDANCE:
-        t0 = time.perf_counter()
-        x = generate(
-            den,
-            len(prompts),
-            (3, 16, 16),
-            sampler="dpmpp_2m",
-            steps=20,
-            guidance_scale=scale,
-            prompts=prompts,
-            text_encoder=enc,
-            seed=7,
-            batch_size=120,
+    steps = 150 if quick else 2000
+    with cpu_timer() as t:
+        train_recipe(
+            "image/shapes_text", [*QUIET, *SHAPES, f"trainer.max_steps={steps}"], run_dir=run_dir
         )
-        secs = time.perf_counter() - t0
+    n = 120 if quick else 360
+    real = ShapesDataset(n=n, size=16, seed=40_000)
+    rows = [{"guidance": "real 16x16 images (ceiling)", "scale": None} | _attr(evaluator, real)]
+    for scale in SHAPES_GUIDANCE:
+        settings = [f"evaluate.n={n}", "evaluate.seed=7", "evaluate.overwrite=true"]
+        with cpu_timer() as ts:
+            m = evaluate_run(run_dir, [f"guidance.scale={scale:g}", *settings])["metrics"]
         tag = "none" if scale == 1.0 else f"CFG {scale:g}"
+        acc = {f"acc_{k[5:]}": round(v, 4) for k, v in m.items() if k.startswith("attr_")}
         rows.append(
-            {"guidance": tag, "scale": scale}
-            | _attr(ev, x, prompts)
-            | {"sample_seconds": round(secs, 2)}
+            {"guidance": tag, "scale": scale, **acc, "fid": round(m["fid"], 3)}
+            | {"sample_seconds": round(ts["wall"], 2)}
         )
         print("shapes", rows[-1], flush=True)
     return {
-        "model": f"UNet-tiny {num_parameters(net) / 1e6:.2f}M on 3x16x16, MiniLM text (384-d)",
+        "model": _parameters(run_dir) + ", MiniLM text (384-d)",
+        "recipe": f"image/shapes_text {' '.join(SHAPES)} trainer.max_steps={steps}",
         "train_steps": steps,
-        "train_seconds": round(train_seconds, 1),
-        "train_images": len(train),
-        "eval_samples": len(prompts),
+        "train_seconds": round(t["wall"], 1),
+        "train_images": 2400,
+        "eval_samples": n,
         "rows": rows,
     }
 
 
-def _attr(ev: ImageEvaluator, images: torch.Tensor, captions: list[str]) -> dict:
-    acc = ev.attribute_accuracy(images, captions)
-    return {f"acc_{k}": round(v, 4) for k, v in acc.items()} | {"fid": round(ev.fid(images), 3)}
+def _attr(ev: ImageEvaluator, real: ShapesDataset) -> dict:
+    acc = ev.attribute_accuracy(real.images, real.captions)
+    return {f"acc_{k}": round(v, 4) for k, v in acc.items()} | {
+        "fid": round(ev.fid(real.images), 3)
+    }
 
 
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    start = time.perf_counter()
     stages = (60, 120) if quick else (300, 600, 900, 1500)
-    size = "tiny"  # what a shared 2-core CPU allows; "small" for a real machine
-    n_per_class = 10 if quick else 30
-    batch = 64
-    labels = torch.arange(10).repeat_interleave(n_per_class)
+    n = 100 if quick else 300  # 10 / 30 per class (ImageHooks draws classes round robin)
     ev = ImageEvaluator("digits")
     digits = DigitsDataset(size=16, split="train")
-    data = InMemoryDataset(x=digits.images, **{"class": digits.labels})
-
-    # ---- pixel space
-    net = image_unet(size, channels=1, image_size=16, num_classes=10)
-    tr = _trainer(net, data, stages[-1], batch, 3e-3)
-    pixel, elapsed = [], 0.0
-    for stop in stages:
-        t0 = time.perf_counter()
-        tr.fit(until=stop)
-        elapsed += time.perf_counter() - t0
-        pixel.append(
-            {"steps": stop, "train_seconds": round(elapsed, 1)}
-            | _score(tr, (1, 16, 16), ev, labels)
-        )
-        print("pixel", pixel[-1], flush=True)
-    pixel_trainer = tr
-
-    # ---- latent space (KL autoencoder f=2, 2x8x8 latents)
-    t0 = time.perf_counter()
-    ae_cfg = AutoencoderConfig(in_channels=1, z_channels=2, base_channels=16, channel_mult=(1, 2))
-    ae = train_autoencoder(digits.images, ae_cfg, steps=60 if quick else 600, batch_size=64)
-    ae_seconds = time.perf_counter() - t0
-    test = DigitsDataset(size=16, split="test").images
-    ae_info = {
-        "train_seconds": round(ae_seconds, 1),
-        "recon_mse_test": round(reconstruction_error(ae, test), 5),
-        "scale_factor": round(float(ae.scale_factor), 4),
-        "latent_shape": [2, 8, 8],
-        "recon_class_accuracy": round(
-            ev.class_accuracy(ae.to_image(ae.to_latent(test)), DigitsDataset(16, "test").labels), 4
-        ),
-    }
-    lat = InMemoryDataset(x=ae.to_latent(digits.images), **{"class": digits.labels})
-    lnet = image_unet(size, channels=2, image_size=8, num_classes=10)
-    tr = _trainer(lnet, lat, stages[-1], batch, 3e-3)
-    latent, elapsed = [], ae_seconds
-    for stop in stages:
-        t0 = time.perf_counter()
-        tr.fit(until=stop)
-        elapsed += time.perf_counter() - t0
-        latent.append(
-            {"steps": stop, "train_seconds": round(elapsed, 1)}
-            | _score(tr, (2, 8, 8), ev, labels, ae)
-        )
-        print("latent", latent[-1], flush=True)
-
-    # ---- sampler x NFE on the trained pixel model
-    nfes = (5, 10, 20) if quick else (5, 10, 20, 50)
-    table = []
-    for method in SAMPLERS:
-        for nfe in nfes:
-            steps = _steps_for_nfe(method, nfe)
-            if steps is None:
-                continue
-            actual = 2 * steps - 1 if method == "heun" else steps  # last Heun step is Euler
-            row = {"sampler": method, "nfe": actual, "steps": steps}
-            row |= _score(pixel_trainer, (1, 16, 16), ev, labels, method=method, steps=steps)
-            table.append(row)
-            print(row, flush=True)
-
-    goal_row = next(r for r in table if r["sampler"] == "dpmpp_2m" and r["nfe"] == 20)
-
-    # ---- shapes text-to-image: attribute accuracy, guided vs unguided
-    shapes = shapes_text_to_image(quick)
+    with tempfile.TemporaryDirectory(prefix="polydiff-image-bench-") as tmp:
+        runs = Path(tmp)
+        pixel_dir, latent_dir = runs / "pixel", runs / "latent"
+        # ---- pixel space: the digits recipe itself
+        pixel = _staged("image/digits_cond", stages, pixel_dir, n)
+        # ---- latent space: the same recipe on the digits autoencoder's 2x8x8 latents
+        latent = _staged("image/digits_latent", stages, latent_dir, n)
+        lrun = open_run(latent_dir)
+        ae = instantiate(lrun.cfg.data.autoencoder, "data.autoencoder")  # from the cache
+        test = DigitsDataset(size=16, split="test")
+        ae_info = {
+            "recipe": "image/digits_latent data.autoencoder (trained in the first latent stage)",
+            "recon_mse_test": round(reconstruction_error(ae, test.images), 5),
+            "scale_factor": round(float(ae.scale_factor), 4),
+            "latent_shape": [2, 8, 8],
+            "recon_class_accuracy": round(
+                ev.class_accuracy(ae.to_image(ae.to_latent(test.images)), test.labels), 4
+            ),
+        }
+        # ---- sampler x NFE on the trained pixel model: `polydiff evaluate sampler=<m> ...`
+        table = []
+        for method in SAMPLERS:
+            for budget in (5, 10, 20) if quick else (5, 10, 20, 50):
+                steps = steps_for_evaluations(method, budget)
+                row = {
+                    "sampler": method,
+                    "nfe": denoiser_evaluations(method, steps),
+                    "steps": steps,
+                }
+                row |= _score(pixel_dir, n, f"sampler={method}", f"sampler.steps={steps}",
+                              f"guidance.scale={GUIDANCE:g}")  # fmt: skip
+                table.append(row)
+                print(row, flush=True)
+        goal_row = next(r for r in table if r["sampler"] == "dpmpp_2m" and r["nfe"] == 20)
+        shapes = shapes_text_to_image(quick, runs / "shapes", ImageEvaluator("shapes"))
+        models = {"pixel": _parameters(pixel_dir), "latent": _parameters(latent_dir)}
     result = {
-        "quick": quick,
-        "model": {
-            "pixel": f"UNet-{size} {num_parameters(net) / 1e6:.2f}M on 1x16x16",
-            "latent": f"UNet-{size} {num_parameters(lnet) / 1e6:.2f}M on 2x8x8 latents",
+        "model": models,
+        "recipes": {
+            "pixel": "polydiff train experiment=image/digits_cond trainer.max_steps=<stage>",
+            "latent": "polydiff train experiment=image/digits_latent trainer.max_steps=<stage>",
+            "evaluate": f"polydiff evaluate run=<dir> guidance.scale={GUIDANCE:g} evaluate.n={n}"
+            " evaluate.seed=123 [sampler=<m> sampler.steps=<s>]",
         },
         "guidance_scale": GUIDANCE,
-        "eval_samples": len(labels),
+        "eval_samples": n,
         "reference_fid_real_vs_real": round(ev.fid(digits.images[:500]), 3),
         "pixel": pixel,
         "latent": latent,
@@ -255,11 +191,8 @@ def run(quick: bool = False) -> dict:
             "met": goal_row["class_accuracy"] >= 0.95,
         },
     }
-    result["total_seconds"] = round(time.perf_counter() - start, 1)
-    result["markdown"] = markdown(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "image.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "image.md").write_text(result["markdown"])
+    result["markdown"] = markdown(result | {"quick": quick})
+    write_results("image", result, result["markdown"], quick=quick)
     return result
 
 
@@ -302,7 +235,8 @@ def markdown(r: dict) -> str:
     a = r["autoencoder"]
     lines += [
         "",
-        f"Autoencoder: {a['train_seconds']} s (included in latent train s), test recon MSE "
+        "Autoencoder: trained in the first latent stage (its time is in latent train s), "
+        "test recon MSE "
         f"{a['recon_mse_test']}, scale factor {a['scale_factor']}, class accuracy of "
         f"reconstructions {a['recon_class_accuracy']}.",
         "",
@@ -330,7 +264,7 @@ def markdown(r: dict) -> str:
             "",
             f"{sh['model']}, {sh['train_steps']} steps ({sh['train_seconds']} s) on "
             f"{sh['train_images']} 16x16 shapes, 10% caption dropout; DPM-Solver++(2M) 20 steps; "
-            f"{sh['eval_samples']} samples covering all 120 captions. Attribute accuracy from the "
+            f"{sh['eval_samples']} samples of random captions. Attribute accuracy from the "
             "shapes feature net's heads (inputs resized to 32x32); FID on its features against "
             "32x32 shapes. The first row scores real 16x16 renders of the same captions: the "
             "ceiling at this resolution (small shapes are a few pixels wide).",
@@ -344,8 +278,9 @@ def markdown(r: dict) -> str:
                 f"{row['acc_size']:.3f} | {row['acc_position']:.3f} | {row['acc_all']:.3f} | "
                 f"{row['fid']:.2f} |"
             )
-    if "total_seconds" in r:
-        lines += ["", f"Total benchmark time {r['total_seconds']:.0f} s (1 torch thread)."]
+    recipes = r.get("recipes")
+    if recipes:
+        lines += ["", "Recipes: " + "; ".join(f"`{v}`" for v in recipes.values()) + "."]
     lines.append("")
     return "\n".join(lines)
 

@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from benchmarks.common import write_results
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------------------------
@@ -332,11 +333,7 @@ def _run(quick: bool, rounds: int, threads: int) -> dict[str, Any]:
             }
         result[model] = entry
     result["markdown"] = markdown(result)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name, text in (("nn.json", json.dumps(result, indent=2)), ("nn.md", result["markdown"])):
-        tmp = RESULTS / (name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(RESULTS / name)
+    write_results("nn", result, result["markdown"], quick=quick)
     return result
 
 

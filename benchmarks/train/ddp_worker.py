@@ -17,7 +17,8 @@ from polydiff.core.objective import DiffusionObjective
 from polydiff.core.schedules import EDMSchedule
 from polydiff.core.toy import ring_mixture
 from polydiff.nn import ResidualMLP
-from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+from polydiff.train import TensorDictDataset, Trainer
+from polydiff.train.run import build_trainer_config
 
 
 def main(out: str, batch: int, steps: int, hidden: int, depth: int) -> None:
@@ -30,14 +31,16 @@ def main(out: str, batch: int, steps: int, hidden: int, depth: int) -> None:
         DiffusionObjective(EDMSchedule(sigma_data=1.0), "edm", "edm"),
         data,
         functools.partial(torch.optim.AdamW, lr=1e-3),
-        TrainerConfig(
-            max_steps=steps,
-            batch_size=batch,
-            cpu=True,
-            progress=False,
-            ema_decays=(0.999,),
-            log_every=0,
-        ),
+        build_trainer_config(  # the trainer node polydiff.train.run.train builds from
+            {
+                "max_steps": steps,
+                "batch_size": batch,
+                "cpu": True,
+                "progress": False,
+                "ema_decays": [0.999],
+                "log_every": 0,
+            }
+        ),  # fmt: skip
     )
     times = []
     for _ in range(steps):

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_results
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.schedules import EDMSchedule
 from polydiff.core.toy import ring_mixture
 from polydiff.nn import ResidualMLP
-from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+from polydiff.train import TensorDictDataset, Trainer
+from polydiff.train.run import build_trainer_config
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE.parent / "results"
 
 
 def _objective() -> DiffusionObjective:
@@ -46,15 +47,17 @@ def _make_trainer(data, hidden: int, depth: int, batch: int) -> Trainer:
         _objective(),
         data,
         functools.partial(torch.optim.AdamW, lr=1e-3),
-        TrainerConfig(
-            max_steps=10**9,
-            batch_size=batch,
-            cpu=True,
-            progress=False,
-            ema_decays=(0.999,),
-            log_every=0,
-            clip_grad_norm=1.0,
-        ),
+        build_trainer_config(  # the trainer node polydiff.train.run.train builds from
+            {
+                "max_steps": 10**9,
+                "batch_size": batch,
+                "cpu": True,
+                "progress": False,
+                "ema_decays": [0.999],
+                "log_every": 0,
+                "clip_grad_norm": 1.0,
+            }
+        ),  # fmt: skip
     )
 
 
@@ -201,9 +204,7 @@ def markdown(res: dict) -> str:
 def run(quick: bool = False) -> dict:
     res = {"overhead": overhead(quick), "data_parallel": data_parallel(quick), "quick": quick}
     res["markdown"] = markdown(res)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "train.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / "train.md").write_text(res["markdown"])
+    write_results("train", res, res["markdown"], quick=quick)
     return res
 
 

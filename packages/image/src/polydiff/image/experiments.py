@@ -3,8 +3,9 @@
 - :func:`digits_data`: digits as ``{"x"}`` or ``{"x", "class"}``.
 - :func:`shapes_text_data`: shapes with captions encoded by a text encoder
   (``{"x", "text", "text_mask", "text_pooled"}``).
-- :func:`shapes_autoencoder` / :func:`latent_data`: the KL autoencoder trained (or loaded from the
-  cache) on shapes, and any dataset encoded into its scaled latents.
+- :func:`shapes_autoencoder` / :func:`digits_autoencoder` / :func:`latent_data`: the KL
+  autoencoders trained (or loaded from the cache) on shapes / digits, and any dataset encoded
+  into their scaled latents.
 - :class:`ImageHooks` (``polydiff.train.hooks``): sampling conditions (classes or prompts),
   latent decoding, PNG grids, and metrics from :class:`~polydiff.image.metrics.ImageEvaluator`.
 """
@@ -26,6 +27,7 @@ from .io import save_image_grid
 __all__ = [
     "ImageHooks",
     "InMemoryDataset",
+    "digits_autoencoder",
     "digits_data",
     "latent_data",
     "shapes_autoencoder",
@@ -124,6 +126,27 @@ def shapes_autoencoder(
     cfg = AutoencoderConfig(in_channels=3, z_channels=z_channels, base_channels=base_channels)
     return load_or_train_autoencoder(
         images, cache_dir, cfg, steps=steps, batch_size=batch_size, kl_weight=kl_weight
+    )
+
+
+def digits_autoencoder(
+    size: int = 16,
+    steps: int = 600,
+    batch_size: int = 64,
+    z_channels: int = 2,
+    base_channels: int = 16,
+    channel_mult: Sequence[int] = (1, 2),
+    cache_dir: str | None = None,
+) -> KLAutoencoder:
+    """The KL autoencoder of the digits (``2**(len(channel_mult)-1)``-fold downsampling; trained
+    once on the training split, then loaded from the cache)."""
+    images = DigitsDataset(size=size, split="train").images
+    cfg = AutoencoderConfig(
+        in_channels=1, z_channels=z_channels, base_channels=base_channels,
+        channel_mult=tuple(channel_mult),
+    )  # fmt: skip
+    return load_or_train_autoencoder(
+        images, cache_dir, cfg, steps=steps, batch_size=batch_size
     )
 
 

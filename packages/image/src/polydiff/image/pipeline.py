@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from polydiff.core.guidance import classifier_free_guidance
+from polydiff.core.samplers import denoiser_evaluations
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.utils import Denoiser
 from polydiff.train.sampling import SamplerSpec
@@ -27,20 +28,11 @@ from .io import save_image_grid
 
 __all__ = ["build_cond", "generate", "generate_grid", "nfe"]
 
-# denoiser evaluations per step (first-order 1, Heun-type 2: the last Heun step is Euler)
-_EVALS_PER_STEP = {
-    "heun": 2,
-    "dpm2": 2,
-    "dpm2_ancestral": 2,
-    "dpmpp_2s_ancestral": 2,
-    "dpmpp_sde": 2,
-}
-
 
 def nfe(method: str, steps: int) -> int:
-    """Number of denoiser evaluations of ``steps`` steps of ``method`` (grid ending at 0)."""
-    k = _EVALS_PER_STEP.get(method, 1)
-    return steps if k == 1 else k * steps - 1
+    """Denoiser evaluations of ``steps`` steps of ``method`` (grid ending at 0), from the
+    sampler registry (:func:`polydiff.core.samplers.denoiser_evaluations`)."""
+    return denoiser_evaluations(method, steps)
 
 
 def build_cond(
