@@ -60,6 +60,7 @@ __all__ = [
     "cache_root",
     "extract_features",
     "fid_from_features",
+    "fit_feature_net",
     "load_feature_net",
     "load_folder",
     "train_feature_net",
@@ -209,6 +210,24 @@ def train_feature_net(
         heads = {"class": 10}
     if kind == "shapes":
         heads = {k: len(v) for k, v in ATTRIBUTES.items()}
+    return fit_feature_net(
+        x, labels, heads, steps=steps, batch_size=batch_size, lr=lr, width=width, seed=seed
+    )
+
+
+def fit_feature_net(
+    x: torch.Tensor,
+    labels: dict[str, torch.Tensor],
+    heads: dict[str, int],
+    steps: int = 800,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    width: int = 16,
+    seed: int = 0,
+) -> FeatureNet:
+    """Train a :class:`FeatureNet` on images ``x`` (N, C, H, W) in [-1, 1] with one
+    classification head per label set (AdamW, cosine LR, shift + noise augmentation,
+    cross-entropy summed over heads); the domain feature net of a user's own data."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     net = FeatureNet(x.shape[1], heads, width=width, input_size=x.shape[-1])

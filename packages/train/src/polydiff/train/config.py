@@ -11,6 +11,8 @@ Two things happen besides plain composition:
   from the registry (:func:`sampler_node`: ``method``, ``steps``, ``schedule`` and each keyword
   option of the function with its default, as plain keys: ``sampler.eta=0.5``) unless
   ``configs/sampler/<name>.yaml`` exists; a sampler registered later is picked up automatically;
+- a data node may name the group options it pairs with (``pairs_with: {model: image_unet}``),
+  used unless the command line or an experiment chooses;
 - a data node with a ``describe`` node (``_target_`` returning a mapping) has its ``auto`` values
   read from the data itself (``data=image_folder data.root=<dir>``: channels, size, classes...)
   before interpolations resolve, so the model follows; the describing function raises naming
@@ -246,6 +248,19 @@ def describe_data(cfg: DictConfig) -> dict[str, Any]:
     return facts
 
 
+def _paired_groups(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """Group choices a data config pairs with (``pairs_with: {model: image_unet}``), for the
+    groups neither the command line nor an experiment chose."""
+    data = cfg.get("data")
+    pairs = data.get("pairs_with") if isinstance(data, DictConfig) else None
+    if not pairs:
+        return []
+    chosen = {_override_key(o) for o in overrides if "=" in o}
+    if "experiment" in chosen:
+        return []
+    return [f"{g}={c}" for g, c in pairs.items() if g not in chosen]
+
+
 def compose(
     overrides: Sequence[str] = (),
     config_dir: str | os.PathLike | None = None,
@@ -264,7 +279,12 @@ def compose(
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     try:
-        cfg = _compose(config_dir, overrides)
+        paired = []
+        if any(_override_key(o) == "data" for o in overrides):
+            choices = [o for o in overrides if "=" in o and "." not in _override_key(o)]
+            paired = _paired_groups(_compose(config_dir, choices), overrides)
+        # e.g. data=image_folder brings model=image_unet unless one was chosen
+        cfg = _compose(config_dir, [*paired, *overrides])
         if describe:
             describe_data(cfg)
         OmegaConf.resolve(cfg)

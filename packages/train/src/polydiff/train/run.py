@@ -172,6 +172,21 @@ def train(
         check_config(cfg, config_dir or "$POLYDIFF_CONFIGS")
     trainer_cfg = build_trainer_config(cfg.trainer)
     state = PartialState(cpu=trainer_cfg.cpu)
+    # everything is built before a run directory exists: a bad config leaves nothing behind
+    torch.manual_seed(trainer_cfg.seed)
+    model = instantiate(cfg.model, "model")
+    objective = instantiate(cfg.objective, "objective")
+    dataset = instantiate(cfg.data.dataset, "data.dataset")
+    hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
+    optimizer = instantiate(cfg.trainer.optimizer, "trainer.optimizer")
+    sampler = build_sampler(cfg.sampler)
+    global_batch = trainer_cfg.batch_size * state.num_processes
+    if len(dataset) < global_batch:
+        raise ConfigError(
+            f"the data has {len(dataset)} items, fewer than one batch "
+            f"(trainer.batch_size={trainer_cfg.batch_size} x {state.num_processes} processes); "
+            f"set trainer.batch_size<={len(dataset) // state.num_processes}"
+        )
     run_dir = run_dir or cfg.get("run_dir")
     if state.is_main_process:
         if run_dir is None:
@@ -197,12 +212,6 @@ def train(
     if trainer_cfg.resume is None and latest_checkpoint(run_dir / "checkpoints") is not None:
         trainer_cfg.resume = "auto"
 
-    torch.manual_seed(trainer_cfg.seed)
-    model = instantiate(cfg.model, "model")
-    objective = instantiate(cfg.objective, "objective")
-    dataset = instantiate(cfg.data.dataset, "data.dataset")
-    hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
-    optimizer = instantiate(cfg.trainer.optimizer, "trainer.optimizer")
     trainer = Trainer(
         model,
         objective,
@@ -210,7 +219,7 @@ def train(
         optimizer,
         trainer_cfg,
         run_dir=run_dir,
-        sampler=build_sampler(cfg.sampler),
+        sampler=sampler,
         hooks=hooks,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
@@ -427,13 +436,17 @@ def job_settings(run: OpenedRun, block: str) -> dict[str, Any]:
     )
 
 
+_SHORT = {"classifier_free_guidance": "cfg"}
+
+
 def _job_name(settings: Mapping[str, Any]) -> str:
     """``<sampler>-<steps>[-<guidance><scale>]-<weights>-seed<s>-n<n>-step<k>-<hash>``: readable
     parts plus a hash of every setting (options, schedule, rescale...)."""
     parts = [settings["sampler"], str(settings["steps"])]
     g = settings["guidance"]
     if g.get("_target_"):
-        parts.append(f"{str(g['_target_']).rsplit('.', 1)[-1].split('_')[0]}{g.get('scale', 1):g}")
+        fn = str(g["_target_"]).rsplit(".", 1)[-1]
+        parts.append(f"{_SHORT.get(fn, fn)}{g.get('scale', 1):g}")
     parts += [
         settings["weights"].replace("ema:", "ema").replace(":", ""),
         f"seed{settings['seed']}",
