@@ -1,0 +1,367 @@
+"""What the motion configs build: datasets, text encoders and the hooks of ``polydiff train``.
+
+- :func:`motion_dataset`: the built-in procedural set or a HumanML3D folder as normalised,
+  padded features ``{"x" (T, D), "seq_mask", "loss_mask", ["text_pooled" | "class"]}``; what the
+  data is (feature count, classes, captions) is checked against the config and a mismatch
+  names both values.
+- :func:`text_encoder`: MiniLM (pooled sentence embedding, cached on disk) or a dependency-free
+  bag-of-words encoder for tests.
+- :class:`MotionHooks` (``polydiff.train.hooks``): prompts / actions and lengths of held-out
+  motions to sample with, denormalisation, GIF / BVH / NPZ files, and the T2M metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .data import MotionSet, Normalizer, builtin_motions, load_humanml3d
+from .features import features_to_joints
+from .synthetic import ACTIONS
+
+__all__ = [
+    "MotionData",
+    "MotionHooks",
+    "WordsEncoder",
+    "cache_root",
+    "motion_dataset",
+    "text_encoder",
+]
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$POLYDIFF_CACHE/motion``, else ``~/.cache/polydiff/motion``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    base = os.environ.get("POLYDIFF_CACHE")
+    return Path(base) / "motion" if base else Path.home() / ".cache" / "polydiff" / "motion"
+
+
+# ------------------------------------------------------------------------------- text encoders
+class WordsEncoder:
+    """Bag of words hashed (crc32) into ``dim`` slots, L2-normalised: a deterministic,
+    dependency-free stand-in for MiniLM in tests and quick runs."""
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = self.pooled_dim = int(dim)
+
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        out = torch.zeros(len(prompts), self.dim)
+        for i, p in enumerate(prompts):
+            for w in p.lower().replace(",", " ").split():
+                out[i, zlib.crc32(w.encode()) % self.dim] += 1.0
+        return {"text_pooled": torch.nn.functional.normalize(out, dim=-1)}
+
+
+class _PooledMiniLM:
+    """MiniLM's pooled sentence embedding with a persistent cache (``minilm_pooled.safetensors``)."""
+
+    def __init__(self, cache_dir: str | None) -> None:
+        from polydiff.nn.text import EmbeddingCache, MiniLMTextEncoder
+
+        path = cache_root(cache_dir) / "minilm_pooled.safetensors"
+        self.cache = EmbeddingCache(path, encoder="minilm-pooled")
+        self._enc = None
+        self._factory = MiniLMTextEncoder
+        self.dim = self.pooled_dim = 384
+
+    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        missing = list(dict.fromkeys(p for p in prompts if p not in self.cache))
+        if missing:
+            if self._enc is None:
+                self._enc = self._factory(cache=False)
+            for i in range(0, len(missing), 256):
+                chunk = missing[i : i + 256]
+                pooled = self._enc.encode(chunk)["text_pooled"]
+                for p, v in zip(chunk, pooled):
+                    self.cache.put(p, v[None].clone(), v.clone())
+            self.cache.save()
+        return {"text_pooled": torch.stack([self.cache.get(p)[1] for p in prompts]).float()}
+
+
+_ENCODERS: dict[tuple, Any] = {}
+
+
+def text_encoder(name: str = "minilm", dim: int = 384, cache_dir: str | None = None) -> Any:
+    """``"minilm"`` (384-d, offline, cached) or ``"words"`` (:class:`WordsEncoder` of ``dim``)."""
+    key = (name, dim, cache_dir)
+    if key not in _ENCODERS:
+        if name == "minilm":
+            if dim != 384:
+                raise ValueError(f"MiniLM embeddings are 384-d; set data.text_dim=384 (got {dim})")
+            _ENCODERS[key] = _PooledMiniLM(cache_dir)
+        elif name == "words":
+            _ENCODERS[key] = WordsEncoder(dim)
+        else:
+            raise ValueError(f"unknown text encoder {name!r}; expected 'minilm' or 'words'")
+    return _ENCODERS[key]
+
+
+# ------------------------------------------------------------------------------- datasets
+class MotionData(Dataset):
+    """Normalised, padded motions: one item per (motion, caption) when text-conditioned,
+    one per motion otherwise. ``motions`` keeps the raw :class:`MotionSet`."""
+
+    def __init__(
+        self,
+        motions: MotionSet,
+        normalizer: Normalizer,
+        max_len: int,
+        conditioning: str | None,
+        encoder: Any = None,
+        num_classes: int | None = None,
+    ) -> None:
+        self.motions, self.normalizer, self.max_len = motions, normalizer, int(max_len)
+        self.conditioning, self.encoder, self.num_classes = conditioning, encoder, num_classes
+        rows, caps = [], []
+        for i, cs in enumerate(motions.captions):
+            for c in cs if conditioning == "text" else cs[:1] or [""]:
+                rows.append(i)
+                caps.append(c)
+        self.rows, self.prompts = rows, caps
+        n, d = len(rows), motions.dim
+        x = torch.zeros(n, self.max_len, d)
+        mask = torch.zeros(n, self.max_len, dtype=torch.bool)
+        for k, i in enumerate(rows):
+            f = torch.as_tensor(normalizer.normalize(motions.features[i][: self.max_len]))
+            x[k, : len(f)] = f
+            mask[k, : len(f)] = True
+        self.tensors: dict[str, torch.Tensor] = {"x": x, "seq_mask": mask, "loss_mask": mask}
+        if conditioning == "text":
+            self.tensors["text_pooled"] = encoder.encode(caps)["text_pooled"].float()
+        elif conditioning == "action":
+            self.tensors["class"] = torch.as_tensor([motions.labels[i] for i in rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def get_batch(self, indices) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+    def lengths(self) -> torch.Tensor:
+        return self.tensors["seq_mask"].sum(1)
+
+
+_MOTIONS: dict[str, MotionSet] = {}
+
+
+def _builtin_cached(params: dict[str, Any], cache_dir: str | None) -> MotionSet:
+    """Built-in motions, generated once per process and cached on disk by parameter hash."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    if key in _MOTIONS:
+        return _MOTIONS[key]
+    path = cache_root(cache_dir) / f"builtin-v1-{key}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        lengths = z["lengths"]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        feats = [z["features"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        ncap = int(z["captions"].shape[1])
+        caps = [[str(c) for c in row[:ncap] if c] for row in z["captions"]]
+        ms = MotionSet(feats, caps, z["labels"].tolist(), [str(n) for n in z["names"]],
+                       label_names=ACTIONS)  # fmt: skip
+    else:
+        ms = builtin_motions(**params)
+        width = max(len(c) for c in ms.captions)
+        caps = np.asarray([c + [""] * (width - len(c)) for c in ms.captions])
+        from polydiff.core.fileio import atomic_path
+
+        with atomic_path(path) as tmp:
+            np.savez(tmp, features=np.concatenate(ms.features), captions=caps,
+                     lengths=np.asarray([len(f) for f in ms.features]),
+                     labels=np.asarray(ms.labels), names=np.asarray(ms.names))  # fmt: skip
+    _MOTIONS[key] = ms
+    return ms
+
+
+def load_motions(
+    source: str = "builtin",
+    split: str = "train",
+    *,
+    root: str | None = None,
+    n: int = 2000,
+    seed: int = 0,
+    min_len: int = 40,
+    max_len: int = 60,
+    combo_prob: float = 0.3,
+    mirror: bool = False,
+    on_error: str = "raise",
+    cache_dir: str | None = None,
+) -> MotionSet:
+    """The raw motions of a data config: ``source="builtin"`` (``split="test"`` is a disjoint
+    seed) or ``"humanml3d"`` (``root`` needed)."""
+    if source == "builtin":
+        if split not in ("train", "test"):
+            raise ValueError(f"built-in motion splits are 'train' and 'test', got {split!r}")
+        params = dict(n=int(n if split == "train" else max(n // 4, 32)),
+                      seed=int(seed if split == "train" else seed + 100_003),
+                      min_len=int(min_len), max_len=int(max_len), combo_prob=float(combo_prob),
+                      mirror=bool(mirror and split == "train"))  # fmt: skip
+        return _builtin_cached(params, cache_dir)
+    if source == "humanml3d":
+        if root is None:
+            raise ValueError("data.source=humanml3d needs data.root=<HumanML3D folder>")
+        return load_humanml3d(root, split, min_len=min_len, on_error=on_error)
+    raise ValueError(f"unknown motion data source {source!r}; expected 'builtin' or 'humanml3d'")
+
+
+_DATASETS: dict[tuple, MotionData] = {}
+
+
+def motion_dataset(
+    source: str = "builtin",
+    conditioning: str | None = "text",
+    *,
+    dim: int = 263,
+    max_len: int = 60,
+    num_classes: int | None = None,
+    text_encoder: Any = None,
+    split: str = "train",
+    root: str | None = None,
+    n: int = 2000,
+    seed: int = 0,
+    min_len: int = 40,
+    combo_prob: float = 0.3,
+    mirror: bool = False,
+    on_error: str = "raise",
+    cache_dir: str | None = None,
+) -> MotionData:
+    """A training / evaluation set (see module docstring); built once per process."""
+    if conditioning not in (None, "text", "action"):
+        raise ValueError(f"conditioning must be null, 'text' or 'action', got {conditioning!r}")
+    key = (source, conditioning, dim, max_len, num_classes, id(text_encoder), split, root, n,
+           seed, min_len, combo_prob, mirror, on_error, cache_dir)  # fmt: skip
+    if key in _DATASETS:
+        return _DATASETS[key]
+    ms = load_motions(source, split, root=root, n=n, seed=seed, min_len=min_len,
+                      max_len=max_len, combo_prob=combo_prob, mirror=mirror, on_error=on_error,
+                      cache_dir=cache_dir)  # fmt: skip
+    where = root or "the built-in motions"
+    if ms.dim != dim:
+        raise ValueError(
+            f"data.dim={dim} but {where} has {ms.dim}-channel features; set data.dim={ms.dim}"
+        )
+    if conditioning == "text" and not all(ms.captions):
+        raise ValueError(f"conditioning=text but {where} has motions without captions")
+    if conditioning == "action":
+        found = len(ms.label_names) or (max(ms.labels) + 1 if ms.labels else 0)
+        if not ms.labels:
+            raise ValueError(f"conditioning=action but {where} has no action labels")
+        if num_classes != found:
+            raise ValueError(
+                f"data.num_classes={num_classes} but {where} has {found} action classes; set data.num_classes={found}"
+            )
+    if conditioning == "text" and text_encoder is None:
+        raise ValueError("conditioning=text needs data.text (a text encoder)")
+    if split == "train" or source == "humanml3d" and ms.mean is not None:
+        norm = (Normalizer(ms.mean.astype(np.float32), ms.std.astype(np.float32))
+                if ms.mean is not None else Normalizer.fit(ms.features))  # fmt: skip
+    else:  # held-out motions use the training statistics
+        norm = motion_dataset(source, conditioning, dim=dim, max_len=max_len,
+                              num_classes=num_classes, text_encoder=text_encoder, root=root,
+                              n=n, seed=seed, min_len=min_len, combo_prob=combo_prob,
+                              mirror=mirror, on_error=on_error, cache_dir=cache_dir).normalizer  # fmt: skip
+    ds = MotionData(ms, norm, max_len, conditioning, text_encoder, num_classes)
+    ds.skipped = ms.skipped  # type: ignore[attr-defined]
+    _DATASETS[key] = ds
+    return ds
+
+
+# ------------------------------------------------------------------------------- hooks
+class MotionHooks:
+    """``polydiff.train.hooks`` of the motion experiments.
+
+    ``data``: the training :class:`MotionData`; ``reference``: held-out motions (default: the
+    ``test`` split of the same source) whose captions / actions and lengths condition sampling
+    and whose features are the metrics' real reference. ``metrics``: ``"t2m"`` (evaluator
+    metrics and the kinematic ones) or ``"kinematic"`` (foot skating, jitter, bone lengths) or
+    null. ``files``: how many samples get a GIF and a BVH.
+    """
+
+    def __init__(
+        self,
+        data: MotionData,
+        reference: MotionData | None = None,
+        metrics: str | None = "t2m",
+        files: int = 4,
+        evaluator: Mapping[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if metrics not in (None, "t2m", "kinematic"):
+            raise ValueError(f"metrics must be null, 't2m' or 'kinematic', got {metrics!r}")
+        self.data, self.reference = data, reference if reference is not None else data
+        self.metrics, self.files = metrics, int(files)
+        self.evaluator_options = dict(evaluator or {})
+        self.cache_dir = cache_dir
+        self._last: dict[str, Any] = {}
+
+    @property
+    def conditioning(self) -> str | None:
+        return self.data.conditioning
+
+    def sample_cond(self, n: int, generator: torch.Generator | None) -> dict | None:
+        ref = self.reference
+        rows = torch.randint(0, len(ref), (n,), generator=generator)
+        cond: dict[str, torch.Tensor] = {"seq_mask": ref.tensors["seq_mask"][rows].clone()}
+        self._last = {"rows": rows, "prompts": [ref.prompts[int(r)] for r in rows]}
+        if self.conditioning == "text":
+            cond["text_pooled"] = ref.tensors["text_pooled"][rows].clone()
+        elif self.conditioning == "action":
+            cond["class"] = ref.tensors["class"][rows].clone()
+        return cond
+
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Denormalised HumanML3D features (N, T, D)."""
+        return self.data.normalizer.denormalize(x.float())
+
+    def lengths(self, samples: torch.Tensor, cond: Mapping | None) -> list[int]:
+        if cond is not None and "seq_mask" in cond:
+            return [int(v) for v in cond["seq_mask"].sum(1).tolist()]
+        return [samples.shape[1]] * len(samples)
+
+    def write(self, samples: torch.Tensor, cond: Mapping | None, out_dir: Path) -> list[Path]:
+        from .io import save_motion_files
+
+        prompts = self._last.get("prompts")
+        if self.conditioning == "action" and cond is not None:
+            prompts = [ACTIONS[int(c)] for c in cond["class"]]
+        return save_motion_files(
+            samples.cpu(), self.lengths(samples, cond), Path(out_dir), prompts, self.files
+        )
+
+    def evaluate(
+        self, samples: torch.Tensor, cond: Mapping | None, options: Mapping | None = None
+    ) -> dict[str, Any]:
+        if self.metrics is None:
+            return {}
+        from .metrics import evaluate_motions
+
+        return evaluate_motions(
+            samples.cpu(), self.lengths(samples, cond), self,
+            kind=self.metrics, cache_dir=self.cache_dir, **self.evaluator_options,
+        )  # fmt: skip
+
+    def extra_npz(self, cond: Mapping | None) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if self._last.get("prompts") and self.conditioning == "text":
+            out["prompts"] = np.asarray(self._last["prompts"])
+        if cond is not None and "seq_mask" in cond:
+            out["lengths"] = cond["seq_mask"].sum(1).cpu().numpy()
+        return out
+
+    def joints(self, samples: torch.Tensor) -> torch.Tensor:
+        """Joint positions (N, T, 22, 3) of data-space samples."""
+        return features_to_joints(samples.float())
