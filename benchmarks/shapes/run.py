@@ -1,0 +1,248 @@
+"""Shapes benchmark: point-cloud vs wavelet-SDF vs voxel-SDF diffusion on built-in classes,
+completion vs the nearest training shape, and the cost / agreement of our metrics.
+
+Every number comes from the one recipe path: ``configs/experiment/shapes/<name>`` trained by
+``polydiff.train.run.train`` (:func:`benchmarks.common.train_recipe`, run directories under
+``runs/bench_shapes/``; a finished run there is reused), evaluated by
+``polydiff.train.run.evaluate_run`` and completed by ``polydiff complete``
+(:func:`polydiff.shapes.pipeline.complete_run`), so ``polydiff train experiment=shapes/<name>
+<overrides> && polydiff evaluate run=<dir> evaluate.n=200`` reproduces a row. Goals (issue #18):
+
+- point clouds, per class (chair, table), PVD protocol with #samples = #test shapes:
+  1-NNA-CD <= 60% and COV-CD >= 45%;
+- SDF samples meshed watertight >= 90%;
+- completion Chamfer to the full shape below the nearest-training-shape baseline.
+
+Metric cost: our Chamfer (torch), exact EMD (Hungarian) and 1-NNA against a straightforward
+scipy implementation (``cKDTree`` nearest neighbours, ``cdist`` + ``linear_sum_assignment``,
+a Python loop for 1-NNA) at 2048 points: CPU time and agreement.
+
+    python -m benchmarks.shapes.run [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
+
+from benchmarks.common import cpu_timer, peak_rss_mb, train_recipe, write_results
+from polydiff.shapes.data import procedural_shapes
+from polydiff.shapes.metrics import (
+    earth_movers_distance,
+    one_nn_accuracy,
+    pairwise_distances,
+)
+from polydiff.shapes.pipeline import complete_run
+from polydiff.train.run import evaluate_run
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "bench_shapes"
+QUIET = ["trainer.progress=false", "trainer.num_threads=1"]
+
+# experiment -> (train overrides, evaluate overrides) per mode. Full: the recipes as they stand
+# (sized for the ~40 CPU-minute budget of this 2-core shared machine: tiny networks, 256 points).
+SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
+    False: {
+        "points_class": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
+        "sdf_wavelet": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
+        "sdf_voxel": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
+    },
+    True: {
+        name: (
+            ["trainer.max_steps=30", "data.source.per_class=12", "data.source.test_per_class=4"],
+            ["evaluate.n=8", "sampler.steps=4", "data.hooks.emd=false"],
+        )
+        for name in ("points_class", "sdf_wavelet", "sdf_voxel")
+    },
+}
+COMPLETE = {False: ["complete.n=50"], True: ["complete.n=4", "complete.steps=4"]}
+GOALS = {"1-NNA-CD": 0.60, "COV-CD": 0.45, "watertight_ratio": 0.90}
+
+
+def _train_cost(run_dir: Path) -> dict[str, Any]:
+    """Steps and wall seconds of training from the run's ``metrics.jsonl`` (reused runs too)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    if len(rows) < 2:
+        return {"steps": rows[-1]["step"] if rows else 0}
+    rate = (rows[-1]["time"] - rows[0]["time"]) / max(rows[-1]["step"] - rows[0]["step"], 1)
+    return {
+        "steps": rows[-1]["step"],
+        "wall_seconds_est": round(rate * rows[-1]["step"], 1),
+        "final_loss": rows[-1]["loss"],
+    }
+
+
+def _experiment(name: str, quick: bool) -> dict[str, Any]:
+    train_over, eval_over = SIZES[quick][name]
+    run_dir = RUNS / "quick" / name if quick else RUNS / name
+    with cpu_timer() as t_train:
+        train_recipe(f"shapes/{name}", [*QUIET, *train_over], run_dir=run_dir)
+    with cpu_timer() as t_eval:
+        res = evaluate_run(run_dir, eval_over)
+    out = {
+        "recipe": f"experiment=shapes/{name} {' '.join(train_over)}".strip(),
+        "evaluate": " ".join(eval_over),
+        "run": str(run_dir.relative_to(ROOT)),
+        "train": {**_train_cost(run_dir), "cpu_seconds_this_call": round(t_train["cpu"], 1)},
+        "evaluate_cpu_seconds": round(t_eval["cpu"], 1),
+        "metrics": res["metrics"],
+    }
+    if name == "points_class":
+        with cpu_timer() as t_c:
+            out["completion"] = complete_run(str(run_dir), COMPLETE[quick])
+        out["completion"]["cpu_seconds"] = round(t_c["cpu"], 1)
+    return out
+
+
+def _scipy_chamfer(a: np.ndarray, b: np.ndarray) -> float:
+    da, _ = cKDTree(b).query(a)
+    db, _ = cKDTree(a).query(b)
+    return float((da**2).mean() + (db**2).mean())
+
+
+def _scipy_emd(a: np.ndarray, b: np.ndarray) -> float:
+    c = cdist(a, b)
+    r, k = linear_sum_assignment(c)
+    return float(c[r, k].mean())
+
+
+def metric_cost(quick: bool) -> dict[str, Any]:
+    """Our metrics vs straightforward scipy code on built-in shapes at 2048 points."""
+    n = 4 if quick else 12
+    s = procedural_shapes(("chair", "table"), per_class=4 * n, split="test", with_sdf=False)
+    x = torch.from_numpy(s.points)  # (2n, 2048, 3)
+    a, b = x[:n], x[n:]
+    with cpu_timer() as t_ours:
+        ours = pairwise_distances(a, b, "cd")
+    with cpu_timer() as t_ref:
+        ref = np.array([[_scipy_chamfer(p.numpy(), q.numpy()) for q in b] for p in a])
+    k = 2 if quick else 4
+    with cpu_timer() as t_emd:
+        emd_ours = earth_movers_distance(a[:k], b[:k])
+    with cpu_timer() as t_emd_ref:
+        emd_ref = np.array([_scipy_emd(a[i].numpy(), b[i].numpy()) for i in range(k)])
+    d_rr, d_ss = pairwise_distances(a, a), pairwise_distances(b, b)
+    with cpu_timer() as t_nna:
+        nna = one_nn_accuracy(d_rr, ours.t(), d_ss)
+    full = np.block([[d_rr.numpy(), ours.numpy()], [ours.t().numpy(), d_ss.numpy()]])
+    labels = np.r_[np.ones(n), np.zeros(n)]
+    with cpu_timer() as t_nna_ref:
+        right = 0
+        for i in range(2 * n):
+            row = full[:, i].copy()
+            row[i] = np.inf
+            right += labels[int(np.argmin(row))] == labels[i]
+    return {
+        "points": 2048,
+        "chamfer": {
+            "pairs": n * n,
+            "ours_cpu_s": round(t_ours["cpu"], 3),
+            "scipy_cpu_s": round(t_ref["cpu"], 3),
+            "speedup": round(t_ref["cpu"] / max(t_ours["cpu"], 1e-9), 2),
+            "max_rel_diff": float(np.abs(ours.numpy() - ref).max() / ref.max()),
+        },
+        "emd_exact": {
+            "pairs": k,
+            "ours_cpu_s_per_pair": round(t_emd["cpu"] / k, 3),
+            "scipy_cpu_s_per_pair": round(t_emd_ref["cpu"] / k, 3),
+            "max_abs_diff": float(np.abs(emd_ours.numpy() - emd_ref).max()),
+        },
+        "one_nna": {
+            "ours": nna,
+            "scipy_loop": right / (2 * n),
+            "ours_cpu_s": round(t_nna["cpu"], 4),
+            "loop_cpu_s": round(t_nna_ref["cpu"], 4),
+        },
+        # chair vs table is an easy split: a 1-NNA far above 0.5 shows the metric separates them
+    }
+
+
+def _goals(results: dict[str, Any]) -> dict[str, Any]:
+    goals: dict[str, Any] = {}
+    pc = results["experiments"].get("points_class", {}).get("metrics", {})
+    for cls in ("chair", "table"):
+        nna, cov = pc.get(f"{cls}/1-NNA-CD"), pc.get(f"{cls}/COV-CD")
+        if nna is not None:
+            goals[f"points {cls} 1-NNA-CD <= 60%"] = {"value": nna, "met": nna <= GOALS["1-NNA-CD"]}
+            goals[f"points {cls} COV-CD >= 45%"] = {"value": cov, "met": cov >= GOALS["COV-CD"]}
+    for name in ("sdf_wavelet", "sdf_voxel"):
+        wt = results["experiments"].get(name, {}).get("metrics", {}).get("watertight_ratio")
+        if wt is not None:
+            goals[f"{name} watertight >= 90%"] = {
+                "value": wt,
+                "met": wt >= GOALS["watertight_ratio"],
+            }
+    comp = results["experiments"].get("points_class", {}).get("completion")
+    if comp:
+        ours, base = comp["chamfer_completion"], comp["chamfer_nearest_training_shape"]
+        goals["completion Chamfer < nearest training shape"] = {
+            "value": [ours, base],
+            "met": ours < base,
+        }
+    return goals
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    cols = "recipe|train steps|1-NNA-CD|COV-CD|MMD-CD|1-NNA-EMD|COV-EMD|JSD|watertight"
+    head = "| " + " | ".join(cols.split("|")) + " |"
+    lines = ["# Shapes benchmark", "", head, "|---" * 9 + "|"]
+    for e in res["experiments"].values():
+        m = e["metrics"]
+
+        def f(k: str, m: dict = m) -> str:
+            v = m.get(k)
+            return "-" if v is None else f"{v:.4g}"
+
+        lines.append(
+            f"| {e['recipe']} | {e['train'].get('steps')} | {f('1-NNA-CD')} | {f('COV-CD')} | "
+            f"{f('MMD-CD')} | {f('1-NNA-EMD')} | {f('COV-EMD')} | {f('JSD')} | "
+            f"{f('watertight_ratio')} |"
+        )
+    lines += ["", "Goals (issue #18):", ""]
+    for g, v in res["goals"].items():
+        lines.append(f"- {g}: {v['value']} -> {'met' if v['met'] else 'NOT met'}")
+    mc = res["metric_cost"]
+    lines += [
+        "",
+        f"Metric cost at {mc['points']} points: Chamfer ours {mc['chamfer']['ours_cpu_s']} s vs "
+        f"scipy cKDTree {mc['chamfer']['scipy_cpu_s']} s for {mc['chamfer']['pairs']} pairs "
+        f"({mc['chamfer']['speedup']}x), max rel. diff {mc['chamfer']['max_rel_diff']:.2e}; exact "
+        f"EMD {mc['emd_exact']['ours_cpu_s_per_pair']} s/pair (scipy "
+        f"{mc['emd_exact']['scipy_cpu_s_per_pair']} s/pair, max diff "
+        f"{mc['emd_exact']['max_abs_diff']:.2e}); 1-NNA ours {mc['one_nna']['ours']} = loop "
+        f"{mc['one_nna']['scipy_loop']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run the shapes benchmark; writes ``results/shapes.json`` / ``.md`` (quick: results/quick)."""
+    t0 = time.perf_counter()
+    names = only or tuple(SIZES[quick])
+    results: dict[str, Any] = {"experiments": {}}
+    for name in names:
+        results["experiments"][name] = _experiment(name, quick)
+    results["metric_cost"] = metric_cost(quick)
+    results["goals"] = _goals(results)
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    write_results("shapes", results, _markdown(results), quick=quick)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("only", nargs="*", help="experiments (default: all)")
+    args = parser.parse_args()
+    print(json.dumps(run(args.quick, tuple(args.only))["goals"], indent=1))
