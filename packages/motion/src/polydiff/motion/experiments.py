@@ -63,7 +63,7 @@ class WordsEncoder:
 
 
 class _PooledMiniLM:
-    """MiniLM's pooled sentence embedding with a persistent cache (``minilm_pooled.safetensors``)."""
+    """MiniLM's pooled sentence embedding, cached on disk (``minilm_pooled.safetensors``)."""
 
     def __init__(self, cache_dir: str | None) -> None:
         from polydiff.nn.text import EmbeddingCache, MiniLMTextEncoder
@@ -171,8 +171,9 @@ def _builtin_cached(params: dict[str, Any], cache_dir: str | None) -> MotionSet:
         feats = [z["features"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         ncap = int(z["captions"].shape[1])
         caps = [[str(c) for c in row[:ncap] if c] for row in z["captions"]]
-        ms = MotionSet(feats, caps, z["labels"].tolist(), [str(n) for n in z["names"]],
-                       label_names=ACTIONS)  # fmt: skip
+        ms = MotionSet(
+            feats, caps, z["labels"].tolist(), [str(n) for n in z["names"]], label_names=ACTIONS
+        )
     else:
         ms = builtin_motions(**params)
         width = max(len(c) for c in ms.captions)
@@ -180,9 +181,14 @@ def _builtin_cached(params: dict[str, Any], cache_dir: str | None) -> MotionSet:
         from polydiff.core.fileio import atomic_path
 
         with atomic_path(path) as tmp:
-            np.savez(tmp, features=np.concatenate(ms.features), captions=caps,
-                     lengths=np.asarray([len(f) for f in ms.features]),
-                     labels=np.asarray(ms.labels), names=np.asarray(ms.names))  # fmt: skip
+            np.savez(
+                tmp,
+                features=np.concatenate(ms.features),
+                captions=caps,
+                lengths=np.asarray([len(f) for f in ms.features]),
+                labels=np.asarray(ms.labels),
+                names=np.asarray(ms.names),
+            )
     _MOTIONS[key] = ms
     return ms
 
@@ -206,10 +212,14 @@ def load_motions(
     if source == "builtin":
         if split not in ("train", "test"):
             raise ValueError(f"built-in motion splits are 'train' and 'test', got {split!r}")
-        params = dict(n=int(n if split == "train" else max(n // 4, 32)),
-                      seed=int(seed if split == "train" else seed + 100_003),
-                      min_len=int(min_len), max_len=int(max_len), combo_prob=float(combo_prob),
-                      mirror=bool(mirror and split == "train"))  # fmt: skip
+        params = dict(
+            n=int(n if split == "train" else max(n // 4, 32)),
+            seed=int(seed if split == "train" else seed + 100_003),
+            min_len=int(min_len),
+            max_len=int(max_len),
+            combo_prob=float(combo_prob),
+            mirror=bool(mirror and split == "train"),
+        )
         return _builtin_cached(params, cache_dir)
     if source == "humanml3d":
         if root is None:
@@ -242,13 +252,38 @@ def motion_dataset(
     """A training / evaluation set (see module docstring); built once per process."""
     if conditioning not in (None, "text", "action"):
         raise ValueError(f"conditioning must be null, 'text' or 'action', got {conditioning!r}")
-    key = (source, conditioning, dim, max_len, num_classes, id(text_encoder), split, root, n,
-           seed, min_len, combo_prob, mirror, on_error, cache_dir)  # fmt: skip
+    key = (
+        source,
+        conditioning,
+        dim,
+        max_len,
+        num_classes,
+        id(text_encoder),
+        split,
+        root,
+        n,
+        seed,
+        min_len,
+        combo_prob,
+        mirror,
+        on_error,
+        cache_dir,
+    )
     if key in _DATASETS:
         return _DATASETS[key]
-    ms = load_motions(source, split, root=root, n=n, seed=seed, min_len=min_len,
-                      max_len=max_len, combo_prob=combo_prob, mirror=mirror, on_error=on_error,
-                      cache_dir=cache_dir)  # fmt: skip
+    ms = load_motions(
+        source,
+        split,
+        root=root,
+        n=n,
+        seed=seed,
+        min_len=min_len,
+        max_len=max_len,
+        combo_prob=combo_prob,
+        mirror=mirror,
+        on_error=on_error,
+        cache_dir=cache_dir,
+    )
     where = root or "the built-in motions"
     if ms.dim != dim:
         raise ValueError(
@@ -262,18 +297,34 @@ def motion_dataset(
             raise ValueError(f"conditioning=action but {where} has no action labels")
         if num_classes != found:
             raise ValueError(
-                f"data.num_classes={num_classes} but {where} has {found} action classes; set data.num_classes={found}"
+                f"data.num_classes={num_classes} but {where} has {found} action classes; "
+                f"set data.num_classes={found}"
             )
     if conditioning == "text" and text_encoder is None:
         raise ValueError("conditioning=text needs data.text (a text encoder)")
     if split == "train" or source == "humanml3d" and ms.mean is not None:
-        norm = (Normalizer(ms.mean.astype(np.float32), ms.std.astype(np.float32))
-                if ms.mean is not None else Normalizer.fit(ms.features))  # fmt: skip
+        norm = (
+            Normalizer(ms.mean.astype(np.float32), ms.std.astype(np.float32))
+            if ms.mean is not None
+            else Normalizer.fit(ms.features)
+        )
     else:  # held-out motions use the training statistics
-        norm = motion_dataset(source, conditioning, dim=dim, max_len=max_len,
-                              num_classes=num_classes, text_encoder=text_encoder, root=root,
-                              n=n, seed=seed, min_len=min_len, combo_prob=combo_prob,
-                              mirror=mirror, on_error=on_error, cache_dir=cache_dir).normalizer  # fmt: skip
+        norm = motion_dataset(
+            source,
+            conditioning,
+            dim=dim,
+            max_len=max_len,
+            num_classes=num_classes,
+            text_encoder=text_encoder,
+            root=root,
+            n=n,
+            seed=seed,
+            min_len=min_len,
+            combo_prob=combo_prob,
+            mirror=mirror,
+            on_error=on_error,
+            cache_dir=cache_dir,
+        ).normalizer
     ds = MotionData(ms, norm, max_len, conditioning, text_encoder, num_classes)
     ds.skipped = ms.skipped  # type: ignore[attr-defined]
     _DATASETS[key] = ds
@@ -350,9 +401,13 @@ class MotionHooks:
         from .metrics import evaluate_motions
 
         return evaluate_motions(
-            samples.cpu(), self.lengths(samples, cond), self,
-            kind=self.metrics, cache_dir=self.cache_dir, **self.evaluator_options,
-        )  # fmt: skip
+            samples.cpu(),
+            self.lengths(samples, cond),
+            self,
+            kind=self.metrics,
+            cache_dir=self.cache_dir,
+            **self.evaluator_options,
+        )
 
     def extra_npz(self, cond: Mapping | None) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

@@ -70,8 +70,14 @@ def save_gif(joints: np.ndarray, path: str | Path, fps: int = FPS, title: str = 
     """An animated GIF of joints (T, 22, 3)."""
     frames = stick_figure_frames(joints, title=title)
     with atomic_path(path) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
-                       duration=int(1000 / fps), loop=0)  # fmt: skip
+        frames[0].save(
+            tmp,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=int(1000 / fps),
+            loop=0,
+        )
     return Path(path)
 
 

@@ -152,9 +152,13 @@ class T2MEvaluator(nn.Module):
         super().__init__()
         d = feat_dim - 4  # foot contacts are left out, as Guo et al.
         self.movement = nn.Sequential(
-            nn.Conv1d(d, hidden, 4, 2, 1), nn.Dropout(0.1), nn.LeakyReLU(0.2),
-            nn.Conv1d(hidden, hidden, 4, 2, 1), nn.Dropout(0.1), nn.LeakyReLU(0.2),
-        )  # fmt: skip
+            nn.Conv1d(d, hidden, 4, 2, 1),
+            nn.Dropout(0.1),
+            nn.LeakyReLU(0.2),
+            nn.Conv1d(hidden, hidden, 4, 2, 1),
+            nn.Dropout(0.1),
+            nn.LeakyReLU(0.2),
+        )
         self.gru = nn.GRU(hidden, hidden, batch_first=True, bidirectional=True)
         self.motion_out = nn.Sequential(
             nn.Linear(2 * hidden, hidden),
@@ -173,7 +177,9 @@ class T2MEvaluator(nn.Module):
 
     def encode_motion(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x (B, T, D) normalised features, lengths (B,) -> (B, out)."""
-        h = self.movement(x[..., :-4].transpose(1, 2)).transpose(1, 2)  # (B, T/4, H)
+        valid = torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None].to(x.device)
+        x = x[..., :-4] * valid[..., None].to(x.dtype)  # padding never leaks into the codes
+        h = self.movement(x.transpose(1, 2)).transpose(1, 2)  # (B, T/4, H)
         steps = (lengths.clamp(min=4) // 4).clamp(max=h.shape[1]).cpu()
         packed = nn.utils.rnn.pack_padded_sequence(h, steps, batch_first=True, enforce_sorted=False)
         _, last = self.gru(packed)  # (2, B, H)
@@ -186,8 +192,18 @@ class T2MEvaluator(nn.Module):
 def _evaluator_key(hooks, steps: int, hidden: int) -> str:
     ms = hooks.data.motions
     h = hashlib.sha256()
-    h.update(json.dumps([_VERSION, steps, hidden, type(hooks.data.encoder).__name__,
-                         getattr(hooks.data.encoder, "dim", 0), hooks.data.max_len]).encode())  # fmt: skip
+    h.update(
+        json.dumps(
+            [
+                _VERSION,
+                steps,
+                hidden,
+                type(hooks.data.encoder).__name__,
+                getattr(hooks.data.encoder, "dim", 0),
+                hooks.data.max_len,
+            ]
+        ).encode()
+    )
     for name, f, caps in zip(ms.names, ms.features, ms.captions):
         h.update(name.encode())
         h.update(np.ascontiguousarray(f[:2]).tobytes())
@@ -195,8 +211,14 @@ def _evaluator_key(hooks, steps: int, hidden: int) -> str:
     return h.hexdigest()[:16]
 
 
-def load_or_train_evaluator(hooks, cache_dir: str | None = None, steps: int = 2000, hidden: int = 128,
-                            batch_size: int = 64, seed: int = 0) -> T2MEvaluator:  # fmt: skip
+def load_or_train_evaluator(
+    hooks,
+    cache_dir: str | None = None,
+    steps: int = 2000,
+    hidden: int = 128,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> T2MEvaluator:
     """The evaluator of ``hooks.data`` (text-captioned), trained once then loaded from the cache."""
     from safetensors.torch import load_file, save_file
 
@@ -248,8 +270,17 @@ def embed(
     net: T2MEvaluator, normalized: torch.Tensor, lengths: torch.Tensor, pooled: torch.Tensor | None
 ):
     """(motion, text) embeddings (unnormalised scale: the L2-normalised codes times 10)."""
-    m = torch.cat([F.normalize(net.encode_motion(normalized[i : i + 256], lengths[i : i + 256]), dim=-1)
-                   for i in range(0, len(normalized), 256)]) * 10  # fmt: skip
+    m = (
+        torch.cat(
+            [
+                F.normalize(
+                    net.encode_motion(normalized[i : i + 256], lengths[i : i + 256]), dim=-1
+                )
+                for i in range(0, len(normalized), 256)
+            ]
+        )
+        * 10
+    )
     t = None if pooled is None else F.normalize(net.encode_text(pooled), dim=-1) * 10
     return m, t
 
