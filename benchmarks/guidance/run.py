@@ -123,7 +123,7 @@ def bench_repaint(quick: bool) -> list[dict]:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(n, 8, generator=gen, dtype=F64) * sigmas[0]
         start = time.perf_counter()
-        out = inpaint(gmm, x, sigmas, known.expand(n, -1), mask, generator=gen,
+        out = inpaint(gmm, x, sigmas, known=known.expand(n, -1), mask=mask, generator=gen,
                       resample=resample, jump_length=5)  # fmt: skip
         elapsed = time.perf_counter() - start
         weights = torch.bincount(gmm.class_log_prob(out).argmax(1), minlength=5) / n

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmarks.common import results_dir, write_results
+from polydiff.core.fileio import atomic_path
 from polydiff.core.guidance import classifier_free_guidance
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.samplers import sample
@@ -47,9 +49,9 @@ from polydiff.image import adaptation, controlnet, editing, ip_adapter, superres
 from polydiff.image.data import DigitsDataset
 from polydiff.nn.unet import UNet
 from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+from polydiff.train.config import json_safe
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE.parent / "results"
 OLD = list(range(9))  # the base models see digits 0-8; 9 is the new concept
 TOKEN = 9
 
@@ -160,10 +162,9 @@ def _train(
     trained = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in trained.state_dict().items()}
-    save_file(state, str(tmp), metadata={"seconds": str(seconds)})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"seconds": str(seconds)})
     return trained, seconds
 
 
@@ -556,15 +557,8 @@ def _markdown(res: dict[str, Any]) -> str:
 
 
 def _write(res: dict[str, Any]) -> str:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     md = _markdown(res)
-    for path, text in (
-        (RESULTS / "image_editing.json", json.dumps(res, indent=2, default=str)),
-        (RESULTS / "image_editing.md", md),
-    ):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    write_results("image_editing", json_safe(res), md, quick=bool(res.get("quick")))
     return md
 
 
@@ -652,7 +646,7 @@ def run(
     workers = int(workers or os.environ.get("IMAGE_EDITING_WORKERS", "1"))
     names = [n for n in SECTIONS if not only or n in only]
     res: dict[str, Any] = {"quick": quick, "budget": asdict(b), "sections": {}}
-    previous = RESULTS / "image_editing.json"
+    previous = results_dir(quick) / "image_editing.json"
     if only and previous.is_file():  # re-running some sections keeps the others' numbers
         old = json.loads(previous.read_text())
         if old.get("budget") == res["budget"]:

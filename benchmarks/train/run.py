@@ -94,8 +94,8 @@ def overhead(quick: bool) -> dict:
     trainer = _make_trainer(TensorDictDataset(x), hidden, depth, batch)
     loops = {
         "trainer": trainer.train_step,
-        "bare": BareLoop(x, hidden, depth, batch, True).step,
-        "bare_minimal": BareLoop(x, hidden, depth, batch, False).step,
+        "bare": BareLoop(x, hidden=hidden, depth=depth, batch=batch, full=True).step,
+        "bare_minimal": BareLoop(x, hidden=hidden, depth=depth, batch=batch, full=False).step,
     }
     for fn in loops.values():  # warm-up
         for _ in range(5):
@@ -156,9 +156,9 @@ def _ddp(nproc: int, batch: int, steps: int, hidden: int, depth: int) -> float:
 def data_parallel(quick: bool) -> dict:
     hidden, depth, b = (256, 4, 1024)
     steps = 25 if quick else 80
-    one_2b = _ddp(1, 2 * b, steps, hidden, depth)
-    two_b = _ddp(2, b, steps, hidden, depth)
-    one_b = _ddp(1, b, steps, hidden, depth)
+    one_2b = _ddp(1, 2 * b, steps=steps, hidden=hidden, depth=depth)
+    two_b = _ddp(2, b, steps=steps, hidden=hidden, depth=depth)
+    one_b = _ddp(1, b, steps=steps, hidden=hidden, depth=depth)
     return {
         "model": f"ResidualMLP(2, {hidden}, {depth})",
         "rows_per_process": b,

@@ -24,7 +24,7 @@ QUIET = ["trainer.progress=false"]
 
 
 def _recipe(
-    experiment: str, overrides: list[str], eval_overrides: list[str], out_dir: Path, name: str
+    experiment: str, overrides: list[str], eval_overrides: list[str], *, out_dir: Path, name: str
 ) -> dict[str, Any]:
     """Train ``experiment`` (+ overrides) into ``out_dir/runs/<name>`` and evaluate it."""
     run_dir = train(
@@ -52,7 +52,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     dp_overrides = [*data, f"trainer.max_steps={600 if quick else 1200}"]
     if quick:
         dp_overrides.append("model=rl_dp_mlp")
-    dp = _recipe("rl/two_path_dp_unet", dp_overrides, [seeds], out_dir, "two_path_dp")
+    dp = _recipe("rl/two_path_dp_unet", dp_overrides, [seeds], out_dir=out_dir, name="two_path_dp")
     backbone = "mlp" if quick else "unet"
     summary: dict[str, Any] = {"two_path": {}, "figures": []}
     summary["two_path"][f"diffusion_{backbone}_dpmpp_2m"] = {
@@ -67,7 +67,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
             k: policy[k] for k in BRIEF if k in policy
         }
     mse_overrides = [*data, f"trainer.max_steps={300 if quick else 1000}"]
-    mse = _recipe("rl/two_path_mse", mse_overrides, [seeds], out_dir, "two_path_mse")
+    mse = _recipe("rl/two_path_mse", mse_overrides, [seeds], out_dir=out_dir, name="two_path_mse")
     summary["two_path"]["mse"] = {k: mse["policy"][k] for k in BRIEF if k in mse["policy"]}
     summary["figures"] += _figures(out_dir / "runs" / "two_path_dp", out_dir)
     summary["figures"] += _figures(out_dir / "runs" / "two_path_mse", out_dir)
@@ -76,7 +76,9 @@ def run(out_dir: Path, quick: bool = False) -> dict:
             "data.dataset.generator_kwargs.n_episodes=40", "trainer.max_steps=1000",
             "rl.n_candidates=4",
         ]  # fmt: skip
-        maze = _recipe("rl/umaze_diffuser", maze_overrides, ["rl.eval_seeds=8"], out_dir, "umaze")
+        maze = _recipe(
+            "rl/umaze_diffuser", maze_overrides, ["rl.eval_seeds=8"], out_dir=out_dir, name="umaze"
+        )
         summary["pointmaze_umaze"] = {
             "diffuser": {k: maze["diffuser"][k] for k in BRIEF if k in maze["diffuser"]},
             "expert_success": maze["expert"]["success_rate"],

@@ -139,10 +139,10 @@ class DiffuserPlanner:
         x = torch.randn(b, self.horizon, d, generator=self._generator) * sigmas[0]
         cond = {"vector": known[:, 0, : self.obs_dim]} if self.start_cond else None
         if self.clean_known:
-            x0 = self._clean_inpaint(denoiser, x, sigmas, known, mask, cond)
+            x0 = self._clean_inpaint(denoiser, x, sigmas, known=known, mask=mask, cond=cond)
         else:
             x0 = inpaint(
-                denoiser, x, sigmas, known, mask, cond=cond, generator=self._generator,
+                denoiser, x, sigmas, known=known, mask=mask, cond=cond, generator=self._generator,
                 eta=self.eta,
             )  # (B, H, D)  # fmt: skip
         best, value = 0, None
@@ -152,7 +152,10 @@ class DiffuserPlanner:
         elif b > 1:
             best = self._select(self.normalizer.unnormalize(x0), arrivals)
         traj = self.normalizer.unnormalize(x0[best]).numpy()
-        return Plan(traj, counter.calls, time.perf_counter() - start, value, arrivals[best])
+        return Plan(
+            trajectory=traj, nfe=counter.calls, seconds=time.perf_counter() - start, value=value,
+            arrival=arrivals[best],
+        )  # fmt: skip
 
     def _clean_inpaint(
         self,
@@ -230,8 +233,11 @@ class MazePlanAgent:
         self.t += 1
         end = len(traj) - 1 if self.current.arrival is None else self.current.arrival
         if idx >= end:
-            return track(state[:2], state[2:4], goal, self.p_gain, self.d_gain)
-        return track(state[:2], state[2:4], traj[idx, :2], self.p_gain, self.d_gain, traj[idx, 2:4])
+            return track(state[:2], state[2:4], goal, p_gain=self.p_gain, d_gain=self.d_gain)
+        return track(
+            state[:2], state[2:4], traj[idx, :2], p_gain=self.p_gain, d_gain=self.d_gain,
+            target_vel=traj[idx, 2:4],
+        )  # fmt: skip
 
 
 class LinearInverseDynamics:

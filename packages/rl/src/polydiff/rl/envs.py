@@ -167,7 +167,7 @@ class WaypointController:
             np.linalg.norm(self._waypoints[0] - pos) < self.switch_radius
         ):
             self._waypoints.pop(0)
-        return track(pos, vel, self._waypoints[0], self.p_gain, self.d_gain)
+        return track(pos, vel, self._waypoints[0], p_gain=self.p_gain, d_gain=self.d_gain)
 
 
 def track(

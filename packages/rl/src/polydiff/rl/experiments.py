@@ -464,8 +464,8 @@ class ChunkRollouts:
                 run.objective.denoiser(run.model),
                 chunks.obs_norm,
                 chunks.act_norm,
-                chunks.obs_horizon,
-                chunks.pred_horizon,
+                obs_horizon=chunks.obs_horizon,
+                pred_horizon=chunks.pred_horizon,
                 n_steps=run.sampler.steps,
                 method=run.sampler.method,
                 sigmas=run.sampler.sigmas(),
@@ -475,8 +475,9 @@ class ChunkRollouts:
             name = f"diffusion {run.sampler.method}"
         else:
             policy = RegressionPolicy(
-                run.model, chunks.obs_norm, chunks.act_norm, chunks.obs_horizon, chunks.pred_horizon
-            )
+                run.model, chunks.obs_norm, chunks.act_norm, obs_horizon=chunks.obs_horizon,
+                pred_horizon=chunks.pred_horizon,
+            )  # fmt: skip
             name = "mse"
         seeds = range(self.first_seed, self.first_seed + self.eval_seeds)
         stats = run_episodes(self.env, ChunkAgent(policy, chunks.action_horizon), seeds)

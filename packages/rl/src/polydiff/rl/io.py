@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from polydiff.core.fileio import atomic_path
 from polydiff.rl.envs import make_env
 
 
@@ -56,10 +57,8 @@ def render_replay_gif(
             frames.append(Image.fromarray(env.render()[::downsample, ::downsample]))
     env.close()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.gif")
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=40 * every, loop=0)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=40 * every, loop=0)
     return path
 
 
@@ -98,5 +97,5 @@ if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
     render_replay_gif(
         spec["env"], spec["seed"], np.load(spec["actions"])["actions"], spec["path"],
-        spec["every"], spec["downsample"],
+        every=spec["every"], downsample=spec["downsample"],
     )  # fmt: skip
