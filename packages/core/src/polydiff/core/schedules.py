@@ -12,18 +12,27 @@ ending in 0 that a sampler walks along.
 - continuous: :class:`ContinuousVPSchedule` (score-SDE linear, cosine), :class:`VESchedule`,
   :class:`EDMSchedule`, :class:`FlowSchedule` (rectified flow with SD3 shift);
 - grids: :func:`karras_sigmas`, :func:`exponential_sigmas` (= uniform in log-SNR),
-  :func:`polyexponential_sigmas`, :func:`vp_sigmas`, :func:`flow_sigmas`.
+  :func:`polyexponential_sigmas`, :func:`vp_sigmas` (uniform in VP time), :func:`flow_sigmas`,
+  :func:`ays_sigmas` (Align Your Steps' published grids, log-linearly interpolated);
+- fitted grids: :func:`optimize_sigmas` fits a grid to a denoiser and sampler on its own noise
+  against a fine solve (cached by a fingerprint of the denoiser's outputs).
 
 All bookkeeping is float64; callers cast to their working dtype.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
+from polydiff.core.fileio import atomic_write_text
 from polydiff.core.utils import append_zero
 
 Spacing = Literal["leading", "trailing", "linspace"]
@@ -579,7 +588,220 @@ def flow_sigmas(n: int, shift: float = 1.0, t_max: float = 0.999) -> torch.Tenso
     return t / (1 - t)
 
 
+# ---------------------------------------------------------------------------------------------
+# Align Your Steps (Sabour et al. 2024, table 3): optimised 10-step grids, sigma(t_n) .. sigma(t_0)
+# ---------------------------------------------------------------------------------------------
+
+AYS_SIGMAS: dict[str, tuple[float, ...]] = {
+    "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+    "deepfloyd_if": (160.41, 8.081, 3.315, 1.885, 1.207, 0.785, 0.553, 0.293, 0.186, 0.030, 0.006),
+    "svd": (700.00, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002),
+}
+
+
+def ays_sigmas(n: int, model: str = "sd15") -> torch.Tensor:
+    """Align Your Steps grid (Sabour et al. 2024) for ``model`` with ``n`` positive sigmas, + 0.
+
+    The published 11-value grids are interpolated linearly in log sigma over the step index
+    (the paper's recipe for other step counts). For SD-like VP models (``sd15``, ``sdxl``),
+    DeepFloyd-IF stage 1 and Stable Video Diffusion, in their VE sigma.
+    """
+    _check_n(n)
+    if model not in AYS_SIGMAS:
+        raise ValueError(f"unknown AYS model {model!r}; valid: {', '.join(AYS_SIGMAS)}")
+    table = np.log(np.array(AYS_SIGMAS[model][::-1]))
+    ys = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(table)), table)
+    return append_zero(torch.tensor(np.exp(ys)[::-1].copy(), dtype=_F64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitted grids
+# ---------------------------------------------------------------------------------------------
+
+_FIT_VERSION = 1
+_FIT_CACHE: dict[str, torch.Tensor] = {}
+_PROBE_SEED = 20240601
+Cond = Mapping[str, torch.Tensor] | None
+
+
+def _cond_rows(cond: Cond, n: int) -> Cond:
+    return None if cond is None else {k: v[:n] for k, v in cond.items()}
+
+
+def denoiser_fingerprint(
+    denoiser: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    *,
+    sigma_min: float,
+    sigma_max: float,
+    cond: Cond = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    probes: int = 4,
+) -> str:
+    """SHA-256 of the denoiser's outputs at fixed probe points (fixed-seed noise at sigma_max,
+    their geometric mean and sigma_min): equal for the same model, different after training."""
+    g = torch.Generator().manual_seed(_PROBE_SEED)
+    z = torch.randn((probes, *shape), generator=g, dtype=torch.float64)
+    h = hashlib.sha256(f"{tuple(shape)}|{dtype}".encode())
+    with torch.no_grad():
+        for s in (sigma_max, math.sqrt(sigma_max * sigma_min), sigma_min):
+            x = (z * s).to(device=device, dtype=dtype)
+            sigma = torch.full((probes,), s, dtype=torch.promote_types(dtype, torch.float32))
+            out = denoiser(x, sigma.to(device), _cond_rows(cond, probes))
+            h.update(out.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().to("cpu").contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _grid_from_logs(logs: list[float], sigma_max: float) -> torch.Tensor:
+    return torch.tensor([sigma_max, *np.exp(logs).tolist(), 0.0], dtype=_F64)
+
+
+def optimize_sigmas(
+    denoiser: Callable[..., torch.Tensor],
+    steps: int,
+    *,
+    shape: tuple[int, ...],
+    sampler: str = "ipndm",
+    sigma_min: float,
+    sigma_max: float,
+    n_samples: int = 256,
+    cond: Cond = None,
+    generator: torch.Generator | None = None,
+    reference_steps: int = 96,
+    sweeps: int = 8,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    info: dict[str, Any] | None = None,
+    **opts: Any,
+) -> torch.Tensor:
+    """A ``steps``-step sigma grid fitted to ``denoiser`` and ``sampler`` (issue #20).
+
+    Returns ``steps + 1`` strictly decreasing float64 sigmas from exactly ``sigma_max`` to 0 (the
+    last positive one is free in ``[sigma_min, sigma_max)``). Procedure, on the fit's own noise
+    only (``2 * n_samples`` draws of per-sample ``shape`` from ``generator``, default seed 0: the
+    first half to fit, the second to validate):
+
+    1. reference: a Heun solve on a ``reference_steps`` Karras grid (converged for the purpose);
+    2. start: the Karras grid whose ``rho`` (of 1, 2, 3, 5, 7, 10, 15) gives the smallest RMS
+       error to the reference (the tuned polynomial family; direct search as in GITS / AYS-style
+       fitting, Chen et al. 2024, Sabour et al. 2024);
+    3. coordinate pattern search on the interior log sigmas (``sweeps`` halvings of a 0.25 step,
+       strictly decreasing with a 1e-3 minimum log gap), minimising the RMS error;
+    4. the fitted grid is kept only if it is better than the start on the validation half.
+
+    ``cond`` (rows for ``n_samples`` samples; the validation half reuses them) and ``opts``
+    (sampler options, e.g. ``order=3``) are passed to the sampler. The result is cached (in
+    memory, and in ``cache_dir`` as JSON if given) under a key made of
+    :func:`denoiser_fingerprint` and every argument, so a second call for the same model costs
+    three probe evaluations. ``info`` receives the errors (start, fitted, validation) and
+    ``"cached"``.
+    """
+    from polydiff.core.samplers import SAMPLERS, sample  # samplers import this module (DEIS)
+
+    _check_n(steps, "steps")
+    _check_sigma_range(sigma_min, sigma_max)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+    if n_samples < 4:
+        raise ValueError(f"n_samples must be >= 4, got {n_samples}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    noise = torch.randn((2 * n_samples, *shape), generator=gen, dtype=torch.float64)
+    noise = noise.to(device=device, dtype=dtype)
+    fingerprint = denoiser_fingerprint(
+        denoiser, shape, sigma_min=sigma_min, sigma_max=sigma_max, cond=cond, dtype=dtype,
+        device=device,
+    )  # fmt: skip
+    cond_key = None if cond is None else {k: _tensor_digest(v) for k, v in sorted(cond.items())}
+    key = hashlib.sha256(
+        json.dumps(
+            [_FIT_VERSION, fingerprint, steps, sampler, sigma_min, sigma_max, n_samples,
+             reference_steps, sweeps, str(dtype), _tensor_digest(noise), cond_key,
+             sorted((k, repr(v)) for k, v in opts.items())]
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    stats: dict[str, Any] = {"key": key, "cached": False}
+    cache_file = Path(cache_dir) / f"sigmas-{key[:32]}.json" if cache_dir is not None else None
+    if cache and key not in _FIT_CACHE and cache_file is not None and cache_file.is_file():
+        saved = json.loads(cache_file.read_text())
+        _FIT_CACHE[key] = torch.tensor(saved["sigmas"], dtype=_F64)
+    if cache and key in _FIT_CACHE:
+        stats["cached"] = True
+        if info is not None:
+            info.update(stats)
+        return _FIT_CACHE[key].clone()
+
+    fit_noise, val_noise = noise[:n_samples], noise[n_samples:]
+
+    def solve(grid: torch.Tensor, z: torch.Tensor, method: str = sampler, **o: Any):
+        with torch.no_grad():
+            return sample(denoiser, z * sigma_max, grid, method, cond=cond, **o).double()
+
+    ref_grid = karras_sigmas(reference_steps, sigma_min, sigma_max)
+    ref_fit, ref_val = solve(ref_grid, fit_noise, "heun"), solve(ref_grid, val_noise, "heun")
+
+    def rms(grid: torch.Tensor, z: torch.Tensor, ref: torch.Tensor) -> float:
+        try:
+            return float((solve(grid, z, **opts) - ref).square().mean().sqrt())
+        except FloatingPointError:
+            return math.inf
+
+    # 2. the best rho of the Karras family as the start
+    start, start_err = None, math.inf
+    for rho in (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0):
+        grid = karras_sigmas(steps, sigma_min, sigma_max, rho)
+        err = rms(grid, fit_noise, ref_fit)
+        if err < start_err:
+            start, start_err, stats["rho"] = grid, err, rho
+    assert start is not None
+    # 3. pattern search on the interior log sigmas
+    top, bottom, gap = math.log(sigma_max), math.log(sigma_min), 1e-3
+    logs = torch.log(start[1:-1]).tolist()
+    best = start_err
+    delta = 0.25
+    for _ in range(sweeps):
+        improved = False
+        for k in range(len(logs)):
+            hi = top if k == 0 else logs[k - 1]
+            lo = bottom if k == len(logs) - 1 else logs[k + 1]
+            for move in (-delta, delta):
+                trial = min(hi - gap, max(lo + gap if k < len(logs) - 1 else lo, logs[k] + move))
+                if trial == logs[k]:
+                    continue
+                cand = [*logs[:k], trial, *logs[k + 1 :]]
+                err = rms(_grid_from_logs(cand, sigma_max), fit_noise, ref_fit)
+                if err < best:
+                    logs, best, improved = cand, err, True
+                    break
+        if not improved:
+            delta /= 2
+    fitted = _grid_from_logs(logs, sigma_max)
+    # 4. keep it only if it generalises to the validation noise
+    val_fitted, val_start = rms(fitted, val_noise, ref_val), rms(start, val_noise, ref_val)
+    result = fitted if val_fitted <= val_start else start
+    stats.update(
+        start_error=start_err, fitted_error=best, validation_fitted=val_fitted,
+        validation_start=val_start, kept="fitted" if result is fitted else "start",
+    )  # fmt: skip
+    if cache:
+        _FIT_CACHE[key] = result.clone()
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache_file, json.dumps({"sigmas": result.tolist(), **stats}))
+    if info is not None:
+        info.update(stats)
+    return result
+
+
 __all__ = [
+    "AYS_SIGMAS",
     "SPACINGS",
     "ZERO_SNR_ALPHA_CUMPROD",
     "ContinuousVPSchedule",
@@ -590,9 +812,12 @@ __all__ = [
     "NoiseSchedule",
     "VESchedule",
     "VPSchedule",
+    "ays_sigmas",
+    "denoiser_fingerprint",
     "exponential_sigmas",
     "flow_sigmas",
     "karras_sigmas",
+    "optimize_sigmas",
     "polyexponential_sigmas",
     "shift_time",
     "uniform_logsnr_sigmas",
