@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -173,7 +174,14 @@ class Trainer:
         self.is_main = acc.is_main_process
 
         self.model = model  # the unwrapped module (EMA, checkpoints)
-        opt = optimizer(model.parameters())
+        try:
+            opt = optimizer(model.parameters())
+        except (ValueError, TypeError) as err:  # torch's own checks: "Invalid learning rate: nan"
+            raise ConfigError(
+                f"trainer.optimizer cannot be built: {err} (expected e.g. lr a finite number > 0); "
+                "nothing was trained"
+            ) from err
+        _check_learning_rates(opt)  # before the LR scheduler scales them
         self.schedule = LRSchedule(
             cfg.lr_schedule, cfg.lr_warmup_steps, cfg.max_steps, cfg.lr_min_ratio
         )
@@ -189,7 +197,6 @@ class Trainer:
             DistributedType.MULTI_GPU,
         )
         self._step_optimizer = self.optimizer.optimizer if self._plain else self.optimizer
-        _check_learning_rates(opt)
         self.ema = EMABank(
             model,
             cfg.ema_decays,
@@ -530,19 +537,23 @@ class Trainer:
         naming the step, the file system error and the last good checkpoint."""
         try:
             yield
-        except OSError as err:
+        except (OSError, SafetensorError) as err:
+            code = getattr(err, "errno", None)
+            if code is None:  # safetensors reports "I/O error: ... (os error 28)"
+                m = re.search(r"os error (\d+)", str(err))
+                code = int(m.group(1)) if m else None
             reason = {
                 errno.ENOSPC: "the disk is full",
                 errno.EFBIG: "a file exceeds the allowed size",
                 errno.EROFS: "the file system is read-only",
                 errno.EDQUOT: "the disk quota is exceeded",
                 errno.EACCES: "permission denied",
-            }.get(err.errno, err.strerror or type(err).__name__)
+            }.get(code, getattr(err, "strerror", None) or str(err))
             where = self.last_checkpoint or "none written yet"
             raise CheckpointError(
                 f"cannot write the {what} of step {self.step} under {self.run_dir} ({reason}: "
-                f"{err.filename or err}); training stopped, nothing partial was left; the last "
-                f"good checkpoint is {where}"
+                f"{getattr(err, 'filename', None) or err}); training stopped; the last good "
+                f"checkpoint is {where} (resuming from it drops anything written after it)"
             ) from err
 
     def save_ema_snapshot(self) -> Path | None:
