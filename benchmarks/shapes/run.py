@@ -58,7 +58,12 @@ SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
     },
     True: {
         name: (
-            ["trainer.max_steps=30", "data.source.per_class=12", "data.source.test_per_class=4"],
+            [
+                "trainer.max_steps=30",
+                "trainer.batch_size=8",
+                "data.source.per_class=12",
+                "data.source.test_per_class=4",
+            ],
             ["evaluate.n=8", "sampler.steps=4", "data.hooks.emd=false"],
         )
         for name in ("points_class", "sdf_wavelet", "sdf_voxel")

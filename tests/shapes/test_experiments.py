@@ -119,3 +119,12 @@ def test_own_folder_in_one_line(tmp_path):
     assert opened.model.embed.is_conditional  # two classes -> a class-conditional model
     with pytest.raises(Exception, match=r"num_classes=3.*2 class folders"):
         train([*args, "data.num_classes=3"], run_dir=tmp_path / "run2")
+
+
+def test_points_text_end_to_end(tmp_path):
+    """Captions -> MiniLM tokens -> cross-attention; CFG at sampling; prompts saved."""
+    _, out, res = _run(tmp_path, "shapes/points_text", ["data.dataset.num_points=32"])
+    npz = np.load(out / "samples.npz", allow_pickle=False)
+    assert npz["samples"].shape == (3, 32, 3) and npz["cond_text"].shape == (3, 16, 384)
+    assert str(npz["prompts"][0]).startswith("a chair") and "table" in str(npz["prompts"][2])
+    assert math.isfinite(res["metrics"]["chair/1-NNA-CD"])

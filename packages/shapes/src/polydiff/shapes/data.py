@@ -136,10 +136,12 @@ class Primitive:
 
 @dataclass
 class ShapeSpec:
-    """A procedural shape: its class and parts (already in data space)."""
+    """A procedural shape: its class, parts (already in data space) and a caption naming its
+    variant ("a chair with a tall back and arm rests", "a round table on a pedestal")."""
 
     label: int
     parts: list[Primitive] = field(default_factory=list)
+    caption: str = ""
 
     @property
     def name(self) -> str:
@@ -157,7 +159,7 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _chair(rng: np.random.Generator) -> list[Primitive]:
+def _chair(rng: np.random.Generator) -> tuple[list[Primitive], str]:
     w, d, h = _u(rng, 0.4, 0.6), _u(rng, 0.4, 0.6), _u(rng, 0.35, 0.5)  # seat size, leg height
     t, leg = _u(rng, 0.04, 0.08), _u(rng, 0.025, 0.045)
     back_h = _u(rng, 0.4, 0.75)
@@ -169,18 +171,21 @@ def _chair(rng: np.random.Generator) -> list[Primitive]:
     parts.append(
         Primitive("box", (0, h + t + back_h / 2, -d / 2 + t / 2), (w / 2, back_h / 2, t / 2))
     )
-    if rng.random() < 0.4:  # arm rests
+    arms = rng.random() < 0.4
+    if arms:  # arm rests
         for sx in (-1, 1):
             c = (sx * (w / 2 - leg), h + t + 0.12, 0)
             parts.append(Primitive("box", c, (leg, leg, d / 2)))
-    return parts
+    back = "a tall back" if back_h > 0.6 else "a low back"
+    return parts, f"a chair with {back}{' and arm rests' if arms else ''}"
 
 
-def _table(rng: np.random.Generator) -> list[Primitive]:
+def _table(rng: np.random.Generator) -> tuple[list[Primitive], str]:
     w, d, h = _u(rng, 0.7, 1.1), _u(rng, 0.4, 0.8), _u(rng, 0.45, 0.75)
     t = _u(rng, 0.03, 0.07)
     parts = []
-    if rng.random() < 0.7:  # four legs
+    four_legs = rng.random() < 0.7
+    if four_legs:
         parts.append(Primitive("box", (0, h - t / 2, 0), (w / 2, t / 2, d / 2)))
         leg = _u(rng, 0.025, 0.05)
         for sx in (-1, 1):
@@ -192,10 +197,11 @@ def _table(rng: np.random.Generator) -> list[Primitive]:
         parts.append(Primitive("cylinder", (0, h - t / 2, 0), (r, t / 2)))
         parts.append(Primitive("cylinder", (0, (h - t) / 2, 0), (_u(rng, 0.04, 0.08), (h - t) / 2)))
         parts.append(Primitive("cylinder", (0, 0.02, 0), (r * _u(rng, 0.4, 0.6), 0.02)))
-    return parts
+    kind = "a rectangular table on four legs" if four_legs else "a round table on a pedestal"
+    return parts, kind
 
 
-def _lamp(rng: np.random.Generator) -> list[Primitive]:
+def _lamp(rng: np.random.Generator) -> tuple[list[Primitive], str]:
     base_r, base_h = _u(rng, 0.12, 0.22), _u(rng, 0.02, 0.05)
     pole_h, pole_r = _u(rng, 0.5, 0.9), _u(rng, 0.03, 0.05)
     parts = [
@@ -203,7 +209,8 @@ def _lamp(rng: np.random.Generator) -> list[Primitive]:
         Primitive("cylinder", (0, 2 * base_h + pole_h / 2, 0), (pole_r, pole_h / 2)),
     ]
     top = 2 * base_h + pole_h
-    if rng.random() < 0.6:  # drum shade
+    drum = rng.random() < 0.6
+    if drum:
         shade_r, shade_h = _u(rng, 0.12, 0.25), _u(rng, 0.1, 0.22)
         parts.append(
             Primitive("cylinder", (0, top + shade_h / 2 - 0.02, 0), (shade_r, shade_h / 2))
@@ -211,42 +218,44 @@ def _lamp(rng: np.random.Generator) -> list[Primitive]:
     else:  # globe
         r = _u(rng, 0.08, 0.16)
         parts.append(Primitive("sphere", (0, top + r - 0.02, 0), (r,)))
-    return parts
+    return parts, f"a floor lamp with a {'drum shade' if drum else 'globe'}"
 
 
-def _mug(rng: np.random.Generator) -> list[Primitive]:
+def _mug(rng: np.random.Generator) -> tuple[list[Primitive], str]:
     r, h = _u(rng, 0.2, 0.32), _u(rng, 0.45, 0.8)
     R, rr = _u(rng, 0.1, 0.16) * (h / 0.6), _u(rng, 0.025, 0.045)  # handle: torus in the xy-plane
-    return [
+    parts = [
         Primitive("cylinder", (0, h / 2, 0), (r, h / 2)),
         Primitive("torus", (r, h / 2, 0), (R, rr), axis=2),
     ]
+    return parts, f"a {'tall' if h / r > 2.4 else 'wide'} mug with a handle"
 
 
-def _airplane(rng: np.random.Generator) -> list[Primitive]:
+def _airplane(rng: np.random.Generator) -> tuple[list[Primitive], str]:
     length, body_r = _u(rng, 0.9, 1.3), _u(rng, 0.05, 0.09)
     span, chord, tw = _u(rng, 0.8, 1.3), _u(rng, 0.12, 0.22), _u(rng, 0.025, 0.04)
     wing_x = _u(rng, -0.1, 0.1) * length
     tail_x = -length / 2 + 0.08
+    wings = "long" if span / length > 1.0 else "short"
     return [
         Primitive("cylinder", (0, 0, 0), (body_r, length / 2), axis=0),
         Primitive("sphere", (length / 2, 0, 0), (body_r,)),
         Primitive("box", (wing_x, 0, 0), (chord / 2, tw, span / 2)),
         Primitive("box", (tail_x, 0, 0), (chord / 3, tw, span / 5)),
         Primitive("box", (tail_x, _u(rng, 0.08, 0.15), 0), (chord / 3, _u(rng, 0.08, 0.15), tw)),
-    ]
+    ], f"an airplane with {wings} wings"
 
 
 _BUILDERS = {"chair": _chair, "table": _table, "lamp": _lamp, "mug": _mug, "airplane": _airplane}
 
 
-def _normalised(parts: list[Primitive], label: int) -> ShapeSpec:
+def _normalised(parts: list[Primitive], label: int, caption: str) -> ShapeSpec:
     """Centre the union on its bounding box and scale it into the ball of radius 0.5."""
     verts = trimesh.util.concatenate([p.mesh() for p in parts]).vertices
     lo, hi = verts.min(0), verts.max(0)
     centre = (lo + hi) / 2
     radius = np.linalg.norm(verts - centre, axis=1).max()
-    return ShapeSpec(label, [p.scaled(centre, 0.5 / radius) for p in parts])
+    return ShapeSpec(label, [p.scaled(centre, 0.5 / radius) for p in parts], caption)
 
 
 def make_shape(name: str, seed: int) -> ShapeSpec:
@@ -254,7 +263,8 @@ def make_shape(name: str, seed: int) -> ShapeSpec:
     if name not in _BUILDERS:
         raise ValueError(f"unknown shape class {name!r}; valid choices: {list(CLASSES)}")
     rng = np.random.default_rng(seed)
-    return _normalised(_BUILDERS[name](rng), CLASSES.index(name))
+    parts, caption = _BUILDERS[name](rng)
+    return _normalised(parts, CLASSES.index(name), caption)
 
 
 def sample_surface_points(spec: ShapeSpec, n: int, seed: int) -> np.ndarray:
@@ -289,7 +299,8 @@ def _truncate(sdf: np.ndarray, truncation: float) -> np.ndarray:
 @dataclass
 class ShapeSet:
     """Shapes as arrays: ``points`` (N, P, 3) in data space, ``labels`` (N,), ``sdf`` (N, R, R, R)
-    truncated SDF in [-1, 1] (``* truncation`` = distance) or None, ``names`` of the classes."""
+    truncated SDF in [-1, 1] (``* truncation`` = distance) or None, the ``classes``' names and
+    one caption per shape (folders: "a <class>")."""
 
     points: np.ndarray
     labels: np.ndarray
@@ -298,6 +309,7 @@ class ShapeSet:
     truncation: float = 0.1
     files: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.points)
@@ -311,6 +323,7 @@ class ShapeSet:
             self.truncation,
             [self.files[i] for i in idx] if self.files else [],
             list(self.skipped),
+            [self.captions[i] for i in idx] if self.captions else [],
         )
 
 
@@ -351,19 +364,21 @@ def procedural_shapes(
             tuple(classes),
             None if not with_sdf else np.concatenate([p.sdf for p in parts]),
             truncation,
+            captions=[c for p in parts for c in p.captions],
         )
         _SET_CACHE[key] = out
         return out
     n = per_class if split == "train" else max(per_class // 4, 1)
     offset = 0 if split == "train" else 1_000_000
     grid = grid_coordinates(resolution).reshape(-1, 3) if with_sdf else None
-    points, labels, sdfs = [], [], []
+    points, labels, sdfs, captions = [], [], [], []
     for ci, name in enumerate(classes):
         for i in range(n):
             s = seed * 10_000_000 + offset + CLASSES.index(name) * 100_000 + i
             spec = make_shape(name, s)
             points.append(sample_surface_points(spec, num_points, s))
             labels.append(ci)
+            captions.append(spec.caption)
             if grid is not None:
                 sdf = spec.sdf(grid).reshape(resolution, resolution, resolution)
                 sdfs.append(_truncate(sdf, truncation))
@@ -373,6 +388,7 @@ def procedural_shapes(
         tuple(classes),
         np.stack(sdfs) if grid is not None else None,
         truncation,
+        captions=captions,
     )
     _SET_CACHE[key] = out
     return out
@@ -598,6 +614,7 @@ def folder_data(
         truncation,
         kept,
         skipped,
+        [f"a {classes[y] or 'shape'}" for y in labels],
     )
 
 

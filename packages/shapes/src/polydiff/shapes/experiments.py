@@ -40,12 +40,40 @@ from .metrics import compute_all_metrics, watertight_ratio
 
 __all__ = [
     "PointSubsets",
+    "text_encoder",
     "ShapeSource",
     "ShapesHooks",
     "WaveletCodec",
     "grid_data",
     "points_data",
 ]
+
+
+_ENCODERS: dict[tuple, Any] = {}
+
+
+def text_encoder(name: str = "minilm", pad_to: int = 16) -> Any:
+    """The text encoder of the captions, built once per process: ``"minilm"`` (the offline
+    ``polydiff.nn.text.MiniLMTextEncoder``, 384-d tokens and pooled vector), every batch padded
+    to ``pad_to`` tokens so encoded datasets stack."""
+    if name != "minilm":
+        raise ValueError(f"unknown text encoder {name!r}; expected 'minilm'")
+    key = (name, pad_to)
+    if key not in _ENCODERS:
+        from polydiff.nn.text import MiniLMTextEncoder  # heavy optional dependency
+
+        _ENCODERS[key] = MiniLMTextEncoder(pad_to=pad_to)
+    return _ENCODERS[key]
+
+
+def _encode(encoder: Any, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+    if not captions:
+        raise ValueError("text conditioning needs captions, and this source has none")
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(captions), 256):
+        for k, v in encoder.encode(list(captions[i : i + 256])).items():
+            out.setdefault(k, []).append(v.detach().cpu().float() if v.is_floating_point() else v)
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 class ShapeSource:
@@ -190,14 +218,18 @@ def points_data(
     num_points: int = 512,
     normalize: str = "global",
     conditional: bool = True,
+    text_encoder: Any = None,
 ) -> PointSubsets:
     """Training point clouds of ``source`` (see :class:`PointSubsets`), normalised as PointFlow
     (:func:`polydiff.shapes.data.normalize_points`); ``"class"`` when conditional and the
-    source has more than one class."""
+    source has more than one class; with ``text_encoder`` the captions' ``"text"``,
+    ``"text_mask"``, ``"text_pooled"`` instead."""
     tr = source.train()
     pts, _ = normalize_points(tr.points, normalize)
     extra: dict[str, Any] = {"info": source.describe()}
-    if conditional and source.num_classes:
+    if conditional and text_encoder is not None:
+        extra.update(_encode(text_encoder, tr.captions))
+    elif conditional and source.num_classes:
         extra["class"] = torch.from_numpy(tr.labels)
     return PointSubsets(torch.from_numpy(pts), num_points, **extra)
 
@@ -298,6 +330,7 @@ class ShapesHooks:
         normalize: str = "global",
         wavelet: str | None = None,
         conditioning: str | None = "class",
+        text_encoder: Any = None,
         metrics: bool = True,
         emd: bool = True,
         metric_points: int = 512,
@@ -307,22 +340,33 @@ class ShapesHooks:
             raise ValueError(
                 f"representation must be 'points', 'sdf' or 'wavelet', got {representation!r}"
             )
-        if conditioning not in (None, "class"):
-            raise ValueError(f"conditioning must be None or 'class', got {conditioning!r}")
+        if conditioning not in (None, "class", "text"):
+            raise ValueError(f"conditioning must be None, 'class' or 'text', got {conditioning!r}")
+        if conditioning == "text" and text_encoder is None:
+            raise ValueError("conditioning='text' needs a text_encoder")
         if representation == "wavelet" and not wavelet:
             raise ValueError("representation='wavelet' needs wavelet='haar'")
         self.source, self.representation = source, representation
         self.normalize, self.wavelet = normalize, wavelet
-        self.conditioning = conditioning if source.num_classes else None
+        self.conditioning = conditioning if (source.num_classes or conditioning == "text") else None
+        self.text_encoder = text_encoder
+        self._labels: torch.Tensor | None = None
+        self._prompts: list[str] | None = None
         self.metrics, self.emd = metrics, emd
         self.metric_points, self.write_n = metric_points, write_n
 
     # ---------------------------------------------------------------- conditioning, data space
     def sample_cond(self, n: int, generator: torch.Generator | None) -> dict | None:
-        if self.conditioning != "class":
+        """The test split's labels (or captions), tiled: #samples = #test shapes per class."""
+        if self.conditioning is None:
             return None
-        labels = torch.from_numpy(self.source.test().labels)
-        return {"class": labels[torch.arange(n) % len(labels)]}
+        test = self.source.test()
+        idx = torch.arange(n) % len(test)
+        self._labels = torch.from_numpy(test.labels)[idx]
+        if self.conditioning == "class":
+            return {"class": self._labels}
+        self._prompts = [test.captions[i] for i in idx.tolist()]
+        return _encode(self.text_encoder, self._prompts)
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().float()
@@ -347,8 +391,11 @@ class ShapesHooks:
         out_dir = Path(out_dir)
         n = min(self.write_n, len(samples))
         names = self.source.train().classes
-        labels = cond["class"].cpu().tolist() if cond and "class" in cond else [None] * n
+        labels = self._cond_labels(cond, len(samples))
+        labels = [None] * n if labels is None else labels.tolist()
         titles = [f"{i}: {'sample' if y is None else names[y]}" for i, y in enumerate(labels[:n])]
+        if self._prompts is not None and len(self._prompts) == len(samples):
+            titles = [f"{i}: {p}" for i, p in enumerate(self._prompts[:n])]
         files: list[Path] = []
         if self.representation == "points":
             shown: list = []
@@ -390,8 +437,9 @@ class ShapesHooks:
         test = self.source.test()
         refs = _subsample(test.points, pts.shape[1], seed=0)
         groups: list[tuple[str, np.ndarray, np.ndarray]]
-        if cond is not None and "class" in cond:
-            labels = cond["class"].cpu().numpy()
+        labels_t = self._cond_labels(cond, len(pts))
+        if labels_t is not None:
+            labels = labels_t.numpy()
             groups = [
                 (name, pts[labels == c], refs[test.labels == c])
                 for c, name in enumerate(test.classes)
@@ -410,5 +458,15 @@ class ShapesHooks:
         out["points"] = float(pts.shape[1])
         return out
 
+    def _cond_labels(self, cond: Mapping | None, n: int) -> torch.Tensor | None:
+        if cond is not None and "class" in cond:
+            return cond["class"].cpu()
+        if self.conditioning == "text" and self._labels is not None and len(self._labels) == n:
+            return self._labels  # the classes of the prompts drawn by sample_cond
+        return None
+
     def extra_npz(self, cond: Mapping | None) -> dict[str, np.ndarray]:
-        return {"classes": np.asarray(self.source.train().classes)}
+        out = {"classes": np.asarray(self.source.train().classes)}
+        if self.conditioning == "text" and self._prompts is not None:
+            out["prompts"] = np.asarray(self._prompts)
+        return out
