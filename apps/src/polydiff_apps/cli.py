@@ -5,8 +5,9 @@
     polydiff sample run=runs/toy/gmm/<stamp>-<hash> sampler=dpmpp_2m steps=20 n=1000
     polydiff sample run=latest sampler=euler_ancestral sampler.eta=0.5 ~sampler.s_noise
     polydiff evaluate run=latest:toy/gmm n=2000 steps=32
-    polydiff edit run=<dir> edit=inpaint edit.strength=0.5            # modality commands
-    polydiff adapt run=<dir> adapt=textual_inversion
+    polydiff edit run=<dir> edit=sdedit edit.strength=0.5             # modality commands,
+    polydiff edit run=<dir> edit=inpaint                               # any image run;
+    polydiff adapt run=<dir> adapt=textual_inversion                   # configs/edit, adapt
     polydiff demo [--only toy] [--quick] [--out demo_out]
     polydiff show experiment=toy/gmm                                   # print the composed config
     polydiff show run=<dir>                                            # what a run holds

@@ -543,9 +543,11 @@ def adapt_run(
     out: str | None = None,
     adapt_cfg: AdaptConfig | Mapping | None = None,
 ) -> dict[str, Any]:
-    """``polydiff adapt run=<dir> [adapt.method=textual_inversion ...]``: adapt a trained
-    class-conditional run to a concept (:class:`AdaptConfig`, default the run config's
-    ``adapt`` node) and write into ``out`` (default ``<run>/adapt/<method>``) the adapter alone
+    """``polydiff adapt run=<dir> [adapt=textual_inversion adapt.steps=200 ...]``: adapt any
+    trained class-conditional image run to a concept (:class:`AdaptConfig` from the
+    ``configs/adapt/`` option chosen by ``adapt=<method>``, else the run config's ``adapt`` node,
+    else ``lora``) and write into ``out`` (default ``<run>/adapt/<method>-<hash of the
+    settings>``) the adapter alone
     (``lora.safetensors`` / ``token.safetensors``; DreamBooth: ``model.safetensors``), a sample
     grid of the token (``samples.png``) and ``adapt.json``. Returns the written info."""
     import dataclasses
@@ -554,19 +556,20 @@ def adapt_run(
     from safetensors.torch import save_file
 
     from polydiff.core.guidance import classifier_free_guidance
-    from polydiff.train.run import open_run
+    from polydiff.train.run import job_dir, open_run, run_job_config, with_job_default
 
-    from .io import run_job_config, save_image_grid
+    from .io import save_image_grid
 
-    run = open_run(run_dir, overrides)
-    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg", "image/edit_adapt_*")
+    run = open_run(run_dir, with_job_default(run_dir, overrides, "adapt", "lora"))
+    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg")
     _check_token(run.model, cfg.token)
     shape = tuple(run.sample_shape)
     images = _concept_images(cfg, shape[-1])
     objective = run.objective
     sigmas = objective.schedule.sigmas_for(cfg.sample_steps).float()
     model, info = adapt(cfg, run.model.requires_grad_(False), objective, images, sigmas)
-    target = Path(out) if out else Path(run_dir) / "adapt" / cfg.method
+    settings = {"adapt": dataclasses.asdict(cfg), "checkpoint": run.checkpoint.name}
+    target = Path(out) if out else job_dir(Path(run_dir) / "adapt", cfg.method, settings)
     target.mkdir(parents=True, exist_ok=True)
     if cfg.method == "lora":
         save_lora(model, target / "lora.safetensors")

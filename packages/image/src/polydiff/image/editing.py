@@ -425,24 +425,32 @@ def edit_run(
     out: str | None = None,
     edit: EditConfig | Mapping | None = None,
 ) -> dict[str, object]:
-    """``polydiff edit run=<dir> [edit.task=sdedit edit.strength=0.5 ...]``: open a trained
-    run (:func:`polydiff.train.run.open_run`), apply ``edit`` (default: the run config's
-    ``edit`` node, e.g. from ``experiment=image/edit_inpaint``) to ``edit.n`` of its training
-    images, and write ``edit.png`` (rows: source, edited), ``edit.npz`` and ``edit.json`` into
-    ``out`` (default ``<run>/edits/<task>``). Returns the written info."""
+    """``polydiff edit run=<dir> [edit=inpaint edit.strength=0.5 ...]``: open any trained image
+    run (:func:`polydiff.train.run.open_run`), apply ``edit`` (default: the ``configs/edit/``
+    option chosen by ``edit=<task>``, else the run config's ``edit`` node, else ``sdedit``) to
+    ``edit.n`` of its training images, and write ``edit.png`` (rows: source, edited),
+    ``edit.npz`` and ``edit.json`` into ``out`` (default ``<run>/edits/<task>-<hash of the
+    settings>``). Returns the written info."""
     import json
     from pathlib import Path
 
     import numpy as np
 
+    from polydiff.core.fileio import atomic_path, atomic_write_text
     from polydiff.core.guidance import classifier_free_guidance
     from polydiff.train.data import split_batch
-    from polydiff.train.run import instantiate, open_run
+    from polydiff.train.run import (
+        instantiate,
+        job_dir,
+        open_run,
+        run_job_config,
+        with_job_default,
+    )
 
-    from .io import run_job_config, save_image_grid
+    from .io import save_image_grid
 
-    run = open_run(run_dir, overrides)
-    edit = run_job_config(run, "edit", EditConfig, edit, "edit", "image/edit_*")
+    run = open_run(run_dir, with_job_default(run_dir, overrides, "edit", "sdedit"))
+    edit = run_job_config(run, "edit", EditConfig, edit, "edit")
     if edit.images:
         images, labels = _load_images(edit.images, edit.n)
     else:
@@ -457,14 +465,14 @@ def edit_run(
     sigmas = run.objective.schedule.sigmas_for(edit.steps).float()
     with torch.no_grad():
         result = apply_edit(edit, denoiser, images, sigmas, labels, num_classes)
-    target = Path(out) if out else Path(run_dir) / "edits" / edit.task
+    settings = {"edit": dataclasses.asdict(edit), "checkpoint": run.checkpoint.name}
+    target = Path(out) if out else job_dir(Path(run_dir) / "edits", edit.task, settings)
     target.mkdir(parents=True, exist_ok=True)
     save_image_grid(torch.cat([result["source"], result["edited"]]), target / "edit.png",
                     nrow=len(images), scale=4)  # fmt: skip
     arrays = {k: v.cpu().numpy() for k, v in result.items()}
-    tmp = target / "edit.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(target / "edit.npz")
+    with atomic_path(target / "edit.npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
     info = {
         "run": str(run_dir), "checkpoint": str(run.checkpoint),
         "edit": dataclasses.asdict(edit),
@@ -473,5 +481,5 @@ def edit_run(
             (result["edited"] - result["source"]).abs()[result["mask"].expand_as(images)].max()
         ) if edit.task == "inpaint" else None,
     }  # fmt: skip
-    (target / "edit.json").write_text(json.dumps(info, indent=1))
+    atomic_write_text(target / "edit.json", json.dumps(info, indent=1))
     return info | {"out": str(target)}

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+from polydiff.core.fileio import atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -61,14 +54,8 @@ def save_image_grid(
     im = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            im.save(fh, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
     return path
 
 
@@ -79,7 +66,8 @@ def save_images(images: torch.Tensor, folder: str | Path, prefix: str = "") -> l
     paths = []
     for i, a in enumerate(to_uint8(images)):
         p = folder / f"{prefix}{i:05d}.png"
-        Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(p)
+        with atomic_path(p, fsync=False) as tmp:
+            Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a).save(tmp, format="PNG")
         paths.append(p)
     return paths
 
@@ -92,33 +80,6 @@ def save_samples_npz(
     out = {"images": to_uint8(images)}
     for k, v in arrays.items():
         out[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **out)
     return path
-
-
-def run_job_config(run: Any, key: str, cls: type, given: Any, param: str, hint: str) -> Any:
-    """The job config of a ``polydiff <key> run=<dir>`` command: ``given`` (the argument
-    ``param``: an instance of ``cls`` or a mapping of its fields) or else the run config's
-    ``<key>`` node, instantiated. ``hint`` names the experiments that carry such a node."""
-    from polydiff.train.run import instantiate
-
-    if given is None:
-        node = run.cfg.get(key)
-        if node is None:
-            raise ValueError(
-                f"{run.run_dir}: the run's config has no {key!r} node; train with an "
-                f"experiment={hint} config or pass {param}={cls.__name__}(...)"
-            )
-        given = instantiate(node, key)
-    elif isinstance(given, Mapping):
-        given = cls(**given)
-    if not isinstance(given, cls):
-        raise TypeError(f"{param} must be an {cls.__name__}, got {type(given).__name__}")
-    return given

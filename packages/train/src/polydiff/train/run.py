@@ -63,11 +63,13 @@ __all__ = [
     "evaluate_run",
     "find_run",
     "instantiate",
+    "job_dir",
     "job_settings",
     "open_run",
     "run_job_config",
     "sample_run",
     "train",
+    "with_job_default",
 ]
 
 # what a trained run is: overriding these when sampling would be ignored, so it is refused
@@ -368,6 +370,23 @@ def open_run(
         checkpoint=ckpt,
         weights=which,
     )
+
+
+def with_job_default(
+    run_dir: str | Path, overrides: Sequence[str], key: str, default: str
+) -> list[str]:
+    """``overrides`` plus ``<key>=<default>`` (a ``configs/<key>/`` option) when neither they
+    nor the run's own config choose the job settings of a modality command."""
+    chosen = any(o.split("=", 1)[0].lstrip("+~") == key for o in overrides)
+    saved = Path(run_dir) / "config.yaml"
+    has_node = saved.is_file() and OmegaConf.load(saved).get(key) is not None
+    return list(overrides) if chosen or has_node else [f"{key}={default}", *overrides]
+
+
+def job_dir(root: Path, name: str, settings: Mapping[str, Any]) -> Path:
+    """``root/<name>-<hash of settings>``: one output directory per distinct job."""
+    digest = hashlib.sha256(json.dumps(json_safe(settings), sort_keys=True).encode())
+    return root / f"{name}-{digest.hexdigest()[:8]}"
 
 
 def run_job_config(run: OpenedRun, key: str, cls: type, given: Any, param: str) -> Any:
