@@ -1,0 +1,91 @@
+"""``polydiff schedule``: a grid fitted for a trained run, saved, and used by the sampler config;
+and ``generate``'s per-sample random streams (the edit to ``polydiff.train.sampling``)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from polydiff.core.samplers import denoiser_evaluations
+from polydiff.core.toy import ring_mixture
+from polydiff.train.config import ConfigError
+from polydiff.train.run import open_run, train
+from polydiff.train.sampling import SamplerSpec, generate
+from polydiff.train.schedule_fit import fitted_sigmas, load_sigmas, schedule_run
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    return train(
+        [
+            "experiment=toy/gmm",
+            "trainer.max_steps=30",
+            "trainer.ema_decays=[0.9]",
+            "trainer.lr_warmup_steps=5",
+            "trainer.progress=false",
+            "trainer.ckpt_every=30",
+            f"run_dir={tmp_path_factory.mktemp('runs') / 'gmm'}",
+        ]
+    )
+
+
+@pytest.mark.slow  # trains a 30-step toy run and fits a grid (~25 s on a loaded 2-core box)
+def test_schedule_run_fits_saves_and_the_sampler_config_uses_it(toy_run, tmp_path) -> None:
+    record = schedule_run(toy_run, ["sampler=ipndm", "sampler.steps=4", "sample.n=32"])
+    sigmas = torch.tensor(record["sigmas"], dtype=torch.float64)
+    assert record["sampler"] == "ipndm" and record["steps"] == 4 and record["nfe"] == 4
+    assert len(sigmas) == 5 and sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+    assert float(sigmas[0]) == pytest.approx(record["sigma_max"])
+    with open(record["path"]) as f:
+        saved = json.load(f)
+    assert saved["sigmas"] == record["sigmas"] and "fitted_sigmas" in saved["use"]
+    # the sampler config takes the saved grid
+    run = open_run(toy_run, saved["use"].split(" "))
+    assert run.sampler.method == "ipndm" and run.sampler.steps == 4
+    torch.testing.assert_close(run.sampler.sigmas(), sigmas)
+    assert denoiser_evaluations("ipndm", run.sampler.sigmas()) == 4
+    # the same run and settings again: the cached grid, no refit
+    again = schedule_run(toy_run, ["sampler=ipndm", "sampler.steps=4", "sample.n=32"],
+                         out=tmp_path / "again.json")  # fmt: skip
+    assert again["sigmas"] == record["sigmas"] and again["fit"]["cached"]
+
+
+def test_saved_grids_are_validated(tmp_path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"sigmas": [10.0, 2.0, 0.5, 0.0]}))
+    assert fitted_sigmas(3, path=good).tolist() == [10.0, 2.0, 0.5, 0.0]
+    with pytest.raises(ConfigError, match="holds a 3-step grid but sampler.steps=5"):
+        fitted_sigmas(5, path=good)
+    cases = {
+        "missing.json": None,
+        "text.json": "not json",
+        "nolist.json": json.dumps({"sigmas": "10, 0"}),
+        "up.json": json.dumps({"sigmas": [1.0, 2.0, 0.0]}),
+        "nozero.json": json.dumps({"sigmas": [2.0, 1.0]}),
+    }
+    messages = ["not found", "not a JSON sigma grid", "list of numbers", "strictly decreasing",
+                "must end in 0"]  # fmt: skip
+    for (name, text), message in zip(cases.items(), messages):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_sigmas(tmp_path / name)
+
+
+@pytest.mark.parametrize("method", ["euler_ancestral", "dpmpp_2m_sde", "heun"])
+def test_generate_sample_i_is_the_same_whatever_n_and_batch_size(method: str) -> None:
+    ring, spec = ring_mixture(), SamplerSpec(method, 6)
+
+    def draw(n: int, batch_size: int) -> torch.Tensor:
+        return generate(ring, (2,), n, spec, generator=torch.Generator().manual_seed(3),
+                        batch_size=batch_size)  # fmt: skip
+
+    full = draw(8, 8)
+    torch.testing.assert_close(draw(8, 3), full, rtol=0, atol=0)
+    torch.testing.assert_close(draw(5, 2), full[:5], rtol=0, atol=0)
+    by_seed = generate(ring, (2,), 3, spec, seeds=[10, 11, 12])
+    torch.testing.assert_close(generate(ring, (2,), 1, spec, seeds=[11])[0], by_seed[1])
+    with pytest.raises(ValueError, match="2 per-sample seeds/generators for n=3"):
+        generate(ring, (2,), 3, spec, seeds=[1, 2])
