@@ -33,6 +33,7 @@ def examples() -> list[list[str]]:
     return [shlex.split(ln.split("#", 1)[0]) for ln in lines if "[" not in ln]
 
 
+@pytest.mark.slow
 def test_docstring_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "my_images"

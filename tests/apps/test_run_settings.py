@@ -44,6 +44,7 @@ def cond_run(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------ config values take effect
+@pytest.mark.slow
 def test_every_root_config_key_takes_effect_when_set_in_an_experiment(tmp_path, monkeypatch):
     """Each key of configs/config.yaml set in an experiment (not on the command line) acts."""
     configs = tmp_path / "configs"
@@ -113,23 +114,26 @@ def test_every_root_config_key_takes_effect_when_set_in_an_experiment(tmp_path, 
 
 
 # ------------------------------------------------------------------ CLI values are validated
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "arg,message",
     [
         ("n=0", "sample.n=0: expected a positive integer"),
-        ("n=-3", "sample.n=-3: expected a positive integer"),
+        pytest.param("n=-3", "sample.n=-3: expected a positive integer", marks=SLOW),
         ("steps=0", "sampler.steps=0: expected a positive integer"),
         ("seed=1.5", "sample.seed=1.5: expected an integer seed"),
-        ("sample.batch_size=0", "sample.batch_size=0"),
+        pytest.param("sample.batch_size=0", "sample.batch_size=0", marks=SLOW),
         ("ema=0.5x", "ema='0.5x'"),
-        ("ema=1.5", "ema=1.5"),
-        ("sampler.eta=0.5", "'sampler.eta'"),
+        pytest.param("ema=1.5", "ema=1.5", marks=SLOW),
+        pytest.param("sampler.eta=0.5", "'sampler.eta'", marks=SLOW),
         ("model.hidden=8", "'model.hidden=8': model is fixed once a run is trained"),
-        ("data=toy_moons", "data is fixed"),
-        ("objective.prediction=eps", "objective is fixed"),
-        ("trainer.max_steps=9", "trainer is fixed"),
+        pytest.param("data=toy_moons", "data is fixed", marks=SLOW),
+        pytest.param("objective.prediction=eps", "objective is fixed", marks=SLOW),
+        pytest.param("trainer.max_steps=9", "trainer is fixed", marks=SLOW),
         ("guidance=cfg", "needs a condition to drop"),
-        ("guidance.scale=3", "guidance.scale=3 has no effect"),
+        pytest.param("guidance.scale=3", "guidance.scale=3 has no effect", marks=SLOW),
     ],
 )
 def test_bad_values_get_one_line_naming_them(run, tmp_path, capsys, arg, message):
@@ -146,7 +150,13 @@ def test_ema_values_accepted(run, tmp_path):
 
 
 # ------------------------------------------------------------------ samplers are configs
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+FAST_SAMPLERS = ("euler_ancestral", "dpmpp_2m", "unipc")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[] if n in FAST_SAMPLERS else [SLOW]) for n in sorted(SAMPLERS)],
+)
 def test_every_registered_sampler_is_a_config_with_plain_options(name):
     node = compose([f"sampler={name}"], CONFIGS).sampler
     assert node.method == name
@@ -189,6 +199,7 @@ def test_tilde_removes_a_key_and_options_are_recorded(run, tmp_path):
 
 
 # ------------------------------------------------------------------ nothing overwritten
+@pytest.mark.slow
 def test_outputs_are_named_by_every_setting_and_never_overwritten(run, capsys):
     base = ["sample", f"run={run}", "sampler=euler_ancestral", "steps=2", "n=4"]
     variants = [[], ["sampler.eta=0.5"], ["seed=1"], ["n=5"], ["ema=false"], ["steps=3"]]

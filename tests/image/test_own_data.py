@@ -49,6 +49,7 @@ def readme_commands() -> list[list[str]]:
     return [shlex.split(line.split("#", 1)[0]) for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_readme_own_data_section_verbatim(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     commands = readme_commands()
