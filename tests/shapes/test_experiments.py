@@ -48,9 +48,13 @@ def test_points_class_end_to_end(tmp_path):
     assert m["chair/n_samples"] == 2 and m["chair/n_refs"] == 2 and m["points"] == 64
 
 
-@pytest.mark.parametrize("experiment", ["shapes/sdf_voxel", "shapes/sdf_wavelet"])
-def test_grid_experiments_end_to_end(tmp_path, experiment):
-    _, out, res = _run(tmp_path, experiment, ["data.source.resolution=8", "evaluate.n=2"])
+@pytest.mark.parametrize(
+    "experiment", ["shapes/sdf_voxel", "shapes/sdf_wavelet", "shapes/latent_sdf"]
+)
+def test_grid_experiments_end_to_end(tmp_path, experiment, monkeypatch):
+    monkeypatch.setenv("POLYDIFF_CACHE", str(tmp_path / "cache"))
+    extra = ["data.autoencoder.steps=3"] if "latent" in experiment else []
+    _, out, res = _run(tmp_path, experiment, ["data.source.resolution=8", "evaluate.n=2", *extra])
     npz = np.load(out / "samples.npz", allow_pickle=False)
     assert npz["samples"].shape == (3, 8, 8, 8)
     assert np.abs(npz["samples"]).max() <= 1.0
@@ -68,6 +72,25 @@ def test_wavelet_codec_is_exactly_invertible():
     np.testing.assert_allclose(codec.decode(coeffs), grids, atol=1e-5)
     with pytest.raises(ValueError, match="length-2"):
         WaveletCodec("db4")
+
+
+def test_voxel_autoencoder_learns_and_is_cached(tmp_path):
+    from polydiff.shapes.latent import train_voxel_autoencoder
+
+    g = np.linalg.norm(
+        np.stack(np.meshgrid(*[np.linspace(-1, 1, 8)] * 3, indexing="ij"), -1), axis=-1
+    )
+    grids = np.stack([np.clip(g - r, -1, 1) for r in (0.3, 0.5, 0.7, 0.9)]).astype(np.float32)
+    ae = train_voxel_autoencoder(grids, steps=150, batch_size=4, base=8, cache_dir=str(tmp_path))
+    x = torch.from_numpy(grids)[:, None]
+    with torch.no_grad():
+        z = ae.encode(x)
+        err = (ae.decode(z) - x).abs().mean()
+    assert z.shape == (4, 4, 2, 2, 2) and abs(float(z.std()) - 1) < 1e-3
+    assert err < 0.5 * x.abs().mean()  # reconstructs far better than predicting zeros
+    assert len(list(tmp_path.glob("voxel-ae-*.safetensors"))) == 1
+    again = train_voxel_autoencoder(grids, steps=150, batch_size=4, base=8, cache_dir=str(tmp_path))
+    torch.testing.assert_close(again.encode(x), z)
 
 
 def test_points_to_data_undoes_the_normalisation():

@@ -36,6 +36,7 @@ from .data import (
     resolve_num_classes,
     scan_folder,
 )
+from .latent import VoxelAutoencoder, train_voxel_autoencoder
 from .metrics import compute_all_metrics, watertight_ratio
 
 __all__ = [
@@ -45,7 +46,9 @@ __all__ = [
     "ShapesHooks",
     "WaveletCodec",
     "grid_data",
+    "latent_data",
     "points_data",
+    "shapes_autoencoder",
 ]
 
 
@@ -299,6 +302,37 @@ def grid_data(
     return ShapeTensors(info=source.describe(), x=x, **extra)
 
 
+def shapes_autoencoder(
+    source: ShapeSource,
+    steps: int = 1000,
+    batch_size: int = 32,
+    z_channels: int = 4,
+    base: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> VoxelAutoencoder:
+    """The voxel SDF autoencoder of ``source``'s training grids (trained once, then cached;
+    :mod:`polydiff.shapes.latent`)."""
+    tr = source.train()
+    if tr.sdf is None:
+        raise ValueError("shapes_autoencoder needs a source with with_sdf=true")
+    return train_voxel_autoencoder(tr.sdf, steps, batch_size, z_channels, base, lr, seed, cache_dir)
+
+
+def latent_data(
+    source: ShapeSource, autoencoder: VoxelAutoencoder, conditional: bool = True
+) -> ShapeTensors:
+    """``source``'s SDF grids encoded into scaled latents ``(z, R/4, R/4, R/4)``."""
+    grids = torch.from_numpy(source.train().sdf)[:, None]
+    with torch.no_grad():
+        z = torch.cat([autoencoder.encode(grids[i : i + 64]) for i in range(0, len(grids), 64)])
+    extra: dict[str, Any] = {}
+    if conditional and source.num_classes:
+        extra["class"] = torch.from_numpy(source.train().labels)
+    return ShapeTensors(info=source.describe(), x=z.contiguous(), **extra)
+
+
 # --------------------------------------------------------------------------------------------
 # Hooks
 # --------------------------------------------------------------------------------------------
@@ -315,12 +349,13 @@ def _subsample(points: np.ndarray, n: int, seed: int) -> np.ndarray:
 class ShapesHooks:
     """``polydiff.train.hooks`` of the shapes experiments.
 
-    ``representation``: ``"points"`` (``(B, P, 3)``), ``"sdf"`` (``(B, 1, R, R, R)``) or
-    ``"wavelet"`` (``(B, 8, R/2, R/2, R/2)``). ``normalize`` / ``wavelet``: as the dataset's, to
-    undo them. ``conditioning``: None or ``"class"``. ``metrics``: compute the PVD table
-    (``emd``: also the EMD metrics, exact and costly); for grids, samples are meshed by marching
-    cubes (watertight ratio) and ``metric_points`` surface points of each mesh are compared with
-    the test shapes. ``write_n`` samples are exported (PLY / OBJ / GLB) and rendered.
+    ``representation``: ``"points"`` (``(B, P, 3)``), ``"sdf"`` (``(B, 1, R, R, R)``),
+    ``"wavelet"`` (``(B, 8, R/2, R/2, R/2)``) or ``"latent"`` (``autoencoder`` latents).
+    ``normalize`` / ``wavelet``: as the dataset's, to undo them. ``conditioning``: None,
+    ``"class"`` or ``"text"`` (captions through ``text_encoder``). ``metrics``: compute the PVD
+    table (``emd``: also the EMD metrics, exact and costly); for grids, samples are meshed by
+    marching cubes (watertight ratio) and ``metric_points`` surface points of each mesh are
+    compared with the test shapes. ``write_n`` samples are exported (PLY / OBJ / GLB) and rendered.
     """
 
     def __init__(
@@ -335,11 +370,16 @@ class ShapesHooks:
         emd: bool = True,
         metric_points: int = 512,
         write_n: int = 8,
+        autoencoder: VoxelAutoencoder | None = None,
     ) -> None:
-        if representation not in ("points", "sdf", "wavelet"):
+        if representation not in ("points", "sdf", "wavelet", "latent"):
             raise ValueError(
-                f"representation must be 'points', 'sdf' or 'wavelet', got {representation!r}"
+                "representation must be 'points', 'sdf', 'wavelet' or 'latent', "
+                f"got {representation!r}"
             )
+        if representation == "latent" and autoencoder is None:
+            raise ValueError("representation='latent' needs the autoencoder")
+        self.autoencoder = autoencoder
         if conditioning not in (None, "class", "text"):
             raise ValueError(f"conditioning must be None, 'class' or 'text', got {conditioning!r}")
         if conditioning == "text" and text_encoder is None:
@@ -381,6 +421,11 @@ class ShapesHooks:
         if self.representation == "wavelet":
             grids = _codec(self.source, self.wavelet).decode(x.numpy())
             return torch.from_numpy(grids).clamp(-1, 1)
+        if self.representation == "latent":
+            with torch.no_grad():
+                return torch.cat(
+                    [self.autoencoder.decode(x[i : i + 64])[:, 0] for i in range(0, len(x), 64)]
+                )
         return x[:, 0].clamp(-1, 1)
 
     # ---------------------------------------------------------------- files
