@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from polydiff.motion.bvh import bvh_to_joints22, read_bvh
+from polydiff.motion.pipeline import EDIT_TASKS, edit_mask, edit_run
 from polydiff.train.config import ConfigError
 from polydiff.train.run import evaluate_run, sample_run, train
 
@@ -23,6 +24,7 @@ TINY = [
     "sampler.steps=3",
     "sample.n=4",
     "evaluate.n=4",
+    "data.hooks.files=1",
 ]
 
 
@@ -55,6 +57,29 @@ def test_tiny_train_sample_export(tmp_path, experiment, extra):
     result = evaluate_run(run, ["evaluate.n=4"], out=tmp_path / "eval.json")
     m = result["metrics"]
     assert 0.0 <= m["foot_skating_ratio"] <= 1.0 and m["bone_length_error_real"] < 1e-3
+    if experiment == "motion/edit_inbetween":
+        for task in EDIT_TASKS:
+            summary = edit_run(run, [f"edit.task={task}", "edit.n=3"], out=tmp_path / task)
+            assert summary["max_kept_error"] < 1e-4  # the kept frames / joints are exact
+            edited = np.load(tmp_path / task / "joints.npz")["features"]
+            source = np.load(tmp_path / task / "source" / "joints.npz")["features"]
+            lengths = np.load(tmp_path / task / "joints.npz")["lengths"]
+            free = ~edit_mask(task, lengths.tolist(), edited.shape[1]).numpy()
+            assert np.abs(edited - source)[free].mean() > 1e-3  # the rest was generated
+
+
+def test_edit_masks():
+    m = edit_mask("inbetween", [20, 12], 24)
+    assert m[0, :5].all() and m[0, 15:20].all() and not m[0, 5:15].any() and m[0, 20:].all()
+    assert m[1, :3].all() and not m[1, 3:9].any() and m[1, 9:].all()
+    c = edit_mask("continuation", [20], 24)
+    assert c[0, :10].all() and not c[0, 10:20].any()
+    u = edit_mask("upper_body", [10], 10)[0, 0]
+    assert u[:4].all() and u[259:].all() and int(u.sum()) == 4 + 8 * 9 + 9 * 3 + 4
+    t = edit_mask("trajectory", [10], 10)[0, 0]
+    assert t[:4].all() and not t[4:].any()
+    with pytest.raises(ValueError, match="unknown edit task"):
+        edit_mask("dance", [10], 10)
 
 
 def test_data_mismatch_names_both_values(tmp_path):

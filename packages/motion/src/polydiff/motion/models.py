@@ -18,7 +18,7 @@ __all__ = ["MOTION_SIZES", "mdm"]
 # depth / hidden / heads; "mdm" is the paper's (8 layers, 512, 4 heads)
 MOTION_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(depth=2, hidden=64, heads=2),
-    "small": dict(depth=4, hidden=192, heads=4),
+    "small": dict(depth=3, hidden=96, heads=4),  # the CPU recipe of configs/experiment/motion
     "base": dict(depth=6, hidden=384, heads=6),
     "mdm": dict(depth=8, hidden=512, heads=4),
 }
