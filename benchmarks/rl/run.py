@@ -262,7 +262,8 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, parallel: bool
     previous = results_dir(quick) / "rl.json"
     if only and previous.is_file():
         old = json.loads(previous.read_text())
-        res = {**{k: old[k] for k in PARTS if k in old and k not in res}, **res}
+        kept = {k: old[k] for k in PARTS if k in old and k not in res and "recipes" in old[k]}
+        res = {**kept, **res}  # parts from before the recipe layout are not mixed in
     res["wall_seconds:" + ",".join(parts)] = round(time.perf_counter() - t0, 1)
     md = ""
     if all(p in res for p in PARTS):
