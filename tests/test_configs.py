@@ -141,3 +141,26 @@ def test_typo_in_key_names_valid_keys():
         compose(["trainer.max_stpes=3"], CONFIGS)
     with pytest.raises(ConfigError, match="key=value"):
         compose(["trainer.max_steps"], CONFIGS)
+
+
+def test_objective_defaults_follow_the_schedules_paper():
+    """``DiffusionObjective(EDMSchedule())`` is EDM (preconditioning, lambda = 1/c_out^2,
+    log-normal sigmas), as a k-diffusion user reads it; flow -> flow; VP -> eps (DDPM)."""
+    from polydiff.core.objective import DiffusionObjective
+    from polydiff.core.parameterization import (
+        EDMParameterization,
+        EpsParameterization,
+        FlowParameterization,
+    )
+    from polydiff.core.schedules import EDMSchedule, FlowSchedule, VPSchedule
+
+    edm = DiffusionObjective(EDMSchedule())
+    assert isinstance(edm.param, EDMParameterization)
+    assert type(edm.weighting).__name__ == "EDMWeighting"
+    assert type(edm.noise_density).__name__ == "LogNormal"
+    assert isinstance(DiffusionObjective(FlowSchedule()).param, FlowParameterization)
+    vp = DiffusionObjective(VPSchedule.linear())
+    assert isinstance(vp.param, EpsParameterization)
+    assert type(vp.noise_density).__name__ == "UniformTime"
+    explicit = DiffusionObjective(EDMSchedule(), "eps")  # an explicit choice is kept
+    assert isinstance(explicit.param, EpsParameterization)

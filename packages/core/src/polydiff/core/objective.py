@@ -30,7 +30,7 @@ from polydiff.core.parameterization import (
     Parameterization,
     make_parameterization,
 )
-from polydiff.core.schedules import NoiseSchedule
+from polydiff.core.schedules import EDMSchedule, FlowSchedule, NoiseSchedule
 from polydiff.core.utils import Cond, append_dims
 
 _F64 = torch.float64
@@ -284,11 +284,17 @@ class DiffusionObjective:
     Args:
         schedule: the noise schedule (gives the network's t and the training t range).
         prediction: ``"eps"``, ``"x0"``, ``"v"``, ``"flow"``, ``"edm"`` or a
-            :class:`~polydiff.core.parameterization.Parameterization`.
+            :class:`~polydiff.core.parameterization.Parameterization`; default (None): what the
+            schedule's paper trains, ``"edm"`` preconditioning for an ``EDMSchedule`` (Karras
+            et al. 2022, Table 1), ``"flow"`` for a ``FlowSchedule`` (Liu et al. 2022),
+            ``"eps"`` (Ho et al. 2020) otherwise.
         weighting: ``"uniform"``, ``"snr"``, ``"min_snr"`` (gamma 5), ``"truncated_snr"``,
-            ``"edm"`` or a :class:`LossWeighting` (e.g. ``MinSNRWeighting(gamma=1)``).
+            ``"edm"`` or a :class:`LossWeighting` (e.g. ``MinSNRWeighting(gamma=1)``); default
+            (None): ``"edm"`` (lambda = 1 / c_out^2) with ``edm`` prediction, else uniform.
         noise_density: ``"uniform"``, ``"log_normal"``, ``"logit_normal"``, ``"gaussian"`` or a
-            density object; default log-normal for ``edm``, uniform in t otherwise.
+            density object; default log-normal for ``edm`` (P_mean -1.2, P_std 1.2), uniform in t
+            otherwise. So ``DiffusionObjective(EDMSchedule())`` is EDM, as a k-diffusion user
+            reads it; pass ``prediction="eps"`` explicitly for eps-prediction on EDM sigmas.
         cond_drop_prob: probability of setting ``cond["null_mask"]`` per row (classifier-free
             guidance training); needs a network with ``accepts_null_mask = True``.
 
@@ -299,14 +305,19 @@ class DiffusionObjective:
     def __init__(
         self,
         schedule: NoiseSchedule,
-        prediction: str | Parameterization = "eps",
-        weighting: str | LossWeighting = "uniform",
+        prediction: str | Parameterization | None = None,
+        weighting: str | LossWeighting | None = None,
         noise_density: str | NoiseDensity | None = None,
         *,
         cond_drop_prob: float = 0.0,
     ) -> None:
         self.schedule = schedule
+        if prediction is None:  # the schedule's own paper (see the class docstring)
+            edm, flow = isinstance(schedule, EDMSchedule), isinstance(schedule, FlowSchedule)
+            prediction = "edm" if edm else ("flow" if flow else "eps")
         self.param = make_parameterization(prediction, schedule)
+        if weighting is None:
+            weighting = "edm" if isinstance(self.param, EDMParameterization) else "uniform"
         if isinstance(weighting, str):
             weighting = _lookup(WEIGHTINGS, weighting, "loss weighting")(self.param)
         if not isinstance(weighting, LossWeighting):
