@@ -86,3 +86,13 @@ def test_data_mismatch_names_both_values(tmp_path):
     with pytest.raises(ConfigError, match=r"data.num_classes=4 but the built-in motions has 9"):
         train(["experiment=motion/action2motion", *TINY, "data.num_classes=4",
                f"data.cache_dir={tmp_path}"], run_dir=tmp_path / "run")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quick_demo(tmp_path, monkeypatch):
+    from polydiff.motion.demo import run
+
+    monkeypatch.setenv("POLYDIFF_CACHE", str(tmp_path / "cache"))
+    summary = run(tmp_path / "demo", quick=True)
+    assert (tmp_path / "demo" / "motion_text2motion.gif").is_file()
+    assert summary["edit_max_kept_error"] < 1e-4 and "foot_skating_ratio" in summary["metrics"]
