@@ -80,6 +80,7 @@ def test_pipeline_inpaint_continue_sdedit(notes_run):
         pipeline.inpaint_span(mr, mel, 40, 20, classes=[0, 1])
 
 
+@pytest.mark.slow  # MiniLM + the events classifier: ~6 s CPU
 def test_events_text_to_audio(tmp_path):
     run = _train(tmp_path, "audio/events_text", "data.hooks.reference.per_class=1",
                  "data.hooks.classifier_steps=2")  # fmt: skip
@@ -102,6 +103,7 @@ def test_vocoder_run_scores_against_griffin_lim(tmp_path):
         evaluate_run(run, ["evaluate.n=97", "evaluate.overwrite=true"])
 
 
+@pytest.mark.slow  # waveform networks at 16384 samples: ~4 s CPU each
 @pytest.mark.parametrize("experiment", ["audio/diffwave_vocoder", "audio/diffwave_uncond"])
 def test_diffwave_runs(tmp_path, experiment):
     run = _train(tmp_path, experiment)

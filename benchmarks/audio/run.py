@@ -1,0 +1,207 @@
+"""Audio benchmark: vocoders vs Griffin-Lim, class- and text-conditional mel diffusion, DiffWave.
+
+Every number comes from the recipe path: ``polydiff train experiment=audio/<name>`` (through
+:func:`benchmarks.common.train_recipe`) then ``polydiff evaluate run=<dir> <overrides>``
+(:func:`polydiff.train.run.evaluate_run`); the overrides of each row are stored in the results.
+
+Parts (``python -m benchmarks.audio.run --part NAME`` runs one and writes a part file;
+``--collect`` merges them into ``results/audio.json`` / ``audio.md``; :func:`run` does all):
+
+- ``vocoder``: Vocos-style vocoder vs Griffin-Lim (32 iterations) on held-out real mels:
+  MR-STFT (auraloss), LSD, MCD, pitch accuracy, real-time factor;
+- ``diffwave_vocoder``: the same scores for DiffWave as a mel-conditioned vocoder (20 NFE);
+- ``notes``: class-conditional notes at 20 NFE, CFG 2 and unguided: pitch accuracy (pyin,
+  50 cents), instrument accuracy, FAD on the notes classifier vs its real-vs-real floor, with
+  Griffin-Lim and (when the vocoder part has run) the trained vocoder;
+- ``events``: text-to-audio on events with and without CFG: caption-attribute accuracy, FAD;
+- ``diffwave_uncond``: unconditional waveform diffusion: FAD;
+and training CPU-minutes of each recipe (quality per CPU-minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import cpu_timer, peak_rss_mb, train_recipe, write_results
+from polydiff.audio.experiments import load_vocoder, timed_vocode, wave_data
+from polydiff.audio.models import num_parameters
+from polydiff.train.run import evaluate_run, open_run
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "bench" / "audio"
+PARTS = ("vocoder", "diffwave_vocoder", "notes", "events", "diffwave_uncond", "notes_vocoder")
+TRAIN = ["trainer.progress=false"]
+# quick smoke runs: a few steps, few samples
+QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0", "model.size=tiny"]
+QUICK_EVAL = {
+    "vocoder": ["evaluate.n=4"],
+    "diffwave_vocoder": ["evaluate.n=2", "sampler.steps=2"],
+    "notes": ["evaluate.n=8", "sampler.steps=4"],
+    "notes_vocoder": ["evaluate.n=8", "sampler.steps=4"],
+    "events": ["evaluate.n=6", "sampler.steps=4"],
+    "diffwave_uncond": ["evaluate.n=4", "sampler.steps=2"],
+}
+EXPERIMENT = {
+    "vocoder": "audio/vocoder",
+    "diffwave_vocoder": "audio/diffwave_vocoder",
+    "notes": "audio/notes_mel",
+    "events": "audio/events_text",
+    "diffwave_uncond": "audio/diffwave_uncond",
+    "notes_vocoder": "audio/notes_mel",
+}
+
+
+def _run_dir(part: str, quick: bool) -> Path:
+    part = "notes" if part == "notes_vocoder" else part  # the notes run, vocoded by the vocoder
+    return RUNS / ("quick" if quick else "full") / part
+
+
+def _train(part: str, quick: bool) -> dict[str, Any]:
+    overrides = [*TRAIN, *(QUICK_TRAIN if quick else [])]
+    with cpu_timer() as t:
+        run_dir = train_recipe(EXPERIMENT[part], overrides, run_dir=_run_dir(part, quick))
+    run = open_run(run_dir)
+    return {
+        "experiment": EXPERIMENT[part],
+        "train_overrides": overrides,
+        "run_dir": str(run_dir),
+        "train_cpu_minutes": round(t["cpu"] / 60, 2),
+        "train_wall_minutes": round(t["wall"] / 60, 2),
+        "parameters": num_parameters(run.model),
+        "steps": int(run.cfg.trainer.max_steps),
+    }
+
+
+def _evaluate(run_dir: Path, overrides: list[str], tag: str) -> dict[str, Any]:
+    out = run_dir / "eval" / f"bench-{tag}.json"
+    args = [*overrides, "evaluate.overwrite=true"]
+    with cpu_timer() as t:
+        res = evaluate_run(run_dir, args, out=out)
+    return {
+        "overrides": args,
+        "metrics": res["metrics"],
+        "eval_cpu_minutes": round(t["cpu"] / 60, 2),
+    }
+
+
+def _vocoder_rtf(run_dir: Path, n: int) -> float:
+    ref = wave_data("notes", 1, 1, "cpu", True)
+    _, rtf = timed_vocode(load_vocoder(str(run_dir)), ref.tensors["mel"][:n], 16000)
+    return rtf
+
+
+def run_part(part: str, quick: bool = False) -> dict[str, Any]:
+    """Train (or reuse) the part's run and evaluate it; returns the part's results."""
+    if part not in PARTS:
+        raise ValueError(f"unknown audio benchmark part {part!r}; valid: {list(PARTS)}")
+    q = QUICK_EVAL[part] if quick else []
+    res = _train(part, quick)
+    run_dir = Path(res["run_dir"])
+    if part in ("vocoder", "diffwave_vocoder"):
+        res["eval"] = _evaluate(run_dir, q, "default")
+        res["rtf"] = _vocoder_rtf(run_dir, 4 if quick else 16)
+    elif part == "notes":
+        res["eval_cfg2_griffinlim"] = _evaluate(run_dir, q, "cfg2-gl")
+        res["eval_unguided_griffinlim"] = _evaluate(run_dir, [*q, "guidance=none"], "none-gl")
+    elif part == "notes_vocoder":  # after the vocoder part: the notes run vocoded by it
+        if not _part_file("vocoder", quick).is_file():
+            raise FileNotFoundError("run the vocoder part first (--part vocoder)")
+        voc = _run_dir("vocoder", quick)
+        res["eval_cfg2_vocoder"] = _evaluate(run_dir, [*q, f"audio.vocoder={voc}"], "cfg2-voc")
+    elif part == "events":
+        res["eval_cfg3"] = _evaluate(run_dir, q, "cfg3")
+        res["eval_unguided"] = _evaluate(run_dir, [*q, "guidance=none"], "none")
+    else:
+        res["eval"] = _evaluate(run_dir, q, "default")
+    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return res
+
+
+def _part_file(part: str, quick: bool) -> Path:
+    return RUNS / ("quick" if quick else "full") / "parts" / f"{part}.json"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown(parts: dict[str, dict[str, Any]]) -> str:
+    """The results table (one row per evaluated variant)."""
+    lines = [
+        "# audio",
+        "",
+        "Reproduce a row: `polydiff train experiment=<experiment> <train overrides>` then "
+        "`polydiff evaluate run=<dir> <eval overrides>`.",
+        "",
+    ]
+    for part, res in parts.items():
+        head = f"## {part}: `{res['experiment']}` ({res['steps']} steps, "
+        lines.append(
+            head + f"{res['parameters']:,} parameters, {res['train_cpu_minutes']} CPU-min)"
+        )
+        lines.append("")
+        if "rtf" in res:
+            lines.append(f"real-time factor (wall s per audio s, batch of 16): {res['rtf']:.4f}")
+            lines.append("")
+        for key, ev in res.items():
+            if not key.startswith("eval") or not isinstance(ev, dict):
+                continue
+            ov = " ".join(o for o in ev["overrides"] if o != "evaluate.overwrite=true") or "-"
+            lines.append(f"- {key} (`{ov}`): " + ", ".join(
+                f"{k} {_fmt(v)}" for k, v in ev["metrics"].items()))  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def collect(quick: bool = False) -> Path:
+    """Merge the part files into ``results/audio.json`` and ``audio.md``."""
+    parts = {}
+    for part in PARTS:
+        f = _part_file(part, quick)
+        if f.is_file():
+            parts[part] = json.loads(f.read_text())
+    if not parts:
+        raise FileNotFoundError(f"no part results under {RUNS}")
+    return write_results("audio", {"parts": parts}, markdown(parts), quick=quick)
+
+
+def run(quick: bool = False) -> dict:
+    """Every part in this process (vocoder first: the notes part then also uses it)."""
+    t0 = time.perf_counter()
+    parts = {}
+    for part in PARTS:
+        parts[part] = run_part(part, quick)
+        path = _part_file(part, quick)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(parts[part], indent=1))
+    collect(quick)
+    return {"parts": parts, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--part", choices=PARTS, help="run one part and write its part file")
+    ap.add_argument("--collect", action="store_true", help="merge part files into results/")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    if args.collect:
+        print(collect(args.quick))
+    elif args.part:
+        res = run_part(args.part, args.quick)
+        path = _part_file(args.part, args.quick)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+    else:
+        print(json.dumps(run(args.quick), indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
