@@ -1,11 +1,15 @@
 """Run every benchmark under ``benchmarks/*/run.py`` and collect one results table.
 
-Each benchmark module exposes ``run(quick: bool) -> dict``; it writes its own JSON to
-``benchmarks/results/<name>.json`` and a markdown table (returned under the key ``"markdown"``
-or written to ``benchmarks/results/<name>.md``). This runner adds the machine description and
-writes ``benchmarks/README.md``.
+Each benchmark module exposes ``run(quick: bool) -> dict`` and writes its own JSON and markdown
+table through ``benchmarks.common.write_results``: ``benchmarks/results/<name>.{json,md}`` for a
+full run, ``benchmarks/results/quick/`` for a ``--quick`` smoke run (marked quick inside, never
+over the committed numbers). ``benchmarks/README.md`` is only ever generated from the stored
+full-run tables (:func:`readme_text`), so it cannot disagree with ``results/``; a test runs
+``--collect --check``.
 
     python -m benchmarks.run [--quick] [--only samplers,nn]
+    python -m benchmarks.run --collect            # rebuild benchmarks/README.md from results/
+    python -m benchmarks.run --collect --check    # exit 1 if README.md is stale
 """
 
 from __future__ import annotations
@@ -13,34 +17,56 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import torch
+from polydiff.core.fileio import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+README = HERE / "README.md"
+HEADER = (
+    "# polydiff benchmarks\n\nTables written by each benchmark's last full run "
+    "(`make bench`, or `python -m benchmarks.run --only <name>`), collected by "
+    "`python -m benchmarks.run --collect` (generated: do not edit by hand; a test checks it "
+    "against `benchmarks/results/`). Every comparison is side by side in one run and reported "
+    "as a ratio; each table states the machine and conditions it ran under. Smoke runs "
+    "(`--quick`) write to `benchmarks/results/quick/` and never appear here.\n\n"
+)
 
 
 def discover() -> list[str]:
+    """Benchmark names: the folders holding a ``run.py``."""
     return sorted(p.parent.name for p in HERE.glob("*/run.py"))
+
+
+def readme_text() -> str:
+    """``benchmarks/README.md`` as the stored full-run tables make it."""
+    sections = []
+    for name in discover():
+        md_file = RESULTS / f"{name}.md"
+        body = md_file.read_text().strip() if md_file.exists() else "(not run yet: `make bench`)"
+        sections.append(f"## {name}\n\n{body}\n")
+    return HEADER + "\n".join(sections)
+
+
+def collect(check: bool = False) -> int:
+    """Rebuild ``benchmarks/README.md`` from the stored tables (``check``: only compare)."""
+    text = readme_text()
+    if check:
+        if not README.exists() or README.read_text() != text:
+            print(
+                f"{README} disagrees with {RESULTS}/*.md: run `python -m benchmarks.run --collect`",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{README} matches {RESULTS}/*.md")
+        return 0
+    atomic_write_text(README, text)
+    print(f"wrote {README}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run nothing: rebuild benchmarks/README.md from the stored results/*.md",
     )
+    parser.add_argument(
+        "--check", action="store_true", help="with --collect: only check README.md is current"
+    )
     args = parser.parse_args(argv)
-    if args.collect:
-        return collect()
+    if args.collect or args.check:
+        return collect(check=args.check)
+    from benchmarks.common import machine, results_dir  # torch: only when benchmarks run
+
     names = discover()
     if args.only:
         wanted = set(args.only.split(","))
@@ -62,65 +93,28 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown benchmark(s) {sorted(unknown)}; available: {names}")
         names = [n for n in names if n in wanted]
-    RESULTS.mkdir(exist_ok=True)
+    out = results_dir(args.quick)
+    out.mkdir(parents=True, exist_ok=True)
     info = machine()
-    sections, failed = [], []
+    failed, seconds = [], {}
     for name in names:
         print(f"== benchmark {name} ==", flush=True)
         start = time.perf_counter()
         try:
-            result = importlib.import_module(f"benchmarks.{name}.run").run(quick=args.quick)
+            importlib.import_module(f"benchmarks.{name}.run").run(quick=args.quick)
         except Exception:  # keep going: one broken benchmark must not hide the others
             traceback.print_exc()
             failed.append(name)
             continue
-        elapsed = time.perf_counter() - start
-        table = (result or {}).get("markdown")
-        md_file = RESULTS / f"{name}.md"
-        if table is None and md_file.exists():
-            table = md_file.read_text()
-        sections.append(f"## {name}\n\n_{elapsed:.0f} s_\n\n{table or '(no table)'}\n")
-    summary = RESULTS / "summary.json"
-    tmp = summary.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": info, "ran": names, "failed": failed}, indent=2))
-    tmp.replace(summary)
-    header = (
-        "# polydiff benchmarks\n\nGenerated by `make bench` (`python -m benchmarks.run`). "
-        "Every comparison is side by side in one run and reported as a ratio.\n\n"
-        f"Machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
-        f"CUDA {'yes' if info['cuda'] else 'no'}, {info['date']}"
-        f"{' (quick mode)' if args.quick else ''}.\n\n"
-    )
-    if args.only:
-        out = RESULTS / "partial.md"
-    else:
-        out = HERE / "README.md"
-    out.write_text(header + "\n".join(sections))
-    print(f"wrote {out}")
+        seconds[name] = round(time.perf_counter() - start, 1)
+    summary = {"machine": info, "quick": args.quick, "ran": names, "failed": failed,
+               "seconds": seconds}  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if not args.quick:
+        collect()
     if failed:
         print(f"failed benchmarks: {failed}", file=sys.stderr)
         return 1
-    return 0
-
-
-def collect() -> int:
-    """Rebuild ``benchmarks/README.md`` from the tables each benchmark last wrote."""
-    sections = []
-    for name in discover():
-        md_file = RESULTS / f"{name}.md"
-        if md_file.exists():
-            sections.append(f"## {name}\n\n{md_file.read_text().strip()}\n")
-        else:
-            sections.append(f"## {name}\n\n(not run yet: `make bench`)\n")
-    header = (
-        "# polydiff benchmarks\n\nTables written by each benchmark's last run "
-        "(`make bench`, or `python -m benchmarks.run --only <name>`), collected by "
-        "`python -m benchmarks.run --collect`. Every comparison is side by side in one run and "
-        "reported as a ratio; each table states the machine and conditions it ran under.\n\n"
-    )
-    out = HERE / "README.md"
-    out.write_text(header + "\n".join(sections))
-    print(f"wrote {out}")
     return 0
 
 
