@@ -31,14 +31,16 @@ TINY = [
 @pytest.mark.parametrize(
     "experiment,extra",
     [
-        (
+        pytest.param(
             "motion/text2motion",
             ["data.text.name=words", "data.text_dim=32", "data.hooks.metrics=kinematic"],
+            marks=pytest.mark.slow,  # CFG doubles every sampling step
         ),
         ("motion/action2motion", []),
-        (
+        pytest.param(
             "motion/edit_inbetween",
             ["data.text.name=words", "data.text_dim=32", "data.hooks.metrics=kinematic"],
+            marks=pytest.mark.slow,  # + four edit jobs
         ),
     ],
 )
