@@ -25,6 +25,7 @@ TINY = [
     "trainer.lr_warmup_steps=0",
     "trainer.progress=false",
     "sampler.steps=2",
+    "data.hooks.write_n=2",
 ]
 
 
@@ -81,7 +82,7 @@ def test_voxel_autoencoder_learns_and_is_cached(tmp_path):
         np.stack(np.meshgrid(*[np.linspace(-1, 1, 8)] * 3, indexing="ij"), -1), axis=-1
     )
     grids = np.stack([np.clip(g - r, -1, 1) for r in (0.3, 0.5, 0.7, 0.9)]).astype(np.float32)
-    ae = train_voxel_autoencoder(grids, steps=150, batch_size=4, base=8, cache_dir=str(tmp_path))
+    ae = train_voxel_autoencoder(grids, steps=80, batch_size=4, base=8, cache_dir=str(tmp_path))
     x = torch.from_numpy(grids)[:, None]
     with torch.no_grad():
         z = ae.encode(x)
@@ -89,7 +90,7 @@ def test_voxel_autoencoder_learns_and_is_cached(tmp_path):
     assert z.shape == (4, 4, 2, 2, 2) and abs(float(z.std()) - 1) < 1e-3
     assert err < 0.5 * x.abs().mean()  # reconstructs far better than predicting zeros
     assert len(list(tmp_path.glob("voxel-ae-*.safetensors"))) == 1
-    again = train_voxel_autoencoder(grids, steps=150, batch_size=4, base=8, cache_dir=str(tmp_path))
+    again = train_voxel_autoencoder(grids, steps=80, batch_size=4, base=8, cache_dir=str(tmp_path))
     torch.testing.assert_close(again.encode(x), z)
 
 
