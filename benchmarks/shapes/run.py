@@ -52,9 +52,9 @@ QUIET = ["trainer.progress=false", "trainer.num_threads=1"]
 # (sized for the ~40 CPU-minute budget of this 2-core shared machine: tiny networks, 256 points).
 SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
     False: {
-        "points_class": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
-        "sdf_wavelet": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
-        "sdf_voxel": ([], ["evaluate.n=200", "data.hooks.emd=false"]),
+        "points_class": ([], ["evaluate.n=200"]),
+        "sdf_wavelet": ([], ["evaluate.n=200"]),
+        "sdf_voxel": ([], ["evaluate.n=200"]),
     },
     True: {
         name: (
@@ -64,7 +64,7 @@ SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
                 "data.source.per_class=12",
                 "data.source.test_per_class=4",
             ],
-            ["evaluate.n=8", "sampler.steps=4", "data.hooks.emd=false"],
+            ["evaluate.n=8", "sampler.steps=4"],
         )
         for name in ("points_class", "sdf_wavelet", "sdf_voxel")
     },

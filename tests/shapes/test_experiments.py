@@ -37,7 +37,9 @@ def _run(tmp_path, experiment, extra=()):
 
 
 def test_points_class_end_to_end(tmp_path):
-    _, out, res = _run(tmp_path, "shapes/points_class", ["data.dataset.num_points=64"])
+    _, out, res = _run(
+        tmp_path, "shapes/points_class", ["data.dataset.num_points=64", "data.hooks.emd=true"]
+    )
     npz = np.load(out / "samples.npz", allow_pickle=False)
     assert npz["samples"].shape == (3, 64, 3) and npz["cond_class"].tolist() == [0, 0, 1]
     for name in ("sample_000.ply", "sample_000_mesh.obj", "renders.png"):

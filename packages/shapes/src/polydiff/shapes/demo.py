@@ -31,7 +31,7 @@ QUICK = [
     "data.source.per_class=40",
     "data.source.test_per_class=10",
 ]
-EVAL = {False: ["evaluate.n=200"], True: ["evaluate.n=20", "data.hooks.emd=false"]}
+EVAL = {False: ["evaluate.n=200"], True: ["evaluate.n=20"]}
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
