@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import write_results
 from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
 from polydiff.core.toy import GaussianMixture, ring_mixture
 from tests.peers import (
@@ -41,7 +40,6 @@ from tests.peers import (
     scheduler_sigmas,
 )
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 F64 = torch.float64
 BUDGETS = [5, 10, 20, 50]
 SD_BETAS = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -428,7 +426,9 @@ def markdown(accuracy: list[dict], summary: list[dict], overhead: list[dict]) ->
 
 
 def run(quick: bool = False) -> dict:
-    """Run both benchmarks; write ``results/samplers.json`` and ``results/samplers.md``."""
+    """Run both benchmarks; write ``results/samplers.json`` and ``results/samplers.md`` (quick
+    runs: ``results/quick/``) through ``benchmarks.common.write_results``. The few-step part
+    (fitted grids, issue #20) is ``benchmarks/samplers/fewstep.py``."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -441,11 +441,7 @@ def run(quick: bool = False) -> dict:
     finally:
         torch.set_num_threads(threads)
     table = markdown(accuracy, summary, overhead)
-    RESULTS.mkdir(exist_ok=True)
-    for name, text in [("samplers.json", json.dumps(result, indent=1)), ("samplers.md", table)]:
-        tmp = RESULTS / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(RESULTS / name)
+    write_results("samplers", result, table, quick=quick)
     return {**result, "markdown": table}
 
 
