@@ -424,10 +424,10 @@ class AudioHooks:
             fake = net.features(mel)
             real = net.features(_log_mels(self.reference.clips.wave, self.dataset.preset))
             train = net.features(_log_mels(self.dataset.clips.wave, self.dataset.preset))
-        m = min(len(real), len(train))
+        # the floor: as many real training clips as samples, against the same reference
         out: dict[str, float] = {
             "fad": float(frechet_distance_from_features(real, fake)),
-            "fad_real_floor": float(frechet_distance_from_features(real[:m], train[:m])),
+            "fad_real_floor": float(frechet_distance_from_features(real, train[: len(fake)])),
             "n": float(len(wave)),
         }
         if self.last_rtf is not None:
