@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 OnError = Literal["raise", "skip"]
@@ -329,8 +328,8 @@ def load_image_file(path: str | Path, channels: int = 3, size: int | None = None
         with Image.open(path) as im:
             im.load()
             im = im.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-        raise ImageFileError(f"cannot read image file {path}: {e}") from e
+    except Exception as e:  # PIL raises many types on bad files (DecompressionBombError, ...)
+        raise ImageFileError(f"cannot read image file {path}: {type(e).__name__}: {e}") from e
     arr = np.asarray(im, dtype=np.float32) / 255.0
     t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
     if size is not None:
@@ -346,7 +345,7 @@ def _verify(path: Path) -> str | None:
     try:
         with Image.open(path) as im:
             im.load()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+    except Exception as e:  # PIL raises many types on bad files (DecompressionBombError, ...)
         return f"{type(e).__name__}: {e}"
     return None
 
@@ -577,10 +576,10 @@ class NpzImageDataset(Dataset):
                 labels = z[lk] if lk in keys else None
                 if labels_key is not None and labels_key not in keys:
                     raise ImageFileError(f"{path}: no labels array {labels_key!r} (has {keys})")
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        except Exception as e:  # zipfile/zlib/numpy raise many types on damaged archives
             if isinstance(e, ImageFileError):
                 raise
-            raise ImageFileError(f"cannot read .npz file {path}: {e}") from e
+            raise ImageFileError(f"cannot read .npz file {path}: {type(e).__name__}: {e}") from e
         self.images = _resize(images_to_tensor(images, f"{path}[{key}]"), size)
         self.labels = None
         if labels is not None:

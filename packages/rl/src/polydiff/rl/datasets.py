@@ -357,9 +357,65 @@ def load_minari(id_or_path: str | os.PathLike) -> OfflineDataset:
     from minari import MinariDataset
 
     data_path = _resolve_minari_path(id_or_path)
-    metadata = json.loads((data_path / "metadata.json").read_text())
-    ds = MinariDataset(data_path)
-    episodes = [
+    meta_file = data_path / "metadata.json"
+    try:
+        metadata = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_file} is not readable JSON ({type(e).__name__}: {e})") from e
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{meta_file}: expected a JSON object, got {type(metadata).__name__}")
+    try:  # h5py / minari raise many types on truncated or garbage HDF5 files
+        episodes = _read_minari_episodes(MinariDataset(data_path))
+    except Exception as e:
+        files = ", ".join(sorted(p.name for p in data_path.iterdir() if p.suffix == ".hdf5"))
+        raise ValueError(
+            f"cannot read the Minari dataset in {data_path} ({files or 'no .hdf5 file'}): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    extra = metadata.get("polydiff", {})
+    if not isinstance(extra, dict) or not isinstance(extra.get("format_version", 0), int):
+        raise ValueError(
+            f"{meta_file}: key 'polydiff' must be an object with an integer format_version"
+        )
+    if extra.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise ValueError(
+            f"{data_path} has polydiff format {extra['format_version']}, "
+            f"newer than this reader's {FORMAT_VERSION}"
+        )
+    stats = extra.get("stats") or compute_stats(episodes)
+    _check_stats(stats, meta_file)
+    return OfflineDataset(episodes, stats, extra.get("env_name"), metadata)
+
+
+def _check_stats(stats: Any, where: Path) -> None:
+    """Normalisation statistics must be ``{key: {"min": [...], "max": [...]}}`` of finite
+    numbers with ``min <= max``; otherwise name the file and the key."""
+    if not isinstance(stats, dict) or not stats:
+        raise ValueError(f"{where}: polydiff.stats must be a non-empty object, got {stats!r:.80}")
+    for key, entry in stats.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: polydiff.stats.{key} must be an object with min and max")
+        arrays = {}
+        for bound in ("min", "max"):
+            try:
+                arrays[bound] = np.asarray(entry[bound], dtype=np.float64)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{where}: polydiff.stats.{key}.{bound} must be a list of numbers ({e})"
+                ) from e
+            if not np.isfinite(arrays[bound]).all():
+                raise ValueError(
+                    f"{where}: polydiff.stats.{key}.{bound} holds NaN or infinity: "
+                    f"{entry[bound]!r:.80}; delete the key to recompute the statistics"
+                )
+        if arrays["min"].shape != arrays["max"].shape or (arrays["min"] > arrays["max"]).any():
+            raise ValueError(
+                f"{where}: polydiff.stats.{key}: min and max differ in shape or min > max"
+            )
+
+
+def _read_minari_episodes(ds: Any) -> list[Episode]:
+    return [
         Episode(
             observations=ep.observations,
             actions=np.asarray(ep.actions, dtype=np.float32).reshape(len(ep.actions), -1),
@@ -373,14 +429,6 @@ def load_minari(id_or_path: str | os.PathLike) -> OfflineDataset:
         )
         for ep in ds.iterate_episodes()
     ]
-    extra = metadata.get("polydiff", {})
-    if extra.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ValueError(
-            f"{data_path} has polydiff format {extra['format_version']}, "
-            f"newer than this reader's {FORMAT_VERSION}"
-        )
-    stats = extra.get("stats") or compute_stats(episodes)
-    return OfflineDataset(episodes, stats, extra.get("env_name"), metadata)
 
 
 def generate_dataset(
