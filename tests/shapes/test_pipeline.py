@@ -89,3 +89,24 @@ def test_complete_command_on_a_tiny_completion_run(tmp_path):
     assert (run / "complete" / "keep0.5-steps3-r1-seed0" / "completion.png").is_file()
     with pytest.raises(ValueError, match="unknown complete keys"):
         pipeline.complete_run(str(run), [], complete={"nn": 3})
+
+
+def test_complete_command_on_a_tiny_sdf_run(tmp_path):
+    run = train(
+        [
+            "experiment=shapes/sdf_voxel",
+            "data.source.per_class=3",
+            "data.source.test_per_class=2",
+            "data.source.resolution=8",
+            "trainer.max_steps=2",
+            "trainer.batch_size=4",
+            "trainer.ckpt_every=2",
+            "trainer.lr_warmup_steps=0",
+            "trainer.progress=false",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    res = pipeline.complete_run(str(run), [], complete={"n": 4, "steps": 3, "write_n": 1})
+    assert res["n"] == 4 and res["classes"] == {"chair": 2, "table": 2}
+    assert res["observed_voxels_max_change"] == 0.0 and res["observed_fraction"] == 0.5
+    assert 0.0 <= res["iou_completion"] <= 1.0 and 0.0 <= res["iou_nearest_training_shape"] <= 1.0
