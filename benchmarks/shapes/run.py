@@ -6,7 +6,8 @@ Every number comes from the one recipe path: ``configs/experiment/shapes/<name>`
 ``runs/bench_shapes/``; a finished run there is reused), evaluated by
 ``polydiff.train.run.evaluate_run`` and completed by ``polydiff complete``
 (:func:`polydiff.shapes.pipeline.complete_run`), so ``polydiff train experiment=shapes/<name>
-<overrides> && polydiff evaluate run=<dir> evaluate.n=200`` reproduces a row. Goals (issue #18):
+<overrides> && polydiff evaluate run=<dir>`` reproduces a row (the recipes' own
+``evaluate.n`` = #test shapes). Goals (issue #18):
 
 - point clouds, per class (chair, table), PVD protocol with #samples = #test shapes:
   1-NNA-CD <= 60% and COV-CD >= 45%;
@@ -17,7 +18,10 @@ Metric cost: our Chamfer (torch), exact EMD (Hungarian) and 1-NNA against a stra
 scipy implementation (``cKDTree`` nearest neighbours, ``cdist`` + ``linear_sum_assignment``,
 a Python loop for 1-NNA) at 2048 points: CPU time and agreement.
 
-    python -m benchmarks.shapes.run [--quick]
+    python -m benchmarks.shapes.run [--quick] [points_class sdf_wavelet sdf_voxel metric_cost]
+
+Experiments write ``results/shapes.json`` / ``.md``; ``metric_cost`` alone writes
+``results/shapes_metrics.json`` / ``.md`` (so it can run beside the trainings).
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ QUIET = ["trainer.progress=false", "trainer.num_threads=1"]
 # (sized for the ~40 CPU-minute budget of this 2-core shared machine: tiny networks, 256 points).
 SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
     False: {
-        "points_class": ([], ["evaluate.n=200"]),
-        "sdf_wavelet": ([], ["evaluate.n=200"]),
-        "sdf_voxel": ([], ["evaluate.n=200"]),
+        "points_class": ([], ["evaluate.n=100"]),
+        "sdf_wavelet": ([], ["evaluate.n=100"]),
+        "sdf_voxel": ([], ["evaluate.n=100"]),
     },
     True: {
         name: (
@@ -69,7 +73,7 @@ SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
         for name in ("points_class", "sdf_wavelet", "sdf_voxel")
     },
 }
-COMPLETE = {False: ["complete.n=50"], True: ["complete.n=4", "complete.steps=4"]}
+COMPLETE = {False: [], True: ["complete.n=4", "complete.steps=4"]}
 GOALS = {"1-NNA-CD": 0.60, "COV-CD": 0.45, "watertight_ratio": 0.90}
 
 
@@ -216,33 +220,43 @@ def _markdown(res: dict[str, Any]) -> str:
     lines += ["", "Goals (issue #18):", ""]
     for g, v in res["goals"].items():
         lines.append(f"- {g}: {v['value']} -> {'met' if v['met'] else 'NOT met'}")
-    mc = res["metric_cost"]
-    lines += [
-        "",
-        f"Metric cost at {mc['points']} points: Chamfer ours {mc['chamfer']['ours_cpu_s']} s vs "
-        f"scipy cKDTree {mc['chamfer']['scipy_cpu_s']} s for {mc['chamfer']['pairs']} pairs "
-        f"({mc['chamfer']['speedup']}x), max rel. diff {mc['chamfer']['max_rel_diff']:.2e}; exact "
-        f"EMD {mc['emd_exact']['ours_cpu_s_per_pair']} s/pair (scipy "
-        f"{mc['emd_exact']['scipy_cpu_s_per_pair']} s/pair, max diff "
-        f"{mc['emd_exact']['max_abs_diff']:.2e}); 1-NNA ours {mc['one_nna']['ours']} = loop "
-        f"{mc['one_nna']['scipy_loop']}.",
-    ]
     return "\n".join(lines) + "\n"
 
 
+def _metric_markdown(mc: dict[str, Any]) -> str:
+    return (
+        "# Shapes metric cost\n\n"
+        f"At {mc['points']} points: Chamfer ours {mc['chamfer']['ours_cpu_s']} s vs scipy cKDTree "
+        f"{mc['chamfer']['scipy_cpu_s']} s for {mc['chamfer']['pairs']} pairs "
+        f"({mc['chamfer']['speedup']}x), max rel. diff {mc['chamfer']['max_rel_diff']:.2e}; "
+        f"exact EMD {mc['emd_exact']['ours_cpu_s_per_pair']} s/pair (scipy "
+        f"{mc['emd_exact']['scipy_cpu_s_per_pair']} s/pair, max diff "
+        f"{mc['emd_exact']['max_abs_diff']:.2e}); 1-NNA ours {mc['one_nna']['ours']} = loop "
+        f"{mc['one_nna']['scipy_loop']}.\n"
+    )
+
+
 def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Run the shapes benchmark; writes ``results/shapes.json`` / ``.md`` (quick: results/quick)."""
+    """Run the shapes benchmark: the experiments (``results/shapes.json`` / ``.md``) and the
+    metric cost (``results/shapes_metrics.json`` / ``.md``); quick runs go to results/quick."""
     t0 = time.perf_counter()
-    names = only or tuple(SIZES[quick])
-    results: dict[str, Any] = {"experiments": {}}
-    for name in names:
-        results["experiments"][name] = _experiment(name, quick)
-    results["metric_cost"] = metric_cost(quick)
-    results["goals"] = _goals(results)
-    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    results["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    write_results("shapes", results, _markdown(results), quick=quick)
-    return results
+    names = only or (*SIZES[quick], "metric_cost")
+    out: dict[str, Any] = {}
+    if "metric_cost" in names:
+        mc = metric_cost(quick)
+        write_results("shapes_metrics", {"metric_cost": mc}, _metric_markdown(mc), quick=quick)
+        out["metric_cost"] = mc
+    experiments = [n for n in names if n != "metric_cost"]
+    if experiments:
+        results: dict[str, Any] = {"experiments": {}}
+        for name in experiments:
+            results["experiments"][name] = _experiment(name, quick)
+        results["goals"] = _goals(results)
+        results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        results["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        write_results("shapes", results, _markdown(results), quick=quick)
+        out.update(results)
+    return out
 
 
 if __name__ == "__main__":
@@ -250,4 +264,5 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("only", nargs="*", help="experiments (default: all)")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick, tuple(args.only))["goals"], indent=1))
+    res = run(args.quick, tuple(args.only))
+    print(json.dumps(res.get("goals", res.get("metric_cost")), indent=1))
