@@ -44,6 +44,7 @@ def _fresh_error(mix: GaussianMixture, grid: torch.Tensor, method: str, **opts) 
     return float((sample(mix, x, grid, method, **opts) - ref).square().mean().sqrt())
 
 
+@pytest.mark.slow  # two fits and fine reference solves: ~3 s each
 @pytest.mark.parametrize(("method", "opts"), [("ipndm", {"order": 3}), ("unipc", {})])
 def test_fitted_grid_shape_and_never_worse_than_karras_on_fresh_noise(method, opts) -> None:
     mix, info = _mixture(), {}
