@@ -62,6 +62,7 @@ def generate(
     return x.clamp(-1, 1)
 
 
+@torch.no_grad()  # reconstruction guidance enables gradients where it needs them
 def _inpaint(
     run: OpenedRun,
     known: torch.Tensor,
