@@ -25,7 +25,7 @@ from polydiff.rl.experiments import (
     rollouts_from_config,
 )
 from polydiff.train.config import compose
-from polydiff.train.run import evaluate_run, open_run, train
+from polydiff.train.run import evaluate_run, instantiate, open_run, train
 from polydiff.train.sampling import SamplerSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,10 @@ TARGETS = {
     "rl/two_path_dp_transformer": (
         "polydiff.rl.models.chunk_transformer", "DiffusionObjective", ChunkRollouts,
     ),
-    "rl/two_path_mse": ("polydiff.rl.models.MLPPolicy", "regression_loss", ChunkRollouts),
+    "rl/two_path_mse": ("polydiff.rl.models.MLPPolicy", "RegressionObjective", ChunkRollouts),
+    "rl/two_path_dp_mlp": (
+        "polydiff.rl.models.FlatSequenceMLP", "DiffusionObjective", ChunkRollouts,
+    ),
 }  # fmt: skip
 
 
@@ -58,6 +61,11 @@ def test_every_rl_experiment_takes_model_objective_sampler_from_its_groups() -> 
             assert cfg.model._target_ == model and cfg.objective._target_.endswith(objective)
             assert isinstance(rollouts, kind)
         assert rollouts.seed == cfg.seed  # interpolated, so `seed=` moves everything
+        objective = instantiate(cfg.objective, "objective")
+        assert callable(objective.loss) and callable(objective.denoiser)
+        if name in ("rl/pendulum_value", "rl/two_path_mse"):  # not denoisers: said, not crashed
+            with pytest.raises(TypeError, match="no denoiser to sample"):
+                objective.denoiser(torch.nn.Linear(1, 1))
     pend = compose(["experiment=rl/pendulum_diffuser", "rl.n_candidates=3", "seed=4"])
     r = rollouts_from_config(pend.rl)
     assert (r.n_candidates, r.seed, r.value["experiment"]) == (3, 4, "rl/pendulum_value")

@@ -4,7 +4,8 @@
 ``polydiff.train.run`` (the path of ``polydiff train experiment=rl/... && polydiff evaluate``),
 with smaller sizes as overrides, rolls them out and writes PNG figures plus ``rl_demo.json``.
 Quick mode (< 1 min on 2 idle cores) covers the toy's diffusion policy (residual-MLP denoiser,
-``model=rl_dp_mlp``) vs the MSE policy; the full mode adds Diffuser on the PointMaze U-maze.
+``experiment=rl/two_path_dp_mlp``) vs the MSE policy; the full mode adds Diffuser on the
+PointMaze U-maze.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     seeds = f"rl.eval_seeds={10 if quick else 30}"
     data = [f"data.dataset.generator_kwargs.n_episodes={60 if quick else 100}"]
     dp_overrides = [*data, f"trainer.max_steps={600 if quick else 1200}"]
-    if quick:
-        dp_overrides.append("model=rl_dp_mlp")
-    dp = _recipe("rl/two_path_dp_unet", dp_overrides, [seeds], out_dir=out_dir, name="two_path_dp")
+    experiment = "rl/two_path_dp_mlp" if quick else "rl/two_path_dp_unet"
+    dp = _recipe(experiment, dp_overrides, [seeds], out_dir=out_dir, name="two_path_dp")
     backbone = "mlp" if quick else "unet"
     summary: dict[str, Any] = {"two_path": {}, "figures": []}
     summary["two_path"][f"diffusion_{backbone}_dpmpp_2m"] = {

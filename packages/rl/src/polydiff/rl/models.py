@@ -230,3 +230,29 @@ class StartConditionedObjective(DiffusionObjective):
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         noise[:, 0, : self.obs_dim] = 0.0  # (B, H, D): the start state stays clean
         return self.per_sample_loss(net, x0, cond, generator, noise=noise).mean()
+
+
+class ValueObjective:
+    """The value function's training objective (Diffuser sec. 3.3): :func:`value_loss` at
+    log-normal noise levels ``exp(p_mean + p_std z)``; ``objective: rl_value`` of the
+    ``rl/pendulum_value`` recipe. A value network is not a denoiser (:meth:`denoiser` says so)."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2) -> None:
+        if p_std <= 0:
+            raise ValueError(f"p_std must be > 0, got {p_std}")
+        self.p_mean, self.p_std = p_mean, p_std
+
+    def loss(
+        self,
+        net: nn.Module,
+        x0: torch.Tensor,
+        cond: Mapping[str, torch.Tensor] | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return value_loss(net, x0, cond, generator, p_mean=self.p_mean, p_std=self.p_std)
+
+    def denoiser(self, net: nn.Module) -> Callable:
+        raise TypeError(
+            "a value-function run has no denoiser to sample: evaluate it (polydiff evaluate) for "
+            "its held-out correlation, or plan with it from a Diffuser run (rl.value.run)"
+        )

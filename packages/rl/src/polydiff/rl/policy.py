@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from polydiff.core.samplers import sample
 from polydiff.core.schedules import karras_sigmas
@@ -98,6 +99,26 @@ def regression_loss(
     if cond is None or "vector" not in cond:
         raise KeyError("regression_loss needs the observations in cond['vector']")
     return F.mse_loss(net(cond["vector"]), x)
+
+
+class RegressionObjective:
+    """The MSE baseline's objective (:func:`regression_loss`); ``objective: rl_mse`` of the
+    ``rl/two_path_mse`` recipe. A regression policy is not a denoiser (:meth:`denoiser` says so)."""
+
+    def loss(
+        self,
+        net: MLPPolicy,
+        x: torch.Tensor,
+        cond: Mapping[str, torch.Tensor] | None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return regression_loss(net, x, cond, generator)
+
+    def denoiser(self, net: nn.Module) -> Callable:
+        raise TypeError(
+            "an MSE-regression policy has no denoiser to sample: evaluate it (polydiff evaluate "
+            "rolls it out through the experiment's rl node)"
+        )
 
 
 class ChunkAgent:
