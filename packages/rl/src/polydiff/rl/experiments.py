@@ -337,6 +337,7 @@ class PendulumRollouts:
             f"data.dataset.generator_kwargs={_override_value(dict(ds.generator_kwargs))}",
             f"data.dataset.horizon={int(ds.horizon)}",
             f"data.dataset.discount={float(ds.discount)}",
+            f"trainer.progress={str(bool(run.cfg.trainer.progress)).lower()}",
         ]
         args = [f"experiment={self.value['experiment']}", *forwarded, *self.value["overrides"]]
         return Path(train(args, run_dir=Path(run.run_dir) / "value"))
