@@ -41,6 +41,7 @@ __all__ = [
     "digits_data",
     "folder_data",
     "folder_hooks",
+    "describe_video_folder",
     "masked_condition",
     "shapes_text_data",
     "text_encoder",
@@ -399,3 +400,41 @@ def folder_hooks(root: str, frames: int = 8, fps: float = 8.0) -> VideoHooks:
     if info.num_classes:
         return VideoHooks("class", info.num_classes, frames=frames, fps=fps)
     return VideoHooks(None, frames=frames, fps=fps)
+
+
+def describe_video_folder(
+    root: str,
+    channels: Any = "auto",
+    image_size: Any = "auto",
+    num_classes: Any = "auto",
+    captions: str | None = None,
+) -> dict[str, Any]:
+    """Facts of a folder of clips for ``data=video_folder`` (read before anything is built, see
+    ``polydiff.train.config.describe_data``): ``channels`` (1 if every probed frame is grey,
+    else 3), ``image_size`` (the shorter native side rounded down to a multiple of 8; an explicit
+    size resizes), ``num_classes`` (class sub-folders; None = unconditional), caption presence.
+    An explicit value that contradicts the data raises naming both."""
+    from .data import probe_video_folder
+
+    info = probe_video_folder(root, captions)
+    found = {"channels": info.channels, "num_classes": info.num_classes}
+    given = {"channels": channels, "num_classes": num_classes}
+    out: dict[str, Any] = {"root": str(Path(root).expanduser().resolve())}
+    for key in ("channels", "num_classes"):
+        value = given[key]
+        if value not in ("auto", None) and value != found[key]:
+            raise ValueError(
+                f"data.{key}={value} was given but the clips under {root} have "
+                f"{key}={found[key]}; drop the override or fix the data"
+            )
+        out[key] = found[key] if value == "auto" else value
+    native = min(info.native_size)
+    out["image_size"] = max(8, native - native % 8) if image_size == "auto" else int(image_size)
+    out["captioned"] = info.has_captions
+    out["info"] = {
+        "num_sources": len(info.sources),
+        "classes": info.class_names,
+        "native_size": list(info.native_size),
+        "captions_file": info.captions_file,
+    }
+    return out
