@@ -339,7 +339,8 @@ class MotionHooks:
     ``test`` split of the same source) whose captions / actions and lengths condition sampling
     and whose features are the metrics' real reference. ``metrics``: ``"t2m"`` (evaluator
     metrics and the kinematic ones) or ``"kinematic"`` (foot skating, jitter, bone lengths) or
-    null. ``files``: how many samples get a GIF and a BVH.
+    null. ``files``: how many samples get a GIF and a BVH. ``edit``: defaults of
+    ``polydiff motion-edit`` (:func:`polydiff.motion.pipeline.edit_run`).
     """
 
     def __init__(
@@ -350,12 +351,14 @@ class MotionHooks:
         files: int = 4,
         evaluator: Mapping[str, Any] | None = None,
         cache_dir: str | None = None,
+        edit: Mapping[str, Any] | None = None,
     ) -> None:
         if metrics not in (None, "t2m", "kinematic"):
             raise ValueError(f"metrics must be null, 't2m' or 'kinematic', got {metrics!r}")
         self.data, self.reference = data, reference if reference is not None else data
         self.metrics, self.files = metrics, int(files)
         self.evaluator_options = dict(evaluator or {})
+        self.edit_options = dict(edit or {})
         self.cache_dir = cache_dir
         self._last: dict[str, Any] = {}
 

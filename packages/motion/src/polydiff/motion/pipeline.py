@@ -8,7 +8,8 @@
 - :func:`edit`: the run's (guided) denoiser through :func:`polydiff.core.editing.inpaint`
   (replacement, optionally RePaint resampling); kept features are reproduced exactly.
 - :func:`edit_run`: ``polydiff motion-edit run=<dir> edit.task=upper_body edit.n=8`` on held-out
-  motions of the run's data, writing the edited and source motions (NPZ, GIF, BVH).
+  motions of the run's data, writing the edited and source motions (NPZ, GIF, BVH); defaults
+  from the run's ``data.hooks.edit`` (``motion/edit_inbetween``).
 """
 
 from __future__ import annotations
@@ -132,7 +133,11 @@ def edit_run(
     [edit.resample=...]``: edit held-out motions of the run's data; returns a summary."""
     opts, rest = _split_edit_overrides(overrides)
     run = open_run(run_dir, rest)
-    node = run.cfg.get("edit") or {}
+    node = getattr(run.hooks, "edit_options", None)
+    if node is None:
+        raise ConfigError(
+            f"{run.run_dir} is not a motion run (its data.hooks has no edit settings)"
+        )
     settings: dict[str, Any] = {"task": "inbetween", "n": 8, "seed": 0, "resample": 1}
     settings.update({k: node[k] for k in node if k in settings})
     unknown = sorted(set(opts) - set(settings))
