@@ -24,7 +24,11 @@ TINY = [
     "model.size=tiny",
     "data.dataset.per_class=1",
 ]
-MEL = ["data.hooks.reference.per_class=1", "data.hooks.classifier_steps=2"]
+MEL = [
+    "data.hooks.reference.per_class=1",
+    "data.hooks.classifier_steps=2",
+    "+data.hooks.classifier_per_class=1",
+]
 
 
 def _train(tmp_path: Path, experiment: str, *extra: str) -> Path:
@@ -82,8 +86,7 @@ def test_pipeline_inpaint_continue_sdedit(notes_run):
 
 @pytest.mark.slow  # MiniLM + the events classifier: ~6 s CPU
 def test_events_text_to_audio(tmp_path):
-    run = _train(tmp_path, "audio/events_text", "data.hooks.reference.per_class=1",
-                 "data.hooks.classifier_steps=2")  # fmt: skip
+    run = _train(tmp_path, "audio/events_text", *MEL)
     out = sample_run(run, ["sample.n=2", "sampler.steps=2"])
     _check_outputs(out, 2, (64, 64))
     prompts = np.load(out / "samples.npz", allow_pickle=False)["prompts"]
