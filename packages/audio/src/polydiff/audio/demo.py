@@ -23,10 +23,12 @@ from typing import Any
 from polydiff.core.fileio import atomic_write_text
 from polydiff.train.run import evaluate_run, sample_run, train
 
-__all__ = ["DEMO", "QUICK", "run"]
+__all__ = ["DEMO", "QUICK", "QUICK_NOTES", "run"]
 
 DEMO = ["trainer.progress=false"]  # the recipes as they stand, only quieter
 QUICK = [*DEMO, "trainer.max_steps=20", "trainer.ckpt_every=0"]
+# quick mode also trains the notes metric classifier briefly (its own cache entry)
+QUICK_NOTES = ["data.hooks.classifier_steps=60", "+data.hooks.classifier_per_class=2"]
 
 
 def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     n_eval = 24 if quick else 96
     t0 = time.perf_counter()
     voc = train(["experiment=audio/vocoder", *overrides], run_dir=out_dir / "vocoder_run")
-    notes = train(["experiment=audio/notes_mel", *overrides], run_dir=out_dir / "notes_run")
+    notes_overrides = [*overrides, *(QUICK_NOTES if quick else [])]
+    notes = train(["experiment=audio/notes_mel", *notes_overrides], run_dir=out_dir / "notes_run")
     t_train = time.perf_counter() - t0
     vocoded = [f"audio.vocoder={voc}"]
     files = {}
