@@ -153,6 +153,11 @@ def _row(name: str, r: dict, extra: str = "") -> str:
     )
 
 
+def _num(v: float | None) -> str:
+    """One decimal, or n/a (a standard error over one seed is stored as null)."""
+    return "n/a" if v is None else f"{v:.1f}"
+
+
 def _recipe_line(recipes: list[dict]) -> str:
     return "; ".join(
         f"`polydiff train experiment={r['experiment']} {' '.join(r['train_overrides'])}` "
@@ -215,7 +220,7 @@ def markdown(res: dict) -> str:
         "episodes, by noise level: "
         + ", ".join(f"{k} {v:.3f}" for k, v in corr.items())
         + f"; guided - unguided return = {p['guided_minus_unguided']:.1f} (paired over "
-        f"{pair['seeds']:.0f} seeds: {pair['mean']:.1f} ± {pair['se']:.1f} s.e., guided better "
+        f"{pair['seeds']:.0f} seeds: {pair['mean']:.1f} ± {_num(pair['se'])} s.e., guided better "
         f"on {pair['wins']:.0f}).",
         "",
         "Recipes: " + _recipe_line(m["recipes"] + p["recipes"] + t["recipes"]) + ".",
