@@ -105,7 +105,8 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
     run_dir = Path(res["run_dir"])
     if part in ("vocoder", "diffwave_vocoder"):
         res["eval"] = _evaluate(run_dir, q, "default")
-        res["rtf"] = _vocoder_rtf(run_dir, 4 if quick else 16)
+        res["rtf_clips"] = 4 if quick else 16
+        res["rtf"] = _vocoder_rtf(run_dir, res["rtf_clips"])
     elif part == "notes":
         res["eval_cfg2_griffinlim"] = _evaluate(run_dir, q, "cfg2-gl")
         res["eval_unguided_griffinlim"] = _evaluate(run_dir, [*q, "guidance=none"], "none-gl")
@@ -147,7 +148,8 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
         )
         lines.append("")
         if "rtf" in res:
-            lines.append(f"real-time factor (wall s per audio s, batch of 16): {res['rtf']:.4f}")
+            clips = res.get("rtf_clips", 16)
+            lines.append(f"real-time factor (wall s per audio s, {clips} clips): {res['rtf']:.4f}")
             lines.append("")
         for key, ev in res.items():
             if not key.startswith("eval") or not isinstance(ev, dict):
