@@ -29,9 +29,13 @@ CASES = {
     "video/prediction": (["data.hooks.best_of=2"], 1),
     "video/shapes_text": ([], 3),
 }
+SLOW = {"video/shapes_text"}  # loads the MiniLM text encoder
 
 
-@pytest.mark.parametrize("experiment", sorted(CASES))
+@pytest.mark.parametrize(
+    "experiment",
+    [pytest.param(e, marks=[pytest.mark.slow] if e in SLOW else []) for e in sorted(CASES)],
+)
 def test_tiny_train_sample_export(experiment, tmp_path, monkeypatch):
     monkeypatch.setenv("POLYDIFF_CACHE", str(tmp_path / "cache"))
     extra, channels = CASES[experiment]

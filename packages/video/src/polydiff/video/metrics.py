@@ -177,7 +177,7 @@ def centroids(videos: torch.Tensor, threshold: float = 0.1) -> np.ndarray:
     samples); frames with no mass give NaN. Returns (N, F, 2)."""
     if videos.ndim != 5:
         raise ValueError(f"videos must be (N, C, F, H, W), got {tuple(videos.shape)}")
-    inten = ((videos.double().mean(1) + 1) / 2 - threshold).clamp_min(0)  # (N, F, H, W)
+    inten = ((videos.detach().double().mean(1) + 1) / 2 - threshold).clamp_min(0)  # (N,F,H,W)
     h, w = inten.shape[-2:]
     ys = torch.arange(h, dtype=torch.float64)[:, None]
     xs = torch.arange(w, dtype=torch.float64)[None, :]
