@@ -152,3 +152,17 @@ def test_mel_codec_shapes_and_griffin_lim_round_trip():
     assert (codec(back) - mel)[keep].abs().mean() < 0.2
     with pytest.raises(KeyError, match="unknown mel preset"):
         MelSpectrogramCodec("hifi")
+
+
+@pytest.mark.slow  # loads MiniLM
+def test_caption_folder_gives_text_conditioning(tmp_path):
+    for i, hz in enumerate((300, 600, 900)):
+        soundfile.write(tmp_path / f"{i}.wav", _tone(hz), SR)
+    caps = ["a low hum", "a middle hum", "a high hum"]
+    (tmp_path / "captions.csv").write_text(
+        "file,caption\n" + "".join(f"{i}.wav,{c}\n" for i, c in enumerate(caps))
+    )
+    ds = mel_data("folder", root=str(tmp_path), num_classes="auto")
+    assert ds.conditioning == "text" and ds.num_classes is None
+    pooled = ds.tensors["text_pooled"]
+    assert pooled.shape == (3, 384) and not torch.allclose(pooled[0], pooled[2])
