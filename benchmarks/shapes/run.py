@@ -38,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from benchmarks.common import cpu_timer, peak_rss_mb, train_recipe, write_results
+from benchmarks.common import cpu_timer, peak_rss_mb, results_dir, train_recipe, write_results
 from polydiff.shapes.data import procedural_shapes
 from polydiff.shapes.metrics import (
     earth_movers_distance,
@@ -251,6 +251,11 @@ def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
         results: dict[str, Any] = {"experiments": {}}
         for name in experiments:
             results["experiments"][name] = _experiment(name, quick)
+        # parts run by separate invocations (e.g. in parallel) accumulate in one results file
+        previous = results_dir(quick) / "shapes.json"
+        if previous.is_file():
+            old = json.loads(previous.read_text()).get("experiments", {})
+            results["experiments"] = {**old, **results["experiments"]}
         results["goals"] = _goals(results)
         results["wall_seconds"] = round(time.perf_counter() - t0, 1)
         results["peak_rss_mb"] = round(peak_rss_mb(), 1)
