@@ -330,8 +330,9 @@ def evaluate_motions(
         top = r_precision(t, m)
         out.update({f"r_precision_top{k + 1}{tag}": v for k, v in enumerate(top)})
         out[f"mm_dist{tag}"] = mm_dist(t, m)
-        if len(m) >= 300:
-            out[f"diversity{tag}"] = diversity(m, 300, g)
+        times = min(300, len(m))  # the protocol's 300 when there are that many samples
+        out[f"diversity{tag}"] = diversity(m, times, g)
+    out["diversity_pairs"] = min(300, len(m_gen))
     out["fid"] = float(frechet_distance_from_features(m_real.double(), m_gen.double()))
     out["evaluator"] = "t2m-contrastive (movement+motion GRU, MiniLM-pooled text)"
     out["n"] = len(samples)
