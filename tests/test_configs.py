@@ -23,7 +23,7 @@ from polydiff.train.config import (
 )
 
 CONFIGS = find_config_dir(Path(__file__).resolve().parent)
-GROUPS = ("data", "model", "objective", "sampler", "guidance", "trainer")
+GROUPS = ("data", "model", "objective", "sampler", "guidance", "trainer", "edit", "adapt")
 
 
 def _options(group: str) -> list[str]:
@@ -82,6 +82,9 @@ def _build_node(cfg: DictConfig, group: str) -> None:
         if node.get("_target_"):
             wrapped = instantiate(node, "guidance")(lambda x, sigma, cond=None: x)
             assert callable(wrapped)
+    elif group in ("edit", "adapt"):  # job settings of `polydiff edit` / `polydiff adapt`
+        job = instantiate(node, group)
+        assert type(job).__name__ == {"edit": "EditConfig", "adapt": "AdaptConfig"}[group]
     elif group == "trainer":
         tc = build_trainer_config(node)
         opt = instantiate(node.optimizer, "trainer.optimizer")([torch.nn.Parameter(torch.ones(2))])
@@ -97,7 +100,8 @@ def test_experiment_composes_and_builds(experiment):
     cfg = compose([f"experiment={experiment}"], CONFIGS)
     assert cfg.name, "an experiment sets its name (runs/<name>/...)"
     for group in CHEAP:
-        _build_node(cfg, group)
+        if cfg.get(group) is not None:  # edit / adapt: only experiments that choose one
+            _build_node(cfg, group)
     text = (CONFIGS / "experiment" / f"{experiment}.yaml").read_text()
     assert text.startswith("# @package _global_"), "experiments hold deltas at the global level"
 

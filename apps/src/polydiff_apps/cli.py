@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -159,6 +160,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results, failed = {}, []
     for name, ep in demos.items():
         print(f"polydiff demo: {name} ...", flush=True)
+        previous = out_root / name
+        if previous.exists():  # a demo's outputs are never overwritten: the last run is kept aside
+            kept = out_root / f"{name}.previous"
+            shutil.rmtree(kept, ignore_errors=True)
+            previous.rename(kept)
+            print(f"polydiff demo: the previous {previous} is now {kept}", flush=True)
         t0 = time.perf_counter()
         try:
             res = ep.load()(out_root / name, quick=args.quick)
