@@ -177,7 +177,7 @@ def _override_case(key: str, value: str) -> None:
     COUNTS["overrides"][1] += 1
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(key=keys, value=values)
 def test_fuzz_overrides(key, value):
     _override_case(key, value)

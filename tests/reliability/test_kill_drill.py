@@ -74,8 +74,12 @@ def _drill(straight: Path, tmp_path: Path, mode: str, k: int) -> None:
     _assert_same_run(straight, run_dir)
 
 
-def test_kill_mid_checkpoint_write_and_between_checkpoints(straight, tmp_path):
+def test_kill_mid_checkpoint_write(straight, tmp_path):
     _drill(straight, tmp_path, "write", 11)  # inside the first checkpoint write (step 4)
+
+
+@pytest.mark.slow
+def test_kill_between_checkpoints(straight, tmp_path):
     _drill(straight, tmp_path, "step", 6)  # after the step-6 snapshot, before checkpoint 8
 
 

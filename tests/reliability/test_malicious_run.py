@@ -107,6 +107,23 @@ def _payloads(tmp: Path, sentinel: Path, victim: Path) -> dict[str, tuple[str, d
     }
 
 
+def test_every_payload_is_refused_by_the_check(tiny_run, tmp_path):
+    """Fast: the config check alone, on each payload spliced into the saved config."""
+    sentinel, victim = tmp_path / "pwned", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    payloads = _payloads(tmp_path, sentinel, victim)
+    for name, (key, node) in payloads.items():
+        cfg = json.loads(json.dumps(saved))
+        cfg[key] = node if key != "data" else {**cfg["data"], **node}
+        with pytest.raises(UnsafeConfigError, match=rf"{key}") as info:
+            check_config(cfg, tiny_run)
+        assert "\n" not in str(info.value), name
+    check_config(saved, tiny_run)  # the untouched run passes
+    assert not sentinel.exists() and victim.read_text() == "precious"
+
+
+@pytest.mark.slow
 def test_malicious_run_dirs_are_refused_before_anything_is_built(tiny_run, tmp_path):
     sentinel, victim = tmp_path / "pwned", tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -136,6 +153,7 @@ def test_malicious_overrides_json_is_refused(tiny_run, tmp_path):
     assert not sentinel.exists()
 
 
+@pytest.mark.slow
 def test_the_allow_list_accepts_every_shipped_config():
     from polydiff.train.config import compose, find_config_dir
 
