@@ -60,12 +60,14 @@ RECIPE = _code(_section(ROOT / "packages/core/README.md", "Add a sampler"))
 @pytest.fixture
 def registered(monkeypatch):
     """The README's sampler registered for one test (the registries restored afterwards)."""
-    monkeypatch.setattr(samplers, "SAMPLERS", dict(samplers.SAMPLERS))
-    monkeypatch.setattr(samplers, "EVALUATIONS", dict(samplers.EVALUATIONS))
-    monkeypatch.setattr(samplers, "DETERMINISTIC", samplers.DETERMINISTIC)
+    saved = dict(samplers.SAMPLERS), dict(samplers.EVALUATIONS)  # the same dicts are mutated:
+    monkeypatch.setattr(samplers, "DETERMINISTIC", samplers.DETERMINISTIC)  # importers see them
     ns: dict = {}
     exec(RECIPE, ns)
-    return ns
+    yield ns
+    for registry, before in zip((samplers.SAMPLERS, samplers.EVALUATIONS), saved, strict=True):
+        registry.clear()
+        registry.update(before)
 
 
 def test_recipe_sampler_is_registered_counted_and_a_config(registered):
