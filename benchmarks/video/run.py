@@ -40,7 +40,7 @@ EXPERIMENT = "video/digits_cond"
 
 
 def recipe_overrides(quick: bool) -> list[str]:
-    steps = 10 if quick else 250
+    steps = 10 if quick else 150
     return [
         "data.image_size=16",
         "data.digit_size=8",
