@@ -165,7 +165,8 @@ def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
         res = evaluate_run(run_dir, [*overrides, *common],
                            out=out_root / f"{label}-{nfe}.json")  # fmt: skip
         rows.append({"setting": label, "nfe": nfe, "overrides": overrides,
-                     "metrics": res["metrics"], "seconds": time.perf_counter() - t0})  # fmt: skip
+                     "metrics": res["metrics"], "checkpoint_step": res.get("checkpoint_step"),
+                     "n": n, "seconds": time.perf_counter() - t0})  # fmt: skip
         print(f"  digits {label} {nfe}: {res['metrics']}", flush=True)
         partial = {"mixtures": [], "digits": rows, "partial": True}  # kept if interrupted
         write_results("samplers_fewstep_digits", partial, markdown([], rows), quick=quick)
@@ -183,12 +184,15 @@ def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
 
 def markdown(mix_rows: list[dict], digit_rows: list[dict]) -> str:
     lines = ["## samplers: few-step sampling (fitted grids, issue #20)", ""]
-    lines += ["RMS error to the converged solve on exact 64-D mixtures; ratio = ours (fitted "
-              "grid, fitted on its own noise) / k-diffusion's best deterministic sampler on its "
-              "Karras grid, per evaluation seed (mean, min..max over seeds).", "",
-              "| mixture | NFE | sampler | k-diffusion best | ours Karras | ours fitted | ratio "
-              "(min..max) | typical-error ratio (min..max) |",
-              "|---|---:|---|---:|---:|---:|---|---|"]  # fmt: skip
+    if mix_rows:
+        lines += [
+            "RMS error to the converged solve on exact 64-D mixtures; ratio = ours (fitted grid, "
+            "fitted on its own noise) / k-diffusion's best deterministic sampler on its Karras "
+            "grid, per evaluation seed (mean, min..max over seeds).", "",
+            "| mixture | NFE | sampler | k-diffusion best | ours Karras | ours fitted | ratio "
+            "(min..max) | typical-error ratio (min..max) |",
+            "|---|---:|---|---:|---:|---:|---|---|",
+        ]  # fmt: skip
     for r in mix_rows:
         kb = statistics.fmean(r["k_diffusion_best"].values())
         lines.append(
@@ -199,8 +203,10 @@ def markdown(mix_rows: list[dict], digit_rows: list[dict]) -> str:
             f"({r['typical_ratio_min']:.2f}..{r['typical_ratio_max']:.2f}) |"
         )
     if digit_rows:
-        lines += ["", "Trained digits (UNet-tiny, 1200 steps), CFG, through polydiff evaluate:",
-                  "", "| setting | NFE | FID | class acc |", "|---|---:|---:|---:|"]  # fmt: skip
+        step, n = digit_rows[0].get("checkpoint_step"), digit_rows[0].get("n")
+        lines += ["", f"Trained digits (UNet-tiny, checkpoint step {step}), CFG, {n} samples, "
+                  "through polydiff evaluate:", "", "| setting | NFE | FID | class acc |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
         for r in digit_rows:
             m = r["metrics"]
             fid = next((v for k, v in m.items() if "fid" in k.lower()), float("nan"))
