@@ -19,7 +19,6 @@ trained on digits 0-8. Three methods, each trained with ``polydiff.train.Trainer
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from torch.utils.data import Dataset
 
 from polydiff.nn.embeddings import ClassEmbedding
 from polydiff.nn.lora import ATTENTION_TARGETS, add_lora, save_lora
-from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
+from polydiff.train import TensorDictDataset, fit_parameters
 
 __all__ = [
     "AdaptConfig",
@@ -103,19 +102,19 @@ def finetune(
 ) -> dict[str, float]:
     """Train the parameters of ``model`` that require grad with ``polydiff.train.Trainer``
     (no EMA, no files); returns the last logged metrics (loss, grad_norm, ...)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("finetune: the model has no trainable parameter")
-    cfg = TrainerConfig(
-        max_steps=steps, batch_size=batch_size, ema_decays=(), progress=False,
-        log_every=steps, cpu=True, seed=seed, clip_grad_norm=1.0,
-    )  # fmt: skip
-    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
     was_training = model.training
-    trainer = Trainer(model, loss, dataset, optimizer, cfg)
-    metrics = trainer.fit()
+    trainer = fit_parameters(
+        model,
+        loss,
+        dataset,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        weight_decay=weight_decay,
+    )
     model.train(was_training)
-    return metrics
+    return trainer.last_metrics
 
 
 # --------------------------------------------------------------------------------------------

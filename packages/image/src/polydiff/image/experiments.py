@@ -145,9 +145,7 @@ def digits_autoencoder(
         in_channels=1, z_channels=z_channels, base_channels=base_channels,
         channel_mult=tuple(channel_mult),
     )  # fmt: skip
-    return load_or_train_autoencoder(
-        images, cache_dir, cfg, steps=steps, batch_size=batch_size
-    )
+    return load_or_train_autoencoder(images, cache_dir, cfg, steps=steps, batch_size=batch_size)
 
 
 def latent_data(

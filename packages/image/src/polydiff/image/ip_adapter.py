@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polydiff.train import Trainer, TrainerConfig
+from polydiff.train import fit_parameters
 
 __all__ = [
     "IMAGE_KEY",
@@ -258,16 +258,17 @@ def train_ip_adapter(
 ) -> IPAdapter:
     """Train the adapter's parameters (base frozen) with ``objective`` (its condition dropout
     trains the image-free path for guidance); returns ``adapter`` (EMA weights when ``ema``)."""
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("train_ip_adapter: the adapter has no trainable parameter")
-    cfg = TrainerConfig(
-        max_steps=steps, batch_size=batch_size, ema_decays=(ema,) if ema else (),
-        progress=False, log_every=steps, cpu=True, seed=seed, lr_warmup_steps=min(50, steps // 10),
-    )  # fmt: skip
-    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
-    trainer = Trainer(adapter, objective, dataset, optimizer, cfg)
-    trainer.fit()
+    trainer = fit_parameters(
+        adapter,
+        objective,
+        dataset,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        lr_warmup_steps=min(50, steps // 10),
+        ema=ema,
+    )
     if ema:
         adapter.load_state_dict(trainer.sampling_model().state_dict())
     return adapter.eval()

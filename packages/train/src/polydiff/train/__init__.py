@@ -10,7 +10,7 @@ from .data import BatchOrder, TensorDictDataset, split_batch
 from .ema import EMABank
 from .lr import LRSchedule
 from .sampling import SamplerSpec, generate
-from .trainer import NonFiniteLossError, Trainer, TrainerConfig
+from .trainer import NonFiniteLossError, Trainer, TrainerConfig, fit_parameters
 
 __all__ = [
     "BatchOrder",
@@ -22,6 +22,7 @@ __all__ = [
     "TensorDictDataset",
     "Trainer",
     "TrainerConfig",
+    "fit_parameters",
     "generate",
     "latest_checkpoint",
     "list_checkpoints",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import random
@@ -57,7 +58,7 @@ from .lr import LRSchedule, make_scheduler
 from .sampling import SamplerSpec, generate, with_objective_grid
 from .tracking import MetricLogger
 
-__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig"]
+__all__ = ["NonFiniteLossError", "Trainer", "TrainerConfig", "fit_parameters"]
 
 LossFn = Callable[..., torch.Tensor]
 
@@ -633,14 +634,56 @@ class Trainer:
 
 
 def _check_learning_rates(optimizer: torch.optim.Optimizer) -> None:
-    """Every param group's ``lr`` must be a finite positive number a float32 can hold."""
+    """Every param group's ``lr`` must be finite, in [0, float32 max] (0 freezes a group)."""
     top = torch.finfo(torch.float32).max
     for i, group in enumerate(optimizer.param_groups):
         lr = group.get("lr")
         if isinstance(lr, torch.Tensor):
             lr = float(lr)
-        if not isinstance(lr, (int, float)) or not (0 < lr <= top and math.isfinite(lr)):
+        if not isinstance(lr, (int, float)) or not (0 <= lr <= top and math.isfinite(lr)):
             raise ConfigError(
                 f"trainer.optimizer.lr={lr!r} (param group {i}) must be a finite number in "
-                f"(0, {top:.3g}]; nothing was trained"
+                f"[0, {top:.3g}]; nothing was trained"
             )
+
+
+def fit_parameters(
+    model: nn.Module,
+    loss: Any,
+    dataset: Any,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 16,
+    seed: int = 0,
+    weight_decay: float = 0.0,
+    clip_grad_norm: float | None = 1.0,
+    lr_warmup_steps: int = 0,
+    ema: float | None = None,
+) -> Trainer:
+    """Fine-tune the parameters of ``model`` that require grad (AdamW, CPU, no files written).
+
+    The one in-process training job of the engine, used by adaptation methods whose settings
+    come from their own config group (``configs/adapt/``: LoRA, DreamBooth, textual inversion,
+    IP-Adapter): it builds the ``TrainerConfig`` here so that no package outside
+    ``polydiff.train`` does. ``ema`` keeps one EMA of that decay (``trainer.sampling_model()``).
+    Returns the fitted ``Trainer`` (``.fit()`` already called; ``.last_metrics`` holds the last
+    logged metrics).
+    """
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"fit_parameters: {type(model).__name__} has no trainable parameter")
+    cfg = TrainerConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        ema_decays=(ema,) if ema else (),
+        progress=False,
+        log_every=steps,
+        cpu=True,
+        seed=seed,
+        clip_grad_norm=clip_grad_norm,
+        lr_warmup_steps=lr_warmup_steps,
+    )
+    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=weight_decay)
+    trainer = Trainer(model, loss, dataset, optimizer, cfg)
+    trainer.last_metrics = trainer.fit()
+    return trainer
