@@ -1,8 +1,9 @@
 """Peer implementations (k-diffusion, diffusers) driven by a polydiff VE denoiser, for cross-checks.
 
-Import from tests or benchmarks (run from the repository root, e.g. ``python -m pytest``)::
+Shared by tests/ and benchmarks/ (which never import each other); run from the repository
+root (``python -m pytest``, ``python -m benchmarks.run``)::
 
-    from tests.peers import load_k_diffusion_sampling, k_diffusion_model, run_diffusers_scheduler
+    from peers import load_k_diffusion_sampling, k_diffusion_model, run_diffusers_scheduler
 
 - ``load_k_diffusion_sampling()`` imports k-diffusion's ``sampling.py`` without executing
   ``k_diffusion/__init__.py`` (which pulls wandb / clean-fid).

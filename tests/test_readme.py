@@ -83,7 +83,7 @@ def test_recipe_sampler_is_registered_counted_and_a_config(registered):
 
 def test_recipe_sampler_observed_order_is_two(registered):
     """The order suite's measurement (tests/core/test_samplers_order.py) on the new sampler."""
-    from tests.peers import ode_reference
+    from peers import ode_reference
 
     steps, s_min, s_max = [16, 32, 64], 0.05, 80.0
     g = torch.Generator().manual_seed(0)

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_results
+from peers import k_diffusion_model, load_k_diffusion_sampling, ode_reference
 from polydiff.core.samplers import CountingDenoiser, sample, steps_for_evaluations
 from polydiff.core.schedules import VPSchedule, karras_sigmas, optimize_sigmas
 from polydiff.core.toy import GaussianMixture
-from tests.peers import k_diffusion_model, load_k_diffusion_sampling, ode_reference
 
 F64 = torch.float64
 BUDGETS = (5, 10)

@@ -28,9 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_results
-from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
-from polydiff.core.toy import GaussianMixture, ring_mixture
-from tests.peers import (
+from peers import (
     generator_noise_sampler,
     k_diffusion_model,
     load_k_diffusion_sampling,
@@ -39,6 +37,8 @@ from tests.peers import (
     run_diffusers_scheduler,
     scheduler_sigmas,
 )
+from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
+from polydiff.core.toy import GaussianMixture, ring_mixture
 
 F64 = torch.float64
 BUDGETS = [5, 10, 20, 50]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from peers import load_k_diffusion_sampling
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.parameterization import (
     EDMParameterization,
@@ -26,7 +27,6 @@ from polydiff.core.parameterization import (
 )
 from polydiff.core.schedules import ContinuousVPSchedule, FlowSchedule, VESchedule, VPSchedule
 from polydiff.core.utils import append_dims
-from tests.peers import load_k_diffusion_sampling
 
 F64 = torch.float64
 

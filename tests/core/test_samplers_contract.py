@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from peers import ode_reference
 from polydiff.core.metrics import sliced_wasserstein
 from polydiff.core.samplers import (
     BATCH_COUPLED,
@@ -23,7 +24,6 @@ from polydiff.core.samplers import (
 )
 from polydiff.core.schedules import karras_sigmas
 from polydiff.core.toy import GaussianMixture, ring_mixture
-from tests.peers import ode_reference
 
 NAMES = list(SAMPLERS)
 STOCHASTIC = [n for n in NAMES if n not in DETERMINISTIC]

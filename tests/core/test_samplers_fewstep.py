@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import torch
 
+from peers import ode_reference
 from polydiff.core.samplers import sample
 from polydiff.core.samplers.multistep import deis_coefficients
 from polydiff.core.schedules import LinearVPSchedule
 from polydiff.core.toy import GaussianMixture
-from tests.peers import ode_reference
 
 STEPS = [16, 32, 64, 128]
 

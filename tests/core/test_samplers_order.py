@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from polydiff.core.samplers import sample
-from polydiff.core.toy import GaussianMixture
-from tests.peers import (
+from peers import (
     generator_noise_sampler,
     k_diffusion_model,
     load_k_diffusion_sampling,
     ode_reference,
 )
+from polydiff.core.samplers import sample
+from polydiff.core.toy import GaussianMixture
 
 STEPS = [16, 32, 64, 128]
 SIGMA_MIN, SIGMA_MAX = 0.05, 80.0

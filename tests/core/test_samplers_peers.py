@@ -11,10 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
-from polydiff.core.schedules import karras_sigmas
-from polydiff.core.toy import GaussianMixture, ring_mixture
-from tests.peers import (
+from peers import (
     generator_noise_sampler,
     k_diffusion_model,
     load_k_diffusion_sampling,
@@ -23,6 +20,9 @@ from tests.peers import (
     run_diffusers_scheduler,
     scheduler_sigmas,
 )
+from polydiff.core.samplers import DETERMINISTIC, SAMPLERS, sample
+from polydiff.core.schedules import karras_sigmas
+from polydiff.core.toy import GaussianMixture, ring_mixture
 
 pytestmark = pytest.mark.peers
 diffusers = pytest.importorskip("diffusers")

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from peers import load_k_diffusion_sampling
 from polydiff.core.schedules import (
     ContinuousVPSchedule,
     EDMSchedule,
@@ -28,7 +29,6 @@ from polydiff.core.schedules import (
     uniform_logsnr_sigmas,
     vp_sigmas,
 )
-from tests.peers import load_k_diffusion_sampling
 
 diffusers = pytest.importorskip("diffusers")
 
