@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from polydiff.train.data import TensorDictDataset
+
 from .autoencoder import AutoencoderConfig, KLAutoencoder, LatentDataset, load_or_train_autoencoder
 from .data import CaptionEncodedDataset, DigitsDataset, ShapesDataset, all_shape_specs
 from .io import save_image_grid
@@ -61,7 +63,7 @@ def text_encoder(name: str = "minilm", dim: int = 384) -> Any:
     return _ENCODERS[key]
 
 
-class InMemoryDataset(Dataset):
+class InMemoryDataset(TensorDictDataset):
     """Aligned tensors with ``get_batch`` (the trainer skips per-item collation)."""
 
     def __init__(self, **tensors: torch.Tensor) -> None:
@@ -72,16 +74,6 @@ class InMemoryDataset(Dataset):
                 f"{ {k: len(v) for k, v in tensors.items()} }"
             )
         self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(self.tensors["x"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def get_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
 
 
 def _collect(ds: Dataset, keys: Sequence[str]) -> InMemoryDataset:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+
+from polydiff.train.data import TensorDictDataset
 
 from .data import (
     IMAGE_EXTENSIONS,
@@ -51,21 +52,11 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 UINT8 = "uint8 [0, 255] -> [-1, 1] (x / 127.5 - 1)"
 
 
-class TensorImages(Dataset):
+class TensorImages(TensorDictDataset):
     """Images (and labels / text tensors) held in memory; ``get_batch`` skips collation."""
 
     def __init__(self, **tensors: torch.Tensor) -> None:
         self.tensors = tensors
-
-    def __len__(self) -> int:
-        return len(self.tensors["x"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def get_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
 
 
 # --------------------------------------------------------------------------- checking

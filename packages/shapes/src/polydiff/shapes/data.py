@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import trimesh
 from scipy import ndimage
-from torch.utils.data import Dataset
+
+from polydiff.train.data import TensorDictDataset
 
 __all__ = [
     "CLASSES",
@@ -618,7 +619,7 @@ def folder_data(
     )
 
 
-class ShapeTensors(Dataset):
+class ShapeTensors(TensorDictDataset):
     """Aligned tensors with ``get_batch`` (the trainer skips per-item collation); ``info`` keeps
     what was read from the data (classes, normalisation statistics, skipped files)."""
 
@@ -629,13 +630,3 @@ class ShapeTensors(Dataset):
                 f"{ {k: tuple(v.shape) for k, v in tensors.items()} }"
             )
         self.tensors, self.info = tensors, dict(info or {})
-
-    def __len__(self) -> int:
-        return len(self.tensors["x"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def get_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] for k, v in self.tensors.items()}
