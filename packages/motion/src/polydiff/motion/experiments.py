@@ -168,7 +168,8 @@ def _builtin_cached(params: dict[str, Any], cache_dir: str | None) -> MotionSet:
         z = np.load(path, allow_pickle=False)
         lengths = z["lengths"]
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        feats = [z["features"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        features = z["features"]  # NpzFile re-reads the member on every access: read it once
+        feats = [features[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         ncap = int(z["captions"].shape[1])
         caps = [[str(c) for c in row[:ncap] if c] for row in z["captions"]]
         ms = MotionSet(
