@@ -23,13 +23,14 @@ and ``image.md`` through ``benchmarks.common.write_results``.
 from __future__ import annotations
 
 import argparse
-import tempfile
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import cpu_timer, train_recipe, write_results
+from benchmarks.common import cpu_timer, results_dir, train_recipe, write_results
 from polydiff.core.samplers import denoiser_evaluations, steps_for_evaluations
 from polydiff.image.autoencoder import reconstruction_error
 from polydiff.image.data import DigitsDataset, ShapesDataset
@@ -42,17 +43,21 @@ SHAPES_GUIDANCE = (1.0, 3.0, 5.0)
 QUIET = ["trainer.progress=false", "trainer.ckpt_every=0"]
 # shapes text-to-image at 16x16 with the digits recipe's CPU settings (tiny U-Net, constant LR)
 SHAPES = [
-    "data.image_size=16", "model.size=tiny", "trainer.max_steps=2000", "trainer.batch_size=64",
+    "data.image_size=16", "model.size=tiny-c16", "trainer.max_steps=2000", "trainer.batch_size=64",
     "trainer.lr_schedule=constant", "trainer.lr_warmup_steps=50", "trainer.ema_decays=[0.99]",
     "trainer.ema_warmup=false", "trainer.ema_sigma_rels=[]", "trainer.optimizer.lr=3e-3",
 ]  # fmt: skip
 
 
-def _score(run_dir: Path, n: int, *overrides: str) -> dict[str, Any]:
-    """``polydiff evaluate run=<run_dir> <overrides>``: class accuracy and FID (+ seconds)."""
+def _score(run_dir: Path, n: int, *overrides: str, out: Path | None = None) -> dict[str, Any]:
+    """``polydiff evaluate run=<run_dir> <overrides>``: class accuracy and FID (+ seconds).
+    ``out``: a directory for the evaluation JSON (else the run's own ``eval/``)."""
     settings = [f"evaluate.n={n}", "evaluate.seed=123", "evaluate.overwrite=true", *overrides]
+    target = None
+    if out is not None:
+        target = out / f"{run_dir.name}-{'-'.join(o.replace('=', '') for o in overrides)}.json"
     with cpu_timer() as t:
-        m = evaluate_run(run_dir, settings)["metrics"]
+        m = evaluate_run(run_dir, settings, out=target)["metrics"]
     return {
         "class_accuracy": round(m["class_accuracy"], 4),
         "fid": round(m["fid"], 3),
@@ -126,50 +131,107 @@ def _attr(ev: ImageEvaluator, real: ShapesDataset) -> dict:
     }
 
 
-def run(quick: bool = False) -> dict:
-    torch.set_num_threads(1)
+PARTS = ("pixel", "latent", "samplers", "shapes")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _runs(quick: bool) -> Path:
+    """Where the benchmark's runs live (``runs/``, git-ignored); a re-run resumes them."""
+    return ROOT / "runs" / "bench" / ("image-quick" if quick else "image")
+
+
+def _eval_n(quick: bool) -> int:
+    return 100 if quick else 300  # 10 / 30 per class (ImageHooks draws classes round robin)
+
+
+def part_pixel(quick: bool, runs: Path) -> dict:
+    """The digits recipe itself, trained in stages and scored with CFG after each."""
     stages = (60, 120) if quick else (300, 600, 900, 1500)
-    n = 100 if quick else 300  # 10 / 30 per class (ImageHooks draws classes round robin)
+    rows = _staged("image/digits_cond", stages, runs / "pixel", _eval_n(quick))
+    return {"pixel": rows, "model_pixel": _parameters(runs / "pixel")}
+
+
+def part_latent(quick: bool, runs: Path) -> dict:
+    """The same recipe on the digits autoencoder's 2x8x8 latents (autoencoder time included)."""
+    stages = (60, 120) if quick else (300, 600, 900, 1500)
+    latent_dir = runs / "latent"
+    rows = _staged("image/digits_latent", stages, latent_dir, _eval_n(quick))
+    lrun = open_run(latent_dir)
+    ae = instantiate(lrun.cfg.data.autoencoder, "data.autoencoder")  # from the cache
+    test = DigitsDataset(size=16, split="test")
     ev = ImageEvaluator("digits")
-    digits = DigitsDataset(size=16, split="train")
-    with tempfile.TemporaryDirectory(prefix="polydiff-image-bench-") as tmp:
-        runs = Path(tmp)
-        pixel_dir, latent_dir = runs / "pixel", runs / "latent"
-        # ---- pixel space: the digits recipe itself
-        pixel = _staged("image/digits_cond", stages, pixel_dir, n)
-        # ---- latent space: the same recipe on the digits autoencoder's 2x8x8 latents
-        latent = _staged("image/digits_latent", stages, latent_dir, n)
-        lrun = open_run(latent_dir)
-        ae = instantiate(lrun.cfg.data.autoencoder, "data.autoencoder")  # from the cache
-        test = DigitsDataset(size=16, split="test")
-        ae_info = {
-            "recipe": "image/digits_latent data.autoencoder (trained in the first latent stage)",
-            "recon_mse_test": round(reconstruction_error(ae, test.images), 5),
-            "scale_factor": round(float(ae.scale_factor), 4),
-            "latent_shape": [2, 8, 8],
-            "recon_class_accuracy": round(
-                ev.class_accuracy(ae.to_image(ae.to_latent(test.images)), test.labels), 4
-            ),
-        }
-        # ---- sampler x NFE on the trained pixel model: `polydiff evaluate sampler=<m> ...`
-        table = []
-        for method in SAMPLERS:
-            for budget in (5, 10, 20) if quick else (5, 10, 20, 50):
-                steps = steps_for_evaluations(method, budget)
-                row = {
-                    "sampler": method,
-                    "nfe": denoiser_evaluations(method, steps),
-                    "steps": steps,
-                }
-                row |= _score(pixel_dir, n, f"sampler={method}", f"sampler.steps={steps}",
-                              f"guidance.scale={GUIDANCE:g}")  # fmt: skip
-                table.append(row)
-                print(row, flush=True)
-        goal_row = next(r for r in table if r["sampler"] == "dpmpp_2m" and r["nfe"] == 20)
-        shapes = shapes_text_to_image(quick, runs / "shapes", ImageEvaluator("shapes"))
-        models = {"pixel": _parameters(pixel_dir), "latent": _parameters(latent_dir)}
-    result = {
-        "model": models,
+    ae_info = {
+        "recipe": "image/digits_latent data.autoencoder (trained in the first latent stage)",
+        "recon_mse_test": round(reconstruction_error(ae, test.images), 5),
+        "scale_factor": round(float(ae.scale_factor), 4),
+        "latent_shape": [2, 8, 8],
+        "recon_class_accuracy": round(
+            ev.class_accuracy(ae.to_image(ae.to_latent(test.images)), test.labels), 4
+        ),
+    }
+    return {"latent": rows, "autoencoder": ae_info, "model_latent": _parameters(latent_dir)}
+
+
+def part_samplers(quick: bool, runs: Path, pixel_run: Path | None = None) -> dict:
+    """Sampler x NFE on the trained pixel model (``polydiff evaluate sampler=<m> ...``).
+
+    ``pixel_run``: an already trained ``experiment=image/digits_cond`` run to score instead of
+    the pixel part's (only read: the evaluations are written under the benchmark's runs)."""
+    run_dir = pixel_run or runs / "pixel"
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir}: no trained pixel run (run the 'pixel' part first)")
+    n, table = _eval_n(quick), []
+    for method in SAMPLERS:
+        for budget in (5, 10, 20) if quick else (5, 10, 20, 50):
+            steps = steps_for_evaluations(method, budget)
+            row = {"sampler": method, "nfe": denoiser_evaluations(method, steps), "steps": steps}
+            row |= _score(run_dir, n, f"sampler={method}", f"sampler.steps={steps}",
+                          f"guidance.scale={GUIDANCE:g}", out=runs / "eval")  # fmt: skip
+            table.append(row)
+            print(row, flush=True)
+    return {
+        "sampler_nfe": table,
+        "sampler_run": str(run_dir),
+        "model_sampler_run": _parameters(run_dir),
+    }
+
+
+def part_shapes(quick: bool, runs: Path) -> dict:
+    return {"shapes_text": shapes_text_to_image(quick, runs / "shapes", ImageEvaluator("shapes"))}
+
+
+def run(
+    quick: bool = False, only: tuple[str, ...] | None = None, pixel_run: Path | None = None
+) -> dict:
+    """Run the parts (``only`` a subset: each fits one 25-minute slot of the shared machine)
+    and merge them into ``image.json``; the markdown is written once every part is present."""
+    torch.set_num_threads(1)
+    parts = tuple(only or PARTS)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; choose from {PARTS}")
+    runs = _runs(quick)
+    previous = results_dir(quick) / "image.json"
+    result: dict[str, Any] = {}
+    if only and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("layout") == "parts":  # never mix in numbers from before the recipe path
+            result = {k: v for k, v in old.items() if k not in ("machine", "markdown")}
+    result["layout"] = "parts"
+    for part in parts:
+        shutil.rmtree(runs / part, ignore_errors=True)  # every part trains from scratch
+        with cpu_timer() as t:
+            if part == "samplers":
+                found = part_samplers(quick, runs, pixel_run)
+            else:
+                found = {"pixel": part_pixel, "latent": part_latent, "shapes": part_shapes}[part](
+                    quick, runs
+                )
+        result |= found
+        result.setdefault("part_seconds", {})[part] = round(t["wall"], 1)
+        write_results("image", result, "(partial image run)\n", quick=quick)
+    n = _eval_n(quick)
+    result |= {
         "recipes": {
             "pixel": "polydiff train experiment=image/digits_cond trainer.max_steps=<stage>",
             "latent": "polydiff train experiment=image/digits_latent trainer.max_steps=<stage>",
@@ -178,21 +240,24 @@ def run(quick: bool = False) -> dict:
         },
         "guidance_scale": GUIDANCE,
         "eval_samples": n,
-        "reference_fid_real_vs_real": round(ev.fid(digits.images[:500]), 3),
-        "pixel": pixel,
-        "latent": latent,
-        "autoencoder": ae_info,
-        "sampler_nfe": table,
-        "shapes_text": shapes,
-        "goal": {
+        "reference_fid_real_vs_real": round(
+            ImageEvaluator("digits").fid(DigitsDataset(size=16, split="train").images[:500]), 3
+        ),
+    }
+    if all(k in result for k in ("pixel", "latent", "sampler_nfe", "shapes_text")):
+        result["model"] = {"pixel": result["model_pixel"], "latent": result["model_latent"]}
+        goal_row = next(
+            r for r in result["sampler_nfe"] if r["sampler"] == "dpmpp_2m" and r["nfe"] == 20
+        )
+        result["goal"] = {
             "target": "class-conditional digits >= 95% class accuracy at 20 NFE with guidance",
             "class_accuracy": goal_row["class_accuracy"],
             "fid": goal_row["fid"],
             "met": goal_row["class_accuracy"] >= 0.95,
-        },
-    }
-    result["markdown"] = markdown(result | {"quick": quick})
-    write_results("image", result, result["markdown"], quick=quick)
+        }
+        result["markdown"] = markdown(result | {"quick": quick})
+    md = result.get("markdown") or "(partial image run: the markdown needs every part)\n"
+    write_results("image", result, md, quick=quick)
     return result
 
 
@@ -239,6 +304,9 @@ def markdown(r: dict) -> str:
         "test recon MSE "
         f"{a['recon_mse_test']}, scale factor {a['scale_factor']}, class accuracy of "
         f"reconstructions {a['recon_class_accuracy']}.",
+        "",
+        f"Sampler x NFE on `{r.get('sampler_run', 'the pixel run')}` "
+        f"({r.get('model_sampler_run', r['model']['pixel'])}, 1500 steps of the same recipe).",
         "",
         "| sampler | NFE | class acc | FID | sample s |",
         "|---|---:|---:|---:|---:|",
@@ -288,6 +356,11 @@ def markdown(r: dict) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("parts", nargs="*", help=f"any of {PARTS} (default: all)")
+    parser.add_argument(
+        "--pixel-run", type=Path, default=None,
+        help="a trained experiment=image/digits_cond run for the samplers part (read only)",
+    )  # fmt: skip
     args = parser.parse_args()
-    out = run(quick=args.quick)
-    print(out["markdown"])
+    out = run(quick=args.quick, only=tuple(args.parts) or None, pixel_run=args.pixel_run)
+    print(out.get("markdown") or "(partial run written)")

@@ -91,7 +91,7 @@ def test_edit_run_on_a_tiny_trained_run(tmp_path) -> None:
     run = train(
         [
             "experiment=image/edit_inpaint", "trainer.max_steps=2", "trainer.batch_size=4",
-            "trainer.ckpt_every=0", f"runs_root={tmp_path}", "model.size=tiny",
+            "trainer.ckpt_every=0", f"runs_root={tmp_path}", "model.size=tiny-c16",
         ],
         config_dir=CONFIGS,
     )  # fmt: skip

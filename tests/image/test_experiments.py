@@ -11,7 +11,7 @@ from PIL import Image
 from polydiff.train.run import sample_run, train
 
 COMMON = [
-    "model.size=tiny",
+    "model.size=tiny-c16",
     "trainer.max_steps=3",
     "trainer.batch_size=8",
     "trainer.ckpt_every=0",

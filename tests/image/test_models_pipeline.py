@@ -22,7 +22,7 @@ from polydiff.image.pipeline import build_cond, generate, generate_grid, nfe
 
 def test_unet_and_dit_conditioning_and_null_mask():
     torch.manual_seed(0)
-    net = image_unet("tiny", channels=1, image_size=16, num_classes=10)
+    net = image_unet("tiny-c16", channels=1, image_size=16, num_classes=10)
     assert net.accepts_null_mask and num_parameters(net) > 10_000
     x, t = torch.randn(4, 1, 16, 16), torch.rand(4)
     y = torch.tensor([1, 2, 3, 4])
@@ -36,7 +36,7 @@ def test_unet_and_dit_conditioning_and_null_mask():
     assert a.shape == x.shape and torch.allclose(null, other, atol=1e-6)  # null ignores the class
     assert not torch.allclose(a, null, atol=1e-4)
     with pytest.raises(ValueError, match="divisible"):
-        image_unet("small", channels=1, image_size=18)
+        image_unet("small-c32", channels=1, image_size=18)
     with pytest.raises(KeyError, match="available"):
         image_unet("huge")
     enc = HashedWordEncoder(16)

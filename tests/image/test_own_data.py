@@ -22,7 +22,7 @@ from polydiff_apps.cli import main
 README = Path(__file__).resolve().parents[2] / "packages" / "image" / "README.md"
 # appended to the README's commands so that the test runs in seconds (the commands stay verbatim)
 QUICK = {
-    "train": ["model.size=tiny", "trainer=tiny", "trainer.batch_size=16", "trainer.max_steps=4",
+    "train": ["model.size=tiny-c16", "trainer=tiny", "trainer.batch_size=16", "trainer.max_steps=4",
               "data.hooks.feature_steps=10"],
     "sample": ["steps=2", "n=8"],
     "evaluate": ["steps=2", "n=16"],

@@ -7,8 +7,9 @@ objective's condition dropout sets it; classifier-free guidance uses it):
 - text: ``context_dim`` -> cross-attention to ``cond["text"]`` tokens (masked by
   ``cond["text_mask"]``), ``pooled_dim`` -> ``cond["text_pooled"]`` added to the time embedding.
 
-Sizes are registries (:data:`IMAGE_UNET_SIZES`, :data:`IMAGE_DIT_SIZES`): ``"tiny"`` for tests
-and CPU smoke runs, ``"small"`` for the CPU demo and benchmarks, then the paper layouts.
+Sizes are registries (:data:`IMAGE_UNET_SIZES`: the 2-D layouts of ``polydiff.nn.UNET_SIZES``,
+:data:`IMAGE_DIT_SIZES`): ``"tiny-c16"`` for tests and 16x16 CPU recipes, ``"small-c32"`` for the
+CPU demo and benchmarks, then the paper layouts.
 """
 
 from __future__ import annotations
@@ -31,18 +32,12 @@ __all__ = [
     "num_parameters",
 ]
 
+# the 2-D layouts of polydiff.nn's one U-Net size table (a name means the same network
+# everywhere): "tiny-c16" for 16x16 digits recipes and tests, "small-c32" for the CPU demo and
+# benchmarks, "tiny" / "small" (the nn test and smoke sizes), then the paper layouts.
 IMAGE_UNET_SIZES: dict[str, dict[str, Any]] = {
-    # seconds-long tests
-    "tiny": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
-                 num_heads=2),
-    # CPU demo / benchmark on 16x16 digits and 32x32 shapes (~1-2 M parameters)
-    "small": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                  attention_levels=(2,), num_heads=4),
-    "base": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
-                 attention_levels=(1, 2), num_heads=4),
-    # the polydiff.nn paper layouts (DDPM CIFAR-10, ADM 64x64)
-    **{k: v for k, v in UNET_SIZES.items() if k in ("ddpm-cifar", "adm-64")},
-}  # fmt: skip
+    name: layout for name, layout in UNET_SIZES.items() if layout.get("dims", 2) == 2
+}
 
 IMAGE_DIT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depth=2, hidden=64, heads=2, patch_size=2),
@@ -58,7 +53,7 @@ def _lookup(table: dict[str, dict[str, Any]], size: str, what: str) -> dict[str,
 
 
 def image_unet(
-    size: str = "small",
+    size: str = "small-c32",
     channels: int = 3,
     image_size: int | None = None,
     num_classes: int | None = None,

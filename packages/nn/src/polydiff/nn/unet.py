@@ -420,7 +420,19 @@ class UNet(nn.Module):
 # Named sizes
 # --------------------------------------------------------------------------------------------
 
+# One table for the whole project: a size name denotes exactly one network (modalities pick
+# from it, e.g. polydiff.image.IMAGE_UNET_SIZES, instead of redefining a name). Until config
+# version 2 the image package had its own "tiny" / "small" / "base": now "tiny-c16" /
+# "small-c32" / "small" (runs trained before are migrated when opened, polydiff.train.run).
 UNET_SIZES: dict[str, dict[str, Any]] = {
+    # 2-D CPU recipes on 16x16 digits / 32x32 shapes (~0.2 M / ~1-2 M parameters)
+    "tiny-c16": dict(
+        model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2
+    ),
+    "small-c32": dict(
+        model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,),
+        num_heads=4,
+    ),
     # tests and CPU smoke runs
     "tiny": dict(
         model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=2

@@ -27,13 +27,14 @@ import inspect
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from polydiff.core.fileio import atomic_write_text
 from polydiff.core.samplers import SAMPLERS
@@ -58,6 +59,7 @@ __all__ = [
     "FIXED_AT_SAMPLE_TIME",
     "OpenedRun",
     "build_sampler",
+    "CONFIG_VERSION",
     "build_trainer_config",
     "describe_run",
     "evaluate_run",
@@ -65,6 +67,7 @@ __all__ = [
     "instantiate",
     "job_dir",
     "job_settings",
+    "migrate_run_config",
     "open_run",
     "run_job_config",
     "sample_run",
@@ -76,6 +79,16 @@ __all__ = [
 FIXED_AT_SAMPLE_TIME = ("data", "model", "objective", "trainer")
 # guidance that needs a condition to drop (refused on unconditional runs)
 CONDITIONAL_GUIDANCE = ("polydiff.core.guidance.classifier_free_guidance",)
+
+# A run's saved config.yaml carries ``config_version`` (runs without one are version 1); an
+# older saved config is migrated when the run is opened (:func:`migrate_run_config`).
+CONFIG_VERSION = 2
+# version 1 -> 2 (issue 13): a size name means one network across the project; the image U-Net's
+# own "tiny" / "small" / "base" became polydiff.nn.UNET_SIZES' "tiny-c16" / "small-c32" / "small"
+# (the same networks under their new names)
+RENAMED_SIZES_V2 = {
+    "polydiff.image.models.image_unet": {"tiny": "tiny-c16", "small": "small-c32", "base": "small"},
+}
 
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
@@ -157,6 +170,33 @@ def _experiment_signature(cfg: DictConfig, config_dir: str | Path | None) -> tup
     return config_delta_hash(delta), delta
 
 
+def migrate_run_config(saved: DictConfig, source: str | Path) -> DictConfig:
+    """``saved`` (a run's ``config.yaml``) brought to :data:`CONFIG_VERSION`, in place; each
+    renamed setting is reported in one line. A version newer than this polydiff is refused."""
+    version = saved.get("config_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{source}: config_version={version!r}: expected an integer >= 1")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"{source}: config_version={version} was written by a newer polydiff (this one "
+            f"reads up to {CONFIG_VERSION}); update polydiff to open it"
+        )
+    if version < 2:
+        model = saved.get("model")
+        renames = RENAMED_SIZES_V2.get(model.get("_target_")) if model is not None else None
+        old = model.get("size") if renames else None
+        if isinstance(old, str) and old in renames:
+            model.size = renames[old]
+            print(
+                f"polydiff: {source}: model.size {old!r} is now called {renames[old]!r} (config "
+                f"version 1 -> {CONFIG_VERSION}: the same network under its project-wide name)",
+                file=sys.stderr,
+            )
+    with open_dict(saved):
+        saved.config_version = CONFIG_VERSION
+    return saved
+
+
 def train(
     overrides: Sequence[str] = (),
     *,
@@ -200,6 +240,8 @@ def train(
             delta = {}
             run_dir = Path(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
+        with open_dict(cfg):  # opened later: migrated from this version
+            cfg.config_version = CONFIG_VERSION
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
         atomic_write_text(
             run_dir / "overrides.json",
@@ -332,7 +374,7 @@ def open_run(
     if not saved_path.is_file():
         raise CheckpointError(f"{saved_path} not found: {run_dir} is not a polydiff run directory")
     _refuse_fixed(overrides, run_dir)
-    saved = OmegaConf.load(saved_path)
+    saved = migrate_run_config(OmegaConf.load(saved_path), run_dir)
     old = (
         json.loads((run_dir / "overrides.json").read_text())["overrides"]
         if (run_dir / "overrides.json").is_file()
