@@ -19,8 +19,6 @@ from polydiff.motion.features import FPS, joints_to_features
 from polydiff.motion.smpl import BodyModel, convert_pkl_to_npz, load_model_struct
 from polydiff.motion.synthetic import ACTIONS, MotionSpec, Segment, generate_motion, synthesize
 
-SMPL_PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
-
 
 # ------------------------------------------------------------------------------ built-in
 def test_builtin_is_seeded_and_captioned():
@@ -118,27 +116,8 @@ def test_humanml3d_wrong_dim_and_bad_text(tmp_path):
 
 
 # ------------------------------------------------------------------------------ SMPL / AMASS
-def _smpl_like_arrays(v=40, seed=0):
-    rng = np.random.default_rng(seed)
-    j = len(SMPL_PARENTS)
-    v_template = rng.normal(size=(v, 3))
-    reg = np.zeros((j, v))
-    reg[np.arange(j), np.arange(j)] = 1.0  # joint k sits on vertex k
-    weights = np.zeros((v, j))
-    weights[np.arange(v), np.arange(v) % j] = 1.0
-    return {
-        "v_template": v_template,
-        "shapedirs": rng.normal(scale=0.01, size=(v, 3, 10)),
-        "posedirs": np.zeros((v, 3, (j - 1) * 9)),
-        "J_regressor": reg,
-        "weights": weights,
-        "kintree_table": np.stack([np.asarray(SMPL_PARENTS) % (2**32), np.arange(j)]),
-        "f": np.array([[0, 1, 2], [2, 3, 4]]),
-    }
-
-
-def test_smpl_forward_kinematics_on_a_synthetic_model(tmp_path):
-    arrays = _smpl_like_arrays()
+def test_smpl_forward_kinematics_on_a_synthetic_model(tmp_path, smpl_like_arrays):
+    arrays = smpl_like_arrays()
     np.savez(tmp_path / "model.npz", **arrays)
     model = BodyModel(tmp_path / "model.npz")
     t = 3
@@ -156,8 +135,8 @@ def test_smpl_forward_kinematics_on_a_synthetic_model(tmp_path):
     assert verts.shape == (3, 40, 3) and np.allclose(verts[0], arrays["v_template"])
 
 
-def test_pickled_model_is_refused_unless_converted(tmp_path):
-    arrays = _smpl_like_arrays()
+def test_pickled_model_is_refused_unless_converted(tmp_path, smpl_like_arrays):
+    arrays = smpl_like_arrays()
     with open(tmp_path / "model.pkl", "wb") as fh:
         pickle.dump(arrays, fh)
     with pytest.raises(ValueError, match="convert"):
@@ -172,8 +151,8 @@ def test_pickled_model_is_refused_unless_converted(tmp_path):
         load_model_struct(tmp_path / "bad.npz")
 
 
-def test_amass_npz_through_the_body_model(tmp_path):
-    np.savez(tmp_path / "model.npz", **_smpl_like_arrays())
+def test_amass_npz_through_the_body_model(tmp_path, smpl_like_arrays):
+    np.savez(tmp_path / "model.npz", **smpl_like_arrays())
     model = BodyModel(tmp_path / "model.npz")
     t = 12
     poses = np.zeros((t, 156))

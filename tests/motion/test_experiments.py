@@ -24,6 +24,10 @@ TINY = [
     "sampler.steps=3",
     "sample.n=4",
     "evaluate.n=4",
+    "evaluate.replications=2",
+    "evaluate.mm_prompts=2",
+    "evaluate.mm_repeats=2",
+    "evaluate.mm_times=2",
     "data.hooks.files=1",
 ]
 
@@ -59,6 +63,10 @@ def test_tiny_train_sample_export(tmp_path, experiment, extra):
     result = evaluate_run(run, ["evaluate.n=4"], out=tmp_path / "eval.json")
     m = result["metrics"]
     assert 0.0 <= m["foot_skating_ratio"] <= 1.0 and m["bone_length_error_real"] < 1e-3
+    # two replications (seeds 1, 2): means with 95% half-widths; smaller sizes are named
+    assert m["replications"] == 2 and m["foot_skating_ratio_ci95"] >= 0.0
+    assert result["protocol"]["replications"] == 2
+    assert "replications=2 (protocol 20)" in result["protocol_note"]
     if experiment == "motion/edit_inbetween":
         for task in EDIT_TASKS:
             summary = edit_run(run, [f"edit.task={task}", "edit.n=3"], out=tmp_path / task)
@@ -68,6 +76,24 @@ def test_tiny_train_sample_export(tmp_path, experiment, extra):
             lengths = np.load(tmp_path / task / "joints.npz")["lengths"]
             free = ~edit_mask(task, lengths.tolist(), edited.shape[1]).numpy()
             assert np.abs(edited - source)[free].mean() > 1e-3  # the rest was generated
+
+
+@pytest.mark.slow
+def test_t2m_protocol_of_polydiff_evaluate(tmp_path):
+    """Replicated T2M numbers, the real and retrieval rows and MultiModality of a tiny run."""
+    extra = ["data.text.name=words", "data.text_dim=32", "data.hooks.evaluator.steps=20",
+             "data.n=40", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    run = train(["experiment=motion/text2motion", *TINY, *extra], run_dir=tmp_path / "run")
+    small = ["evaluate.n=32", "evaluate.mm_prompts=3", "evaluate.mm_repeats=4",
+             "evaluate.mm_times=3"]  # fmt: skip
+    result = evaluate_run(run, small, out=tmp_path / "eval.json")
+    m = result["metrics"]
+    for key in ("r_precision_top3", "fid", "diversity", "mm_dist"):
+        assert np.isfinite(m[key]) and f"{key}_ci95" in m and f"retrieval_{key}" in m
+    assert 0.0 <= m["r_precision_top1_real"] <= m["r_precision_top3_real"] <= 1.0
+    assert m["multimodality"] > 0.0 and m["diversity_pairs"] == 32
+    assert "mm_prompts=3 (protocol 100)" in result["protocol_note"]
+    assert "n=32 < diversity_times" in result["protocol_note"]
 
 
 def test_edit_masks():

@@ -145,3 +145,20 @@ def test_t2m_evaluation_of_the_real_motions_matches_the_reference_row(tmp_path):
     assert m["mm_dist"] == pytest.approx(m["mm_dist_real"], rel=1e-5)
     assert m["diversity_pairs"] == 32 and m["n"] == 32
     assert list(tmp_path.glob("t2m-evaluator-*.safetensors"))  # trained once, cached
+
+
+def test_protocol_sizes_default_to_t2m_and_are_checked():
+    from polydiff.motion.experiments import MotionHooks
+    from polydiff.motion.metrics import T2M_PROTOCOL
+
+    assert T2M_PROTOCOL == {"replications": 20, "diversity_times": 300, "mm_prompts": 100,
+                            "mm_repeats": 30, "mm_times": 10}  # fmt: skip
+    hooks = MotionHooks.__new__(MotionHooks)
+    assert hooks.protocol_sizes({"n": 320}) == T2M_PROTOCOL
+    assert hooks.protocol_sizes({"mm_prompts": 8})["mm_prompts"] == 8
+    with pytest.raises(ValueError, match="mm_repeats=4 is below evaluate.mm_times=10"):
+        hooks.protocol_sizes({"mm_repeats": 4})
+    with pytest.raises(ValueError, match="positive"):
+        hooks.protocol_sizes({"replications": 0})
+    with pytest.raises(ValueError, match="at least 10 generations"):
+        multimodality(torch.zeros(2, 5, 3), 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from polydiff.core.objective import DiffusionObjective
@@ -59,3 +60,33 @@ def test_loss_adds_to_the_core_loss_and_trains():
     assert float(l_on.detach()) > float(l_off.detach()) > 0
     l_on.backward()
     assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_one_forward_pass_gives_the_two_pass_loss_and_the_config_factory_normalises():
+    from polydiff.core.utils import append_dims
+    from polydiff.motion.data import Normalizer
+    from polydiff.motion.objective import geometric_objective
+
+    x0 = _batch()
+    norm = Normalizer.fit([f for f in x0.numpy()])
+    data = type("Data", (), {"normalizer": norm})()
+    geo = geometric_objective(data, 1.0, 30.0, 30.0, schedule=VPSchedule.cosine(), prediction="x0")
+    assert torch.allclose(geo._features(torch.as_tensor(norm.normalize(x0.numpy()))), x0, atol=1e-4)
+    xn = torch.as_tensor(norm.normalize(x0.numpy()))
+    net = mdm("tiny", in_dim=263).eval()  # no dropout: both passes see the same network
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    got = geo.loss(net, xn, None, torch.Generator().manual_seed(5))
+    assert len(calls) == 1
+    # reference: the core loss, then a second denoiser call on the same sigma and noise
+    g = torch.Generator().manual_seed(5)
+    sigma = geo.base.sample_sigma(2, g, "cpu")
+    noise = torch.randn(xn.shape, generator=g)
+    diffusion = geo.base.per_sample_loss(net, xn, None, sigma=sigma, noise=noise)
+    x = xn + append_dims(sigma, 3).float() * noise
+    denoised = geo.base.denoiser(net)(x, sigma.float(), None)
+    terms = geo.geometric_terms(denoised, xn, None)
+    want = (diffusion + (terms * torch.tensor([1.0, 30.0, 30.0])).sum(-1)).mean()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="objective.data must be a motion dataset"):
+        geometric_objective(object(), schedule=VPSchedule.cosine())

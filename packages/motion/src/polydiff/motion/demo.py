@@ -53,7 +53,11 @@ def run(out_dir: str | Path, quick: bool = False) -> dict:
         )
         t_train = time.perf_counter() - t0
         samples = sample_run(run_dir, ["sample.n=8"], out=out_dir / "samples")
-        metrics = evaluate_run(run_dir, [f"evaluate.n={n_eval}"], out=out_dir / "metrics.json")
+        # one replication and a small MultiModality (named in metrics.json's protocol_note)
+        small = ["evaluate.replications=1", "evaluate.mm_prompts=8", "evaluate.mm_repeats=10"]
+        metrics = evaluate_run(
+            run_dir, [f"evaluate.n={n_eval}", *small], out=out_dir / "metrics.json"
+        )
         edited = edit_run(run_dir, ["edit.task=inbetween", "edit.n=2"], out=out_dir / "inbetween")
     finally:
         torch.set_num_threads(threads)

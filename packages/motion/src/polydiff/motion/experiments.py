@@ -7,7 +7,9 @@
 - :func:`text_encoder`: MiniLM (pooled sentence embedding, cached on disk) or a dependency-free
   bag-of-words encoder for tests.
 - :class:`MotionHooks` (``polydiff.train.hooks``): prompts / actions and lengths of held-out
-  motions to sample with, denormalisation, GIF / BVH / NPZ files, and the T2M metrics.
+  motions to sample with, denormalisation, GIF / BVH / NPZ files, and the T2M protocol of
+  ``polydiff evaluate`` (:meth:`MotionHooks.evaluate_model`: replications with confidence
+  intervals, MultiModality, the real and nearest-caption retrieval rows).
 """
 
 from __future__ import annotations
@@ -24,8 +26,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from polydiff.train.hooks import draw
+from polydiff.train.sampling import generate
+
 from .data import MotionSet, Normalizer, builtin_motions, load_humanml3d
 from .features import features_to_joints
+from .metrics import (
+    T2M_PROTOCOL,
+    confidence_interval,
+    embed,
+    evaluate_motions,
+    load_or_train_evaluator,
+    multimodality,
+)
 from .synthetic import ACTIONS
 
 __all__ = [
@@ -400,18 +413,114 @@ class MotionHooks:
     def evaluate(
         self, samples: torch.Tensor, cond: Mapping | None, options: Mapping | None = None
     ) -> dict[str, Any]:
+        """Metrics of one set of samples drawn by :meth:`sample_cond` (one replication)."""
         if self.metrics is None:
             return {}
-        from .metrics import evaluate_motions
-
+        times = (options or {}).get("diversity_times", T2M_PROTOCOL["diversity_times"])
         return evaluate_motions(
             samples.cpu(),
             self.lengths(samples, cond),
             self,
             kind=self.metrics,
             cache_dir=self.cache_dir,
+            diversity_times=int(times),
             **self.evaluator_options,
         )
+
+    def retrieval(self) -> tuple[torch.Tensor, list[int]]:
+        """The nearest-caption retrieval baseline for the prompts last drawn by
+        :meth:`sample_cond`: the training motion whose caption is nearest (cosine, pooled text)
+        to each prompt, data-space features (N, T, D) and lengths."""
+        rows = self._last["rows"]
+        train = self.data
+        sim = self.reference.tensors["text_pooled"][rows] @ train.tensors["text_pooled"].T
+        feats = torch.zeros(len(rows), train.max_len, train.motions.dim)
+        lengths = []
+        for i, k in enumerate(sim.argmax(dim=1).tolist()):
+            f = torch.as_tensor(train.motions.features[train.rows[k]][: train.max_len])
+            feats[i, : len(f)] = f
+            lengths.append(len(f))
+        return feats, lengths
+
+    def protocol_sizes(self, evaluate: Mapping[str, Any]) -> dict[str, int]:
+        """The evaluation sizes of an ``evaluate`` node: :data:`T2M_PROTOCOL` unless set."""
+        sizes = {k: int(evaluate.get(k, v)) for k, v in T2M_PROTOCOL.items()}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"evaluate sizes must be positive, got {bad}")
+        if sizes["mm_repeats"] < sizes["mm_times"]:
+            raise ValueError(
+                f"evaluate.mm_repeats={sizes['mm_repeats']} is below evaluate.mm_times="
+                f"{sizes['mm_times']} (MultiModality draws mm_times pairs of generations)"
+            )
+        return sizes
+
+    def evaluate_model(self, run: Any) -> dict[str, Any]:
+        """``polydiff evaluate`` of a motion run: the T2M protocol (Guo et al. 2022 sec. 5).
+
+        ``evaluate.replications`` times: ``evaluate.n`` prompts of held-out motions (seed
+        ``evaluate.seed + r``) are generated and scored (:meth:`evaluate`); every number is the
+        mean over replications with its 95% half-width in ``<name>_ci95``. The same prompts give
+        the real row (``*_real``) and the nearest-caption retrieval row (``retrieval_*``).
+        MultiModality: ``evaluate.mm_repeats`` generations for each of ``evaluate.mm_prompts``
+        prompts, ``evaluate.mm_times`` pairs each. Sizes default to :data:`T2M_PROTOCOL`; the
+        sizes used are recorded under ``protocol`` and named when smaller.
+        """
+        e = run.cfg.evaluate
+        sizes = self.protocol_sizes(e)
+        n, seed, batch = int(e.n), int(e.seed), run.cfg.sample.get("batch_size")
+        options = {"diversity_times": sizes["diversity_times"]}
+        reps: list[dict[str, Any]] = []
+        for r in range(sizes["replications"]):
+            data, cond = draw(
+                run.denoiser(), self, run.sample_shape, n, run.sampler, seed=seed + r,
+                batch_size=batch,
+            )  # fmt: skip
+            found = self.evaluate(data, cond, options)
+            if self.metrics == "t2m" and "text_pooled" in self.data.tensors:
+                feats, lengths = self.retrieval()
+                base = evaluate_motions(
+                    feats, lengths, self, cache_dir=self.cache_dir, real=False,
+                    diversity_times=sizes["diversity_times"], **self.evaluator_options,
+                )  # fmt: skip
+                found.update({f"retrieval_{k}": v for k, v in base.items()})
+            reps.append(found)
+        out: dict[str, Any] = {}
+        for key, value in reps[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                mean, half = confidence_interval([float(rep[key]) for rep in reps])
+                out[key] = mean
+                if len(reps) > 1 and key.rsplit("_", 1)[-1] not in ("n", "pairs"):
+                    out[f"{key}_ci95"] = half
+            else:
+                out[key] = value
+        if self.metrics == "t2m" and "text_pooled" in self.data.tensors:
+            out["multimodality"] = self.multimodality(run, sizes, seed)
+        out["replications"] = sizes["replications"]
+        out["protocol"] = sizes
+        smaller = {k: v for k, v in sizes.items() if v < T2M_PROTOCOL[k]}
+        out["protocol_note"] = (
+            "T2M protocol sizes"
+            if not smaller and n >= sizes["diversity_times"]
+            else "smaller than the T2M protocol: "
+            + ", ".join(f"{k}={v} (protocol {T2M_PROTOCOL[k]})" for k, v in smaller.items())
+            + (f", n={n} < diversity_times" if n < sizes["diversity_times"] else "")
+        )
+        return out
+
+    def multimodality(self, run: Any, sizes: Mapping[str, int], seed: int) -> float:
+        """MultiModality (Guo et al. 2022): ``mm_repeats`` generations of ``mm_prompts`` prompts."""
+        prompts, repeats = sizes["mm_prompts"], sizes["mm_repeats"]
+        gen = torch.Generator().manual_seed(seed + 10_007)
+        cond = self.sample_cond(prompts, gen)
+        rep = {k: v.repeat_interleave(repeats, 0) for k, v in cond.items()}
+        x = generate(
+            run.denoiser(), run.sample_shape, prompts * repeats, run.sampler, cond=rep,
+            generator=gen, batch_size=run.cfg.sample.get("batch_size"),
+        )  # fmt: skip
+        net = load_or_train_evaluator(self, self.cache_dir, **self.evaluator_options)
+        m, _ = embed(net, x, rep["seq_mask"].sum(1), None)  # x is normalised (model space)
+        return multimodality(m.reshape(prompts, repeats, -1), sizes["mm_times"], gen)
 
     def extra_npz(self, cond: Mapping | None) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

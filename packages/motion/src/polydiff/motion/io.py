@@ -4,7 +4,11 @@
   drawn with PIL, the floor and the root path; :func:`save_mp4` writes the same frames through
   imageio-ffmpeg when installed.
 - :func:`save_motion_files`: what ``polydiff sample`` writes for motion runs.
-- :func:`save_obj_sequence`: one OBJ per frame from an SMPL body model's vertices.
+- :func:`save_obj_sequence`: one OBJ per frame of a mesh sequence; :func:`export_obj` writes
+  a motion's: the SMPL mesh when a body model is given (:meth:`BodyModel.pose_from_joints`,
+  then linear blend skinning), else :func:`skeleton_mesh`, a documented stick body: one
+  octahedral bone per joint-parent pair (6 vertices: the parent joint, a square of 4 at 20% of
+  the bone, the child joint; 8 triangles), 21 bones, 126 vertices and 168 faces per frame.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from polydiff.core.fileio import atomic_path, atomic_write_text
 
 from .bvh import write_bvh
 from .features import FPS, features_to_joints
-from .skeleton import KINEMATIC_CHAINS
+from .skeleton import KINEMATIC_CHAINS, PARENTS, RAW_OFFSETS
+from .smpl import BodyModel
 
 __all__ = [
+    "export_obj",
     "save_gif",
     "save_motion_files",
     "save_mp4",
     "save_obj_sequence",
+    "skeleton_mesh",
     "stick_figure_frames",
 ]
 
@@ -139,3 +146,53 @@ def save_obj_sequence(vertices: np.ndarray, faces: np.ndarray, out_dir: str | Pa
             atomic_write_text(out_dir / f"frame_{t:04d}.obj", text + "\n" + face_lines + "\n")
         )
     return paths
+
+
+# the 8 triangles of an octahedral bone: 0 = parent joint, 1-4 = the square, 5 = child joint
+_BONE_FACES = np.array(
+    [[0, 1, 2], [0, 2, 3], [0, 3, 4], [0, 4, 1], [5, 2, 1], [5, 3, 2], [5, 4, 3], [5, 1, 4]]
+)
+
+
+def skeleton_mesh(joints: np.ndarray, width: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
+    """A stick-body mesh of joints (T, 22, 3): vertices (T, 126, 3) and faces (168, 3)
+    (0-based), one octahedral bone per joint and its parent (see the module docstring) whose
+    square has a half-diagonal of ``width`` times the bone length (clipped to 1-4 cm)."""
+    j = np.asarray(joints, dtype=np.float64)
+    if j.ndim != 3 or j.shape[1:] != (22, 3):
+        raise ValueError(f"joints must be (T, 22, 3), got shape {j.shape}")
+    bones = [(PARENTS[b], b) for b in range(1, 22)]
+    verts, faces = [], []
+    for k, (p, b) in enumerate(bones):
+        head, tail = j[:, p], j[:, b]
+        d = tail - head
+        length = np.linalg.norm(d, axis=-1, keepdims=True)
+        axis = d / length.clip(1e-9)
+        # a reference axis off the bone's rest direction (y bones: z; x / z bones: y)
+        ref = np.array([0.0, 0.0, 1.0]) if abs(RAW_OFFSETS[b][1]) > 0.5 else np.array([0, 1.0, 0])
+        e1 = np.cross(axis, ref)
+        weak = np.linalg.norm(e1, axis=-1) < 1e-6
+        e1[weak] = np.cross(axis[weak], np.array([1.0, 0.0, 0.0]))
+        e1 /= np.linalg.norm(e1, axis=-1, keepdims=True).clip(1e-9)
+        e2 = np.cross(axis, e1)
+        r = (width * length).clip(0.01, 0.04)
+        mid = head + 0.2 * d
+        square = [mid + r * e1, mid + r * e2, mid - r * e1, mid - r * e2]
+        verts.append(np.stack([head, *square, tail], axis=1))  # (T, 6, 3)
+        faces.append(_BONE_FACES + 6 * k)
+    return np.concatenate(verts, axis=1), np.concatenate(faces)
+
+
+def export_obj(
+    joints: np.ndarray, out_dir: str | Path, body_model: str | Path | BodyModel | None = None
+) -> list[Path]:
+    """One OBJ per frame of joints (T, 22, 3) into ``out_dir``: the SMPL mesh of ``body_model``
+    (an ``.npz`` model file, read without pickle, or a :class:`BodyModel`) fitted to the joints,
+    or without one the :func:`skeleton_mesh`."""
+    if body_model is None:
+        verts, faces = skeleton_mesh(joints)
+    else:
+        body = body_model if isinstance(body_model, BodyModel) else BodyModel(body_model)
+        poses, trans = body.pose_from_joints(joints)
+        verts, faces = body.vertices(poses, trans), body.faces
+    return save_obj_sequence(verts, faces, out_dir)

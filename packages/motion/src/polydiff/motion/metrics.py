@@ -16,9 +16,12 @@ Protocol numbers, on evaluator embeddings:
 - **MM-Dist**: mean distance between a text and its motion.
 - **FID**: Frechet distance between generated and real motion embeddings.
 - **Diversity**: mean distance between two random sets of 300 motion embeddings (pairwise i-i).
-- **MultiModality**: for each text with R generations, the mean distance of 10 random pairs.
+- **MultiModality**: for each of 100 texts with 30 generations, the mean distance of 10 random
+  pairs.
 Replications: the protocol repeats everything (20x) and reports mean and 95% CI
-``1.96 std / sqrt(reps)`` (:func:`confidence_interval`).
+``1.96 std / sqrt(reps)`` (:func:`confidence_interval`). :data:`T2M_PROTOCOL` holds these sizes
+as Guo et al.'s evaluator sets them (``diversity_times=300, mm_num_samples=100,
+mm_num_repeats=30, mm_num_times=10, replication_times=20``, R-precision batches of 32).
 
 Kinematic: **foot skating ratio** (GMD, Karunratanakul et al. 2023: share of foot-frames with
 the toe below 5 cm in both frames and moving faster than 0.5 m/s horizontally), **jitter**
@@ -44,6 +47,7 @@ from .features import FPS, features_to_joints
 from .skeleton import PARENTS, TARGET_BONE_LENGTHS
 
 __all__ = [
+    "T2M_PROTOCOL",
     "T2MEvaluator",
     "bone_length_error",
     "confidence_interval",
@@ -58,6 +62,16 @@ __all__ = [
 ]
 
 _VERSION = 1
+
+# the T2M evaluation sizes (Guo et al. 2022: evaluate_options, final_evaluations)
+T2M_PROTOCOL: dict[str, int] = {
+    "replications": 20,  # replication_times
+    "diversity_times": 300,
+    "mm_prompts": 100,  # mm_num_samples
+    "mm_repeats": 30,  # mm_num_repeats
+    "mm_times": 10,  # mm_num_times
+}
+R_PRECISION_BATCH = 32  # the protocol's batch of (text, motion) pairs
 
 
 # ------------------------------------------------------------------------------- protocol math
@@ -102,7 +116,7 @@ def multimodality(
     """``emb`` (P, R, d): P texts with R generations each; mean distance of ``times`` random
     pairs of generations per text."""
     p, r, _ = emb.shape
-    if r < 2 * times and r < times:
+    if r < times:
         raise ValueError(f"multimodality needs at least {times} generations per text, got {r}")
     a = torch.stack([torch.randperm(r, generator=generator)[:times] for _ in range(p)])
     b = torch.stack([torch.randperm(r, generator=generator)[:times] for _ in range(p)])
@@ -294,9 +308,13 @@ def evaluate_motions(
     steps: int = 2000,
     hidden: int = 128,
     seed: int = 0,
+    diversity_times: int = T2M_PROTOCOL["diversity_times"],
+    real: bool = True,
 ) -> dict[str, Any]:
     """Metrics of generated features (N, T, D) (data space) with the lengths they were drawn
-    with; the real reference is ``hooks.reference`` (the rows sampled by ``sample_cond``)."""
+    with; the real reference is ``hooks.reference`` (the rows sampled by ``sample_cond``).
+    Diversity uses ``min(diversity_times, N)`` pairs (recorded as ``diversity_pairs``);
+    ``real=False`` leaves out the ``*_real`` copies of the numbers."""
     lengths_t = torch.as_tensor(list(lengths))
     out: dict[str, Any] = {}
     joints = features_to_joints(samples.float()).numpy()
@@ -308,6 +326,7 @@ def evaluate_motions(
     real_joints = [
         features_to_joints(torch.as_tensor(f[: int(n)])).numpy()
         for f, n in zip(real_feats, lengths_t)
+        if real
     ]
     for name, fn in (
         ("foot_skating_ratio", foot_skating_ratio),
@@ -315,7 +334,8 @@ def evaluate_motions(
         ("bone_length_error", bone_length_error),
     ):
         out[name] = float(np.mean([fn(joints[i, : int(n)]) for i, n in enumerate(lengths_t)]))
-        out[f"{name}_real"] = float(np.mean([fn(j) for j in real_joints]))
+        if real:
+            out[f"{name}_real"] = float(np.mean([fn(j) for j in real_joints]))
     if kind != "t2m" or "text_pooled" not in hooks.data.tensors:
         return out
     net = load_or_train_evaluator(hooks, cache_dir, steps, hidden, seed=seed)
@@ -324,15 +344,15 @@ def evaluate_motions(
     real_x = real_ds.tensors["x"][rows]
     pooled = real_ds.tensors["text_pooled"][rows]
     m_gen, t = embed(net, gen_n, lengths_t, pooled)
-    m_real, _ = embed(net, real_x, lengths_t, None)
+    m_real, _ = embed(net, real_x, hooks.reference.lengths()[rows], None)
     g = torch.Generator().manual_seed(seed)
-    for tag, m in (("", m_gen), ("_real", m_real)):
-        top = r_precision(t, m)
+    times = min(int(diversity_times), len(m_gen))  # the protocol's 300 when there are as many
+    for tag, m in (("", m_gen), ("_real", m_real))[: 2 if real else 1]:
+        top = r_precision(t, m, batch=R_PRECISION_BATCH)
         out.update({f"r_precision_top{k + 1}{tag}": v for k, v in enumerate(top)})
         out[f"mm_dist{tag}"] = mm_dist(t, m)
-        times = min(300, len(m))  # the protocol's 300 when there are that many samples
         out[f"diversity{tag}"] = diversity(m, times, g)
-    out["diversity_pairs"] = min(300, len(m_gen))
+    out["diversity_pairs"] = times
     out["fid"] = float(frechet_distance_from_features(m_real.double(), m_gen.double()))
     out["evaluator"] = "t2m-contrastive (movement+motion GRU, MiniLM-pooled text)"
     out["n"] = len(samples)

@@ -5,22 +5,27 @@ the denoised features (:func:`polydiff.motion.features.features_to_joints`, afte
 denormalisation): ``L_pos = ||FK(x0_hat) - FK(x0)||^2``, ``L_vel`` the same on frame-to-frame
 velocities, ``L_foot = ||(FK(x0_hat)_{t+1} - FK(x0_hat)_t) * f_t||^2`` on the feet joints with
 the data's contact labels ``f_t``. All are means over real frames (``cond["loss_mask"]``).
-The diffusion term is the wrapped :class:`polydiff.core.objective.DiffusionObjective`'s, drawn
-with the same sigma and noise; sampling uses its denoiser unchanged.
+The diffusion term is the wrapped :class:`polydiff.core.objective.DiffusionObjective`'s; the
+geometric terms reuse its network output (one forward pass per step: ``x0_hat = c_skip x +
+c_out F``); sampling uses its denoiser unchanged. :func:`geometric_objective` builds one from a
+config (``objective: {_target_: polydiff.motion.objective.geometric_objective, data:
+${data.dataset}, <the core objective's keys>}``) with the training data's normalisation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+from torch import nn
 
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.utils import Cond, append_dims
 
 from .features import SLICES, features_to_joints
 
-__all__ = ["GeometricObjective"]
+__all__ = ["GeometricObjective", "geometric_objective"]
 
 _FEET = (7, 10, 8, 11)  # left ankle, left toe, right ankle, right toe (the contact order)
 
@@ -80,17 +85,57 @@ class GeometricObjective:
         self, net, x0: torch.Tensor, cond: Cond = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         base = self.base
+        if not any(self.weights):
+            return base.loss(net, x0, cond, generator)
         batch, device = x0.shape[0], x0.device
         sigma = base.sample_sigma(batch, generator, device)
         gen_dev = generator.device if generator is not None else device
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(
             device
         )
-        diffusion = base.per_sample_loss(net, x0, cond, generator, sigma=sigma, noise=noise)
-        if not any(self.weights):
-            return diffusion.mean()
+        keep = _KeepOutput(net)
+        diffusion = base.per_sample_loss(keep, x0, cond, generator, sigma=sigma, noise=noise)
         x = x0 + append_dims(sigma, x0.ndim).to(x0.dtype) * noise
-        denoised = self.denoiser(net)(x, sigma.to(x0.dtype), cond)
+        scalings = base.param.scalings(sigma)
+        c_skip, c_out, _ = (append_dims(c, x0.ndim).to(x0.dtype) for c in scalings)
+        denoised = c_skip * x + c_out * keep.output.to(x0.dtype)  # the same forward pass
         terms = self.geometric_terms(denoised, x0, None if cond is None else cond.get("loss_mask"))
         w = torch.as_tensor(self.weights, dtype=terms.dtype, device=terms.device)
         return (diffusion + (terms * w).sum(-1)).mean()
+
+
+class _KeepOutput(nn.Module):
+    """Runs ``module`` and keeps its last output (``module``: the core objective looks through
+    it for ``accepts_null_mask``, as through DDP)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.output: torch.Tensor | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self.output = self.module(*args, **kwargs)
+        return self.output
+
+
+def geometric_objective(
+    data: Any = None,
+    pos_weight: float = 1.0,
+    vel_weight: float = 1.0,
+    foot_weight: float = 1.0,
+    **base: Any,
+) -> GeometricObjective:
+    """:class:`GeometricObjective` over ``DiffusionObjective(**base)`` (schedule, prediction,
+    weighting, noise density, condition dropout: the keys of any core objective config) with the
+    normalisation of ``data`` (a :class:`polydiff.motion.experiments.MotionData`; None: the
+    model space is the feature space)."""
+    norm = getattr(data, "normalizer", None)
+    if data is not None and norm is None:
+        raise ValueError(
+            f"objective.data must be a motion dataset with a normalizer, got {type(data).__name__}"
+        )
+    mean = None if norm is None else torch.as_tensor(norm.mean)
+    std = None if norm is None else torch.as_tensor(norm.std)
+    return GeometricObjective(
+        DiffusionObjective(**base), mean, std, pos_weight, vel_weight, foot_weight
+    )

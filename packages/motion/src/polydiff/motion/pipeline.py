@@ -10,6 +10,7 @@
 - :func:`edit_run`: ``polydiff motion-edit run=<dir> edit.task=upper_body edit.n=8`` on held-out
   motions of the run's data, writing the edited and source motions (NPZ, GIF, BVH); defaults
   from the run's ``data.hooks.edit`` (``motion/edit_inbetween``).
+- :func:`obj_run`: ``polydiff motion-obj run=<dir>``: OBJ meshes per frame of a sampled motion.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from polydiff.core.editing import inpaint
@@ -27,10 +29,10 @@ from polydiff.train.config import ConfigError
 from polydiff.train.run import OpenedRun, open_run
 
 from .features import FEATURE_DIM, SLICES
-from .io import save_motion_files
+from .io import export_obj, save_motion_files
 from .skeleton import LOWER_BODY_JOINTS, NUM_JOINTS
 
-__all__ = ["EDIT_TASKS", "edit", "edit_mask", "edit_run"]
+__all__ = ["EDIT_TASKS", "edit", "edit_mask", "edit_run", "obj_run"]
 
 EDIT_TASKS = ("inbetween", "continuation", "upper_body", "trajectory")
 
@@ -115,15 +117,18 @@ def edit(
     return norm.denormalize(out)
 
 
-def _split_edit_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    edit_opts, rest = {}, []
+def _split_overrides(
+    overrides: Sequence[str], prefix: str = "edit."
+) -> tuple[dict[str, str], list[str]]:
+    """``prefix``-keys (``edit.task=x`` -> ``{"task": "x"}``) and the other overrides."""
+    opts, rest = {}, []
     for o in overrides:
-        if o.startswith("edit."):
-            key, _, value = o[5:].partition("=")
-            edit_opts[key] = value
+        if o.startswith(prefix):
+            key, _, value = o[len(prefix) :].partition("=")
+            opts[key] = value
         else:
             rest.append(o)
-    return edit_opts, rest
+    return opts, rest
 
 
 def edit_run(
@@ -131,7 +136,7 @@ def edit_run(
 ) -> dict:
     """``polydiff motion-edit run=<dir> [edit.task=...] [edit.n=...] [edit.seed=...]
     [edit.resample=...]``: edit held-out motions of the run's data; returns a summary."""
-    opts, rest = _split_edit_overrides(overrides)
+    opts, rest = _split_overrides(overrides)
     run = open_run(run_dir, rest)
     node = getattr(run.hooks, "edit_options", None)
     if node is None:
@@ -171,4 +176,49 @@ def edit_run(
         "max_kept_error": kept,
     }
     atomic_write_text(out_dir / "edit.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def obj_run(
+    run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None
+) -> dict:
+    """``polydiff motion-obj run=<dir> [obj.samples=<sample dir>] [obj.index=0]
+    [obj.model=<SMPL .npz>]``: one OBJ per frame of a sampled motion (the newest
+    ``<run>/samples/*/joints.npz`` unless ``obj.samples``), the SMPL mesh fitted to its joints
+    when ``obj.model`` names a body model (``.npz``, no pickle) and the documented stick-body
+    mesh (:func:`polydiff.motion.io.skeleton_mesh`) otherwise. Writes ``<samples>/obj_XX``."""
+    opts, rest = _split_overrides(overrides, "obj.")
+    unknown = sorted(set(opts) - {"samples", "index", "model"}) + [o for o in rest if o]
+    if unknown:
+        raise ConfigError(f"unknown motion-obj settings {unknown}; valid: obj.samples, "
+                          "obj.index, obj.model, out")  # fmt: skip
+    run_dir = Path(run_dir)
+    if "samples" in opts:
+        samples = Path(opts["samples"])
+    else:
+        found = sorted(run_dir.glob("samples/*/joints.npz"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"{run_dir}/samples has no joints.npz; run `polydiff sample` first")
+        samples = found[-1].parent
+    path = samples / "joints.npz" if samples.is_dir() else samples
+    if not path.is_file():
+        raise ConfigError(f"obj.samples={samples}: no joints.npz there")
+    with np.load(path, allow_pickle=False) as z:
+        if "joints" not in z or "lengths" not in z:
+            raise ConfigError(f"{path}: expected arrays 'joints' and 'lengths', got {z.files}")
+        joints, lengths = z["joints"], z["lengths"]
+    index = int(opts.get("index", 0))
+    if not 0 <= index < len(joints):
+        raise ConfigError(f"obj.index={index} but {path} holds {len(joints)} motions")
+    out_dir = Path(out) if out else path.parent / f"obj_{index:02d}"
+    model = opts.get("model")
+    files = export_obj(joints[index, : int(lengths[index])], out_dir, model)
+    summary = {
+        "samples": str(path),
+        "index": index,
+        "mesh": f"SMPL ({model})" if model else "skeleton (octahedral bones, 126 vertices)",
+        "out": str(out_dir),
+        "frames": len(files),
+    }
+    atomic_write_text(out_dir / "obj.json", json.dumps(summary, indent=1))
     return summary

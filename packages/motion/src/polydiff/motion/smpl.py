@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from smplx.lbs import batch_rigid_transform, batch_rodrigues, lbs, vertices2joints
 from smplx.utils import Struct
 
@@ -118,6 +119,70 @@ class BodyModel:
             self.J_regressor, self.parents, self.weights,
         )  # fmt: skip
         return (verts + trans[:, None]).numpy()
+
+    def rest_joints(self, betas=None) -> np.ndarray:
+        """Joint positions (J, 3) of the shaped rest pose."""
+        b = torch.zeros(self.num_betas, dtype=torch.float64)
+        if betas is not None:
+            values = np.asarray(betas, dtype=np.float64).reshape(-1)[: self.num_betas]
+            b[: len(values)] = torch.as_tensor(values)
+        v_shaped = self.v_template + torch.einsum("l,mkl->mk", b, self.shapedirs)
+        return vertices2joints(self.J_regressor, v_shaped[None])[0].numpy()
+
+    def pose_from_joints(self, joints, betas=None) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-angle poses (T, 3 J) and translations (T, 3) that put the model's first 22
+        joints on the directions of ``joints`` (T, 22, 3) (analytic inverse kinematics: each
+        joint's global rotation turns its rest bones onto the observed ones, by Kabsch (SVD) for
+        joints with several children (pelvis, spine3) and the smallest rotation for one child;
+        the twist about a single bone is not observable from positions and stays zero; bone
+        lengths are the model's). The pelvis lands exactly on ``joints[:, 0]``."""
+        j = np.asarray(joints, dtype=np.float64)
+        if j.ndim != 3 or j.shape[1:] != (22, 3) or not np.isfinite(j).all():
+            raise ValueError(f"joints must be finite (T, 22, 3), got shape {j.shape}")
+        rest = self.rest_joints(betas)
+        parents = self.parents.numpy()
+        t, n = len(j), min(22, self.num_joints)
+        eye = np.broadcast_to(np.eye(3), (t, 3, 3))
+        glob = np.tile(np.eye(3), (t, self.num_joints, 1, 1))
+        local = glob.copy()
+        for a in range(n):  # parents precede their children in SMPL order
+            up = glob[:, parents[a]] if parents[a] >= 0 else eye
+            kids = [c for c in range(n) if parents[c] == a]
+            if not kids:
+                glob[:, a] = up
+                continue
+            u, v = rest[kids] - rest[a], j[:, kids] - j[:, [a]]  # (K, 3), (T, K, 3)
+            if len(kids) == 1:
+                glob[:, a] = _rotation_between(np.einsum("tij,j->ti", up, u[0]), v[:, 0]) @ up
+            else:  # Kabsch: the rotation R minimising sum_k |R u_k - v_k|^2
+                h = np.einsum("kc,tkd->tcd", u, v)  # sum_k u_k v_k^T
+                uu, _, vt = np.linalg.svd(h)
+                d = np.sign(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(uu, 1, 2)))
+                fix = np.tile(np.eye(3), (t, 1, 1))
+                fix[:, 2, 2] = d
+                glob[:, a] = np.swapaxes(vt, 1, 2) @ fix @ np.swapaxes(uu, 1, 2)
+            local[:, a] = np.swapaxes(up, 1, 2) @ glob[:, a]
+        poses = Rotation.from_matrix(local.reshape(-1, 3, 3)).as_rotvec().reshape(t, -1)
+        return poses, j[:, 0] - rest[0]
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rotation matrices (T, 3, 3) of the smallest rotations taking directions a onto b (T, 3)."""
+    a = a / np.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=-1, keepdims=True).clip(1e-12)
+    v, c = np.cross(a, b), np.einsum("ti,ti->t", a, b)
+    k = np.zeros(a.shape[:-1] + (3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -v[:, 2], v[:, 1], -v[:, 0]
+    k = k - np.swapaxes(k, 1, 2)  # [v]_x
+    r = np.eye(3) + k + k @ k / (1.0 + c).clip(1e-9)[:, None, None]
+    flip = c < -1.0 + 1e-9  # opposite directions: half a turn about any perpendicular axis
+    if flip.any():
+        axis = np.cross(a[flip], np.array([1.0, 0.0, 0.0]))
+        weak = np.linalg.norm(axis, axis=-1) < 1e-6
+        axis[weak] = np.cross(a[flip][weak], np.array([0.0, 1.0, 0.0]))
+        axis /= np.linalg.norm(axis, axis=-1, keepdims=True)
+        r[flip] = 2 * np.einsum("ti,tj->tij", axis, axis) - np.eye(3)
+    return r
 
 
 def convert_pkl_to_npz(src: str | Path, dst: str | Path, *, trust: bool = False) -> Path:
