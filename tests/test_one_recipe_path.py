@@ -74,14 +74,6 @@ def test_scanners_find_what_they_look_for() -> None:
     assert imports_of("import tests.rl.test_planning as t") == {"tests"}
 
 
-# Known, named exceptions still to convert (issue 13 stays open while this is not empty). The
-# test fails both when a new file builds a TrainerConfig and when a listed one stops doing so.
-KNOWN_OFFENDERS = {
-    # trains its six models (base, SR, ControlNet, IP-Adapter, ...) with hand-set settings
-    "benchmarks/image_editing/run.py",
-}
-
-
 def test_no_trainer_config_built_outside_polydiff_train() -> None:
     offenders: dict[str, list[int]] = {}
     for path in _python_files("packages", "apps", "benchmarks"):
@@ -90,14 +82,11 @@ def test_no_trainer_config_built_outside_polydiff_train() -> None:
         lines = trainer_config_calls(path.read_text())
         if lines:
             offenders[str(path.relative_to(ROOT))] = lines
-    new = {k: v for k, v in offenders.items() if k not in KNOWN_OFFENDERS}
-    assert not new, (
+    assert not offenders, (
         "TrainerConfig built outside polydiff.train (make it a config under configs/ and train "
         f"it with polydiff.train.run.train; in-process fine-tuning: polydiff.train.fit_parameters)"
-        f": {new}"
+        f": {offenders}"
     )
-    fixed = KNOWN_OFFENDERS - set(offenders)
-    assert not fixed, f"{sorted(fixed)} no longer build a TrainerConfig: drop them from the list"
 
 
 def test_tests_and_benchmarks_do_not_import_each_other() -> None:

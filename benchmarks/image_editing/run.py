@@ -18,17 +18,21 @@ feature classifier (``polydiff.image.metrics``, digits):
 - IP-Adapter: samples with the null class and a held-out reference image, classified as the
   reference's class, vs without the image prompt.
 
-Every section uses one shared class-conditional 16x16 digits base (classes 0-8), trained once
-and cached (``~/.cache/polydiff/image/image_editing``, keyed by name, budget, recipe and size);
-its class accuracy with CFG is reported first.
+Every model is a config recipe trained by ``polydiff.train.run.train``
+(``configs/experiment/image/edit_{base,sr,shapes,controlnet,ip_adapter}.yaml``; the direct 32x32
+baseline is ``edit_base`` at 32x32; the ControlNet and the IP-Adapter load the trained base run
+named by ``model.base_run``), with the budget's sizes as overrides recorded in the results; the
+adaptation variants are ``polydiff adapt`` jobs (``configs/adapt/`` + overrides,
+``polydiff.image.adaptation.fit_adapt_job``) on the base run. Runs live under
+``runs/bench/image_editing/<recipe>-<hash of the overrides>`` and a finished one is reused, so
+every section shares one trained base. Its class accuracy with CFG is reported first.
 
     python -m benchmarks.run --only image_editing [--quick]
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import hashlib
 import json
 import os
 import time
@@ -39,19 +43,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import results_dir, write_results
-from polydiff.core.fileio import atomic_path
+from benchmarks.common import results_dir, train_recipe, write_results
 from polydiff.core.guidance import classifier_free_guidance
 from polydiff.core.objective import DiffusionObjective
 from polydiff.core.samplers import sample
 from polydiff.core.schedules import EDMSchedule
-from polydiff.image import adaptation, controlnet, editing, ip_adapter, superres
+from polydiff.image import adaptation, controlnet, editing, superres
 from polydiff.image.data import DigitsDataset
-from polydiff.nn.unet import UNet
-from polydiff.train import TensorDictDataset, Trainer, TrainerConfig
 from polydiff.train.config import json_safe
+from polydiff.train.run import OpenedRun, open_run
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
+# every recipe this process trained or reused: run directory name -> experiment and overrides
+TRAINED: dict[str, dict[str, Any]] = {}
 OLD = list(range(9))  # the base models see digits 0-8; 9 is the new concept
 TOKEN = 9
 
@@ -84,20 +88,8 @@ QUICK = Budget(
 
 
 def _objective(drop: float = 0.1) -> DiffusionObjective:
+    """The recipes' EDM objective, for measurements (held-out losses) outside training."""
     return DiffusionObjective(EDMSchedule(), "edm", cond_drop_prob=drop)
-
-
-def _unet(channels: int, width: int, **kw: Any) -> UNet:
-    return UNet(
-        in_channels=channels, model_channels=width, channel_mult=(1, 2), num_res_blocks=1,
-        attention_levels=(), **kw,
-    )  # fmt: skip
-
-
-def _cache_dir() -> Path:
-    from polydiff.image.metrics import cache_root
-
-    return cache_root() / "image_editing"
 
 
 def _lock_owner_alive(lock: Path) -> bool:
@@ -112,97 +104,112 @@ def _lock_owner_alive(lock: Path) -> bool:
     return True
 
 
-def _train(
-    name: str,
-    model: nn.Module,
-    loss: Any,
-    data: Any,
-    steps: int,
-    batch: int,
-    lr: float = 2e-3,
-    *,
-    schedule: str = "cosine",
-    ema: float = 0.995,
-) -> tuple[nn.Module, float]:
-    """Trainer run (warmup + ``schedule`` LR, an EMA of decay ``ema``); returns (EMA model,
-    training seconds).
+def runs_root(quick: bool) -> Path:
+    """Where the benchmark's runs live (``runs/`` is git-ignored)."""
+    return ROOT / "runs" / "bench" / ("image_editing-quick" if quick else "image_editing")
 
-    The EMA weights are cached under ``~/.cache/polydiff/image/image_editing`` (safetensors,
-    keyed by name, budget, recipe and model size), so every section of a run shares one trained
-    model and a re-run does not retrain what it depends on (its seconds come from the file).
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
 
-    size = sum(p.numel() for p in model.parameters())
-    recipe = "" if (schedule, ema) == ("cosine", 0.995) else f"-{schedule}-ema{ema}"
-    path = _cache_dir() / f"{name}-s{steps}-b{batch}-lr{lr}{recipe}-p{size}.safetensors"
-    lock = path.with_name(path.name + ".training")  # another process is training this model
-    while lock.is_file() and not path.is_file() and _lock_owner_alive(lock):
+def _warmup(steps: int) -> str:
+    return f"trainer.lr_warmup_steps={min(100, steps // 10)}"
+
+
+def train_run(experiment: str, overrides: list[str], quick: bool) -> tuple[Path, float]:
+    """``polydiff train experiment=<experiment> <overrides>`` into a run directory named by
+    them; a finished run is reused (as is its training time), so every section of a benchmark
+    run shares one trained model and a re-run does not retrain what it depends on. Returns
+    (run directory, training seconds)."""
+    key = hashlib.sha256(json.dumps([experiment, *overrides]).encode()).hexdigest()[:10]
+    run_dir = runs_root(quick) / f"{experiment.rsplit('/', 1)[-1]}-{key}"
+    record = run_dir.parent / f"{run_dir.name}.seconds"
+    lock = run_dir.parent / f"{run_dir.name}.training"  # another process is training it
+    while lock.is_file() and not record.is_file() and _lock_owner_alive(lock):
         time.sleep(10)
-    if path.is_file():
-        cached = copy.deepcopy(model)
-        cached.load_state_dict(load_file(str(path)))
-        with safe_open(str(path), "pt") as f:
-            seconds = float((f.metadata() or {}).get("seconds", "nan"))
-        return cached.eval().requires_grad_(False), seconds
-    cfg = TrainerConfig(
-        max_steps=steps, batch_size=batch, ema_decays=(ema,), progress=False,
-        log_every=max(1, steps // 4), cpu=True, lr_schedule=schedule,
-        lr_warmup_steps=min(100, steps // 10), lr_min_ratio=0.1, num_threads=1,
-    )  # fmt: skip
-    start = time.perf_counter()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if record.is_file():
+        TRAINED[run_dir.name] = {"experiment": experiment, "overrides": overrides}
+        return run_dir, float(record.read_text())
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(str(os.getpid()))
     try:
-        trainer = Trainer(model, loss, data, functools.partial(torch.optim.AdamW, lr=lr), cfg)
-        trainer.fit()
+        start = time.perf_counter()
+        train_recipe(experiment, overrides, run_dir=run_dir)
+        seconds = time.perf_counter() - start
     finally:
         lock.unlink(missing_ok=True)
-    trained = copy.deepcopy(trainer.sampling_model()).eval().requires_grad_(False)
-    seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in trained.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"seconds": str(seconds)})
-    return trained, seconds
+    record.write_text(f"{seconds:.1f}")
+    TRAINED[run_dir.name] = {"experiment": experiment, "overrides": overrides}
+    print(f"[image_editing] trained {run_dir.name} in {seconds:.0f} s", flush=True)
+    return run_dir, seconds
 
 
-def build_base(b: Budget) -> tuple[nn.Module, float]:
-    """The shared class-conditional 16x16 digits model (classes 0-8; 9 is the new concept).
-
-    The measured digits recipe (``polydiff.image.demo``): constant LR 3e-3, EMA 0.99.
-    """
-    train16 = DigitsDataset(size=16, split="train", classes=OLD)
-    data16 = TensorDictDataset(train16.images, **{"class": train16.labels})
-    net = _unet(1, b.width, num_classes=10)
-    return _train(
-        "digits16", net, _objective(), data16, b.base_steps, b.batch, lr=3e-3,
-        schedule="constant", ema=0.99,
-    )  # fmt: skip
+def base_recipe(b: Budget, size: int = 16) -> tuple[str, list[str]]:
+    """The shared class-conditional digits base (classes 0-8), or at 32x32 the cascade's direct
+    baseline (same recipe, ``direct_steps`` at ``direct_batch``)."""
+    steps, batch = (b.base_steps, b.batch) if size == 16 else (b.direct_steps, b.direct_batch)
+    return "image/edit_base", [
+        f"data.image_size={size}", f"trainer.max_steps={steps}", f"trainer.batch_size={batch}",
+        _warmup(steps), f"++model.model_channels={b.width}",
+    ]  # fmt: skip
 
 
-def sr_loss(b: Budget) -> superres.SuperResolutionLoss:
-    return superres.SuperResolutionLoss(_objective(0.0), 16, max_aug_sigma=0.4, crop=b.sr_crop)
-
-
-def build_sr(b: Budget) -> tuple[nn.Module, float]:
+def sr_recipe(b: Budget) -> tuple[str, list[str]]:
     """The 16 -> 32 SR model (class-unconditional), trained on aligned crops."""
-    train32 = DigitsDataset(size=32, split="train", classes=OLD)
-    net = superres.sr_unet(1, "tiny", model_channels=b.width, attention_levels=())
-    name = f"sr16to32-crop{b.sr_crop}"
-    return _train(name, net, sr_loss(b), TensorDictDataset(train32.images), b.sr_steps, b.batch)
+    return "image/edit_sr", [
+        f"trainer.max_steps={b.sr_steps}", f"trainer.batch_size={b.batch}", _warmup(b.sr_steps),
+        f"model.model_channels={b.width}", f"objective.crop={b.sr_crop}",
+    ]  # fmt: skip
 
 
-def build_direct(b: Budget) -> tuple[nn.Module, float]:
-    """A direct class-conditional 32x32 model (the cascade's baseline), base recipe."""
-    train32 = DigitsDataset(size=32, split="train", classes=OLD)
-    data32 = TensorDictDataset(train32.images, **{"class": train32.labels})
-    net = _unet(1, b.width, num_classes=10)
-    return _train(
-        "direct32", net, _objective(), data32, b.direct_steps, b.direct_batch, lr=3e-3,
-        schedule="constant", ema=0.99,
-    )  # fmt: skip
+def shapes_recipe(b: Budget) -> tuple[str, list[str]]:
+    return "image/edit_shapes", [
+        f"trainer.max_steps={b.shapes_steps}", f"trainer.batch_size={b.control_batch}",
+        _warmup(b.shapes_steps), f"model.model_channels={b.control_width}",
+    ]  # fmt: skip
+
+
+def controlnet_recipe(b: Budget, shapes_run: Path) -> tuple[str, list[str]]:
+    return "image/edit_controlnet", [
+        f"model.base_run={shapes_run}", f"trainer.max_steps={b.control_steps}",
+        f"trainer.batch_size={b.control_batch}", _warmup(b.control_steps),
+        f"model.base.model_channels={b.control_width}",
+    ]  # fmt: skip
+
+
+def ip_adapter_recipe(b: Budget, base_run: Path) -> tuple[str, list[str]]:
+    return "image/edit_ip_adapter", [
+        f"model.base_run={base_run}", f"trainer.max_steps={b.ip_steps}",
+        f"trainer.batch_size={b.batch}", _warmup(b.ip_steps),
+        f"++model.base.model_channels={b.width}",
+    ]  # fmt: skip
+
+
+def adapt_overrides(b: Budget) -> dict[str, list[str]]:
+    """``polydiff adapt`` settings of each adaptation variant (``configs/adapt/`` + overrides):
+    5 training images of the concept, LoRA / DreamBooth with and without prior preservation,
+    textual inversion initialised from the nearest class."""
+    common = [
+        f"adapt.steps={b.adapt_steps}", f"adapt.batch_size={min(b.batch, 16)}", "adapt.split=train",
+        f"adapt.sample_steps={b.steps}", f"adapt.guidance_scale={b.cfg_scale}",
+    ]  # fmt: skip
+    return {
+        "lora": ["adapt=lora", "adapt.prior_weight=0", *common],
+        "lora_prior": ["adapt=lora", *common],
+        "textual_inversion": ["adapt=textual_inversion", "adapt.lr=3e-2", *common],
+        "dreambooth_no_prior": [
+            "adapt=dreambooth",
+            "adapt.prior_weight=0",
+            "adapt.lr=5e-4",
+            *common,
+        ],
+        "dreambooth_prior": ["adapt=dreambooth", "adapt.lr=5e-4", *common],
+    }
+
+
+def opened(experiment: str, overrides: list[str], quick: bool) -> tuple[OpenedRun, float]:
+    """Train (or reuse) the recipe and open it with its EMA weights (``sample.ema``)."""
+    run_dir, seconds = train_run(experiment, overrides, quick)
+    run = open_run(run_dir)
+    run.model.eval().requires_grad_(False)
+    return run, seconds
 
 
 def _sigmas(steps: int) -> torch.Tensor:
@@ -292,13 +299,13 @@ def section_edits(base, evaluator, b: Budget) -> dict[str, Any]:
     return out
 
 
-def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
+def section_superres(base, evaluator, b: Budget, quick: bool) -> dict[str, Any]:
     train32 = DigitsDataset(size=32, split="train", classes=OLD)
     test32 = DigitsDataset(size=32, split="test", classes=OLD)
     out: dict[str, Any] = {"sr_crop": b.sr_crop, "aug_sigma_train_max": 0.4}
     # SR model 16 -> 32 with conditioning augmentation (unconditional on the class)
-    sr, t_sr = build_sr(b)
-    D_sr = sr_loss(b).denoiser(sr)
+    sr_run, t_sr = opened(*sr_recipe(b), quick)
+    D_sr = sr_run.objective.denoiser(sr_run.model)
     # low-res consistency on real inputs, without and with the per-step projection
     real = test32.images[: b.n_eval]
     low = superres.downsample(real, 16)
@@ -321,7 +328,8 @@ def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     }
     out["tolerance_mae"] = 0.05
     # cascade vs direct 32x32 model
-    direct, t_direct = build_direct(b)
+    direct_run, t_direct = opened(*base_recipe(b, 32), quick)
+    direct = direct_run.model
     labels = _labels(b.n_eval)
     cfg_base = classifier_free_guidance(_objective().denoiser(base), b.cfg_scale)
     cfg_direct = classifier_free_guidance(_objective().denoiser(direct), b.cfg_scale)
@@ -354,17 +362,12 @@ def section_superres(base, evaluator, b: Budget) -> dict[str, Any]:
     return out
 
 
-def section_controlnet(b: Budget) -> dict[str, Any]:
-    data = controlnet.OutlineFillDataset(n=1200, size=16, seed=0)
-    obj = _objective(0.0)
-    base_net = _unet(3, b.control_width)
-    base, t_base = _train(
-        "shapes16", base_net, obj, TensorDictDataset(data.images), b.shapes_steps, b.control_batch
-    )
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    cn_net = controlnet.ControlNet(base, hint_channels=1)
-    cn, t_cn = _train("controlnet16", cn_net, obj, data, b.control_steps, b.control_batch, lr=1e-3)
-    unchanged = all(torch.equal(v, before[k]) for k, v in cn_net.base.state_dict().items())
+def section_controlnet(b: Budget, quick: bool) -> dict[str, Any]:
+    shapes, t_base = opened(*shapes_recipe(b), quick)
+    cn_run, t_cn = opened(*controlnet_recipe(b, shapes.run_dir), quick)
+    base, cn, obj = shapes.model, cn_run.model, shapes.objective
+    trained = base.state_dict()
+    unchanged = all(torch.equal(v, trained[k]) for k, v in cn.base.state_dict().items())
     test = controlnet.OutlineFillDataset(n=b.n_eval, size=16, seed=123)
     cond = {"control": test.control}
     samples = _generate(obj.denoiser(cn), test.images.shape, cond, b.steps, seed=0)
@@ -383,9 +386,8 @@ def section_controlnet(b: Budget) -> dict[str, Any]:
     }
 
 
-def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
-    nines = DigitsDataset(size=16, split="train", classes=[TOKEN]).images[:5]
-    obj = _objective(0.0)  # fine-tuning without condition dropout (token rows only)
+def section_adaptation(base, evaluator, b: Budget, base_dir: Path) -> dict[str, Any]:
+    obj = _objective(0.0)  # the held-out loss with the condition always given
     old = _labels(b.n_eval)
     token = torch.full((b.n_eval,), TOKEN)
     held = DigitsDataset(size=16, split="test", classes=[TOKEN]).images[:32]
@@ -407,50 +409,30 @@ def section_adaptation(base, evaluator, b: Budget) -> dict[str, Any]:
             "heldout_concept_loss": float(loss.mean()),
         }
 
-    out: dict[str, Any] = {"concept": "digit 9 (unseen in training), 5 images", "n": b.n_eval}
-    out["before"] = measure(base)
-    steps, batch = b.adapt_steps, min(b.batch, 16)
-
-    prior_x, prior_y = adaptation.prior_dataset(
-        classifier_free_guidance(_objective().denoiser(base), b.cfg_scale), (1, 16, 16), OLD,
-        max(4 * batch, 9 * 16), _sigmas(b.steps),
-    )  # fmt: skip
-    common = {"steps": steps, "batch_size": batch}
-    methods = {
-        "lora": lambda m: adaptation.train_lora(m, obj, nines, TOKEN, rank=4, lr=3e-3, **common),
-        "lora_prior": lambda m: adaptation.train_lora(
-            m, obj, nines, TOKEN, prior_x, prior_y, rank=4, lr=3e-3, **common
-        ),
-        "textual_inversion": lambda m: adaptation.train_textual_inversion(
-            m, obj, nines, TOKEN, init_from="nearest", lr=3e-2, **common
-        ),
-        "dreambooth_no_prior": lambda m: adaptation.train_dreambooth(
-            m, obj, nines, TOKEN, prior_weight=0.0, lr=5e-4, **common
-        ),
-        "dreambooth_prior": lambda m: adaptation.train_dreambooth(
-            m, obj, nines, TOKEN, prior_x, prior_y, prior_weight=1.0, lr=5e-4, **common
-        ),
+    out: dict[str, Any] = {
+        "concept": "digit 9 (unseen in training), 5 training-split images",
+        "n": b.n_eval,
     }
-    for name, fn in methods.items():
+    out["before"] = measure(base)
+    for name, overrides in adapt_overrides(b).items():  # `polydiff adapt run=<base> ...`
         t0 = time.perf_counter()
-        model = fn(copy.deepcopy(base).requires_grad_(True))
-        out[name] = {**measure(model.eval()), "seconds": time.perf_counter() - t0}
-        if getattr(model, "init_from", None) is not None:  # textual inversion's start
-            out[name]["init_from"] = model.init_from
+        job = adaptation.fit_adapt_job(base_dir, overrides)
+        out[name] = {**measure(job.model.eval()), "seconds": time.perf_counter() - t0}
+        out[name]["adapt_overrides"] = overrides
+        if "init_from" in job.info:  # textual inversion's start
+            out[name]["init_from"] = job.info["init_from"]
     return out
 
 
-def section_ip_adapter(base, evaluator, b: Budget) -> dict[str, Any]:
+def section_ip_adapter(base_dir: Path, evaluator, b: Budget, quick: bool) -> dict[str, Any]:
     """Image prompts: an IP-Adapter on the frozen base, trained with the null class and a
     reference = another training image of the same class; samples with the null class and a
     held-out reference image should be classified as the reference's class."""
     train16 = DigitsDataset(size=16, split="train", classes=OLD)
     test16 = DigitsDataset(size=16, split="test", classes=OLD)
     null = 10  # the class table's null row: the class path carries nothing
-    adapter = ip_adapter.IPAdapter(copy.deepcopy(base), (1, 16, 16), num_tokens=4, token_dim=64)
-    data = ip_adapter.ReferencePairs(train16.images, train16.labels, null)
-    obj = _objective(0.1)  # condition dropout: the image-free path for guidance
-    trained, seconds = _train("ipadapter16", adapter, obj, data, b.ip_steps, b.batch, lr=1e-3)
+    ip_run, seconds = opened(*ip_adapter_recipe(b, base_dir), quick)
+    trained = ip_run.model
     n = min(b.n_eval, len(test16.labels))
     refs, labels = test16.images[:n], test16.labels[:n]
     nul = torch.full((n,), null)
@@ -545,6 +527,9 @@ def _markdown(res: dict[str, Any]) -> str:
         add("IP-Adapter, no CFG", "classified as the reference's class",
             p["image_prompt_rate_no_cfg"])  # fmt: skip
         add("no prompt (null class)", "classified as the reference's class", p["no_prompt_rate"])
+    for name, recipe in sorted(res.get("recipes", {}).items()):
+        add("recipe", name, f"`polydiff train experiment={recipe['experiment']} "
+            f"{' '.join(recipe['overrides'])}`")  # fmt: skip
     if res.get("rerun_sections"):
         add("run", "sections re-run alone (same budget and cached models)",
             ", ".join(res["rerun_sections"]))  # fmt: skip
@@ -568,7 +553,7 @@ GROUPS = (("inpainting", "edits"), ("adaptation",), ("controlnet", "ip_adapter")
 
 
 def run_sections(
-    b: Budget, names: list[str], quality: bool = True, log: Any = None
+    b: Budget, names: list[str], quality: bool = True, log: Any = None, quick: bool = False
 ) -> dict[str, Any]:
     """Run the named sections in this process; returns ``{"sections": ..., extras}`` (the base's
     training seconds and, with ``quality``, its class accuracy / FID with CFG)."""
@@ -591,7 +576,9 @@ def run_sections(
 
     def base() -> nn.Module:  # class-conditional digits 0-8 at 16x16, shared by 4 sections
         if "base" not in built:
-            built["base"], res["base16_train_seconds"] = build_base(b)
+            run, res["base16_train_seconds"] = opened(*base_recipe(b), quick)
+            built["base"], built["base_dir"] = run.model, run.run_dir
+            res["base16_run"] = {"experiment": base_recipe(b)[0], "overrides": base_recipe(b)[1]}
             if quality:
                 D = classifier_free_guidance(_objective().denoiser(built["base"]), b.cfg_scale)
                 labels = _labels(b.n_eval)
@@ -602,13 +589,17 @@ def run_sections(
                 }  # fmt: skip
         return built["base"]
 
+    def base_dir() -> Path:
+        base()
+        return built["base_dir"]
+
     sections = {
         "inpainting": lambda: section_inpainting(base(), evaluator(), b),
         "edits": lambda: section_edits(base(), evaluator(), b),
-        "adaptation": lambda: section_adaptation(base(), evaluator(), b),
-        "controlnet": lambda: section_controlnet(b),
-        "ip_adapter": lambda: section_ip_adapter(base(), evaluator(), b),
-        "superres": lambda: section_superres(base(), evaluator(), b),
+        "adaptation": lambda: section_adaptation(base(), evaluator(), b, base_dir()),
+        "controlnet": lambda: section_controlnet(b, quick),
+        "ip_adapter": lambda: section_ip_adapter(base_dir(), evaluator(), b, quick),
+        "superres": lambda: section_superres(base(), evaluator(), b, quick),
     }
     for name in names:
         start = time.perf_counter()
@@ -617,6 +608,7 @@ def run_sections(
         except Exception:  # one broken section must not hide the others
             res["sections"][name] = {"error": traceback.format_exc()}
         res["sections"][name]["section_seconds"] = time.perf_counter() - start
+        res["recipes"] = {**res.get("recipes", {}), **TRAINED}
         print(f"[image_editing] {name}: {json.dumps(res['sections'][name], default=str)[:400]}",
               flush=True)  # fmt: skip
         if log is not None:
@@ -624,8 +616,8 @@ def run_sections(
     return res
 
 
-def _worker(budget: dict[str, Any], names: list[str], quality: bool) -> dict[str, Any]:
-    return run_sections(Budget(**budget), names, quality)
+def _worker(budget: dict[str, Any], names: list[str], quality: bool, quick: bool) -> dict[str, Any]:
+    return run_sections(Budget(**budget), names, quality, quick=quick)
 
 
 def run(
@@ -657,11 +649,12 @@ def run(
 
     def merge(part: dict[str, Any]) -> None:
         res["sections"].update(part["sections"])
-        res.update({k: v for k, v in part.items() if k != "sections"})
+        res["recipes"] = {**res.get("recipes", {}), **part.get("recipes", {})}
+        res.update({k: v for k, v in part.items() if k not in ("sections", "recipes")})
         _write(res)
 
     if workers <= 1:
-        merge(run_sections(b, names, log=lambda part: merge({**part})))
+        merge(run_sections(b, names, log=lambda part: merge({**part}), quick=quick))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -671,7 +664,8 @@ def run(
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(min(workers, len(groups)), mp_context=ctx) as pool:
             futures = [
-                pool.submit(_worker, asdict(b), g, quality=(i == 0)) for i, g in enumerate(groups)
+                pool.submit(_worker, asdict(b), g, quality=(i == 0), quick=quick)
+                for i, g in enumerate(groups)
             ]
             for fut in as_completed(futures):
                 merge(fut.result())

@@ -35,12 +35,14 @@ from polydiff.train import TensorDictDataset, fit_parameters
 
 __all__ = [
     "AdaptConfig",
+    "AdaptJob",
     "ClassTokenEmbedding",
     "DreamBoothLoss",
     "adapt",
     "adapt_run",
     "concept_dataset",
     "finetune",
+    "fit_adapt_job",
     "load_token_embedding",
     "nearest_class",
     "prior_dataset",
@@ -446,10 +448,11 @@ ADAPT_METHODS = ("lora", "dreambooth", "textual_inversion")
 class AdaptConfig:
     """One adaptation job (the ``adapt`` node of ``configs/experiment/image/edit_adapt_*.yaml``).
 
-    The concept images are ``n_images`` images of class ``concept_class`` from the digits test
-    split (or ``images``: an ``.npz`` with ``images`` (N, C, H, W) in [-1, 1]); they are taught
-    to class ``token``. ``prior_weight > 0`` adds DreamBooth's prior preservation on ``n_prior``
-    samples of the frozen model for the classes other than the token (LoRA and DreamBooth).
+    The concept images are ``n_images`` images of class ``concept_class`` from the digits
+    ``split`` (``test`` or ``train``; or ``images``: an ``.npz`` with ``images`` (N, C, H, W) in
+    [-1, 1]); they are taught to class ``token``. ``prior_weight > 0`` adds DreamBooth's prior
+    preservation on ``n_prior`` samples of the frozen model for the classes other than the token
+    (LoRA and DreamBooth).
     ``init_from``: textual inversion's start (a class, ``"nearest"`` or None = the token's row).
     """
 
@@ -458,6 +461,7 @@ class AdaptConfig:
     concept_class: int = 9
     n_images: int = 5
     images: str | None = None
+    split: str = "test"
     steps: int = 400
     lr: float = 3e-3
     batch_size: int = 16
@@ -473,6 +477,8 @@ class AdaptConfig:
     def __post_init__(self) -> None:
         if self.method not in ADAPT_METHODS:
             raise ValueError(f"adapt.method={self.method!r}; choose one of {ADAPT_METHODS}")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"adapt.split={self.split!r}; choose 'train' or 'test'")
         for name in ("steps", "n_images", "batch_size", "rank", "sample_steps", "n_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"adapt.{name} must be >= 1, got {getattr(self, name)}")
@@ -495,7 +501,7 @@ def _concept_images(cfg: AdaptConfig, size: int) -> torch.Tensor:
             return torch.from_numpy(f["images"][: cfg.n_images]).float()
     from .data import DigitsDataset
 
-    images = DigitsDataset(size=size, split="test", classes=[cfg.concept_class]).images
+    images = DigitsDataset(size=size, split=cfg.split, classes=[cfg.concept_class]).images
     if len(images) == 0:
         raise ValueError(f"adapt.concept_class={cfg.concept_class}: no such digits class")
     return images[: cfg.n_images]
@@ -536,6 +542,37 @@ def adapt(
     return model.eval(), info
 
 
+@dataclass
+class AdaptJob:
+    """A fitted adaptation job: the opened run, its settings, the concept images, the adapted
+    model, what :func:`adapt` reported and the sampling grid of the job."""
+
+    run: Any
+    cfg: AdaptConfig
+    images: torch.Tensor
+    model: nn.Module
+    info: dict[str, Any]
+    sigmas: torch.Tensor
+
+
+def fit_adapt_job(
+    run_dir: str | os.PathLike,
+    overrides: tuple[str, ...] | list[str] = (),
+    adapt_cfg: AdaptConfig | Mapping | None = None,
+) -> AdaptJob:
+    """The fitting half of ``polydiff adapt run=<dir> [adapt=... adapt.<key>=...]``: open the run,
+    compose its :class:`AdaptConfig` (as :func:`adapt_run`), and adapt its model in memory."""
+    from polydiff.train.run import open_run, run_job_config, with_job_default
+
+    run = open_run(run_dir, with_job_default(run_dir, overrides, "adapt", "lora"))
+    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg")
+    _check_token(run.model, cfg.token)
+    images = _concept_images(cfg, tuple(run.sample_shape)[-1])
+    sigmas = run.objective.schedule.sigmas_for(cfg.sample_steps).float()
+    model, info = adapt(cfg, run.model.requires_grad_(False), run.objective, images, sigmas)
+    return AdaptJob(run, cfg, images, model, info, sigmas)
+
+
 def adapt_run(
     run_dir: str,
     overrides: tuple[str, ...] | list[str] = (),
@@ -555,18 +592,13 @@ def adapt_run(
     from safetensors.torch import save_file
 
     from polydiff.core.guidance import classifier_free_guidance
-    from polydiff.train.run import job_dir, open_run, run_job_config, with_job_default
+    from polydiff.train.run import job_dir
 
     from .io import save_image_grid
 
-    run = open_run(run_dir, with_job_default(run_dir, overrides, "adapt", "lora"))
-    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg")
-    _check_token(run.model, cfg.token)
-    shape = tuple(run.sample_shape)
-    images = _concept_images(cfg, shape[-1])
-    objective = run.objective
-    sigmas = objective.schedule.sigmas_for(cfg.sample_steps).float()
-    model, info = adapt(cfg, run.model.requires_grad_(False), objective, images, sigmas)
+    job = fit_adapt_job(run_dir, overrides, adapt_cfg)
+    run, cfg, images, model, info = job.run, job.cfg, job.images, job.model, job.info
+    shape, objective, sigmas = tuple(run.sample_shape), run.objective, job.sigmas
     settings = {"adapt": dataclasses.asdict(cfg), "checkpoint": run.checkpoint.name}
     target = Path(out) if out else job_dir(Path(run_dir) / "adapt", cfg.method, settings)
     target.mkdir(parents=True, exist_ok=True)

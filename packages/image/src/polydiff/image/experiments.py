@@ -18,20 +18,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from polydiff.train.data import TensorDictDataset
+from polydiff.train.run import open_run
 
 from .autoencoder import AutoencoderConfig, KLAutoencoder, LatentDataset, load_or_train_autoencoder
+from .controlnet import ControlNet, OutlineFillDataset
 from .data import CaptionEncodedDataset, DigitsDataset, ShapesDataset, all_shape_specs
 from .io import save_image_grid
+from .ip_adapter import IPAdapter, ReferencePairs
 
 __all__ = [
     "ImageHooks",
     "InMemoryDataset",
+    "controlnet_on_run",
     "digits_autoencoder",
     "digits_data",
+    "ip_adapter_on_run",
     "latent_data",
+    "outline_fill_data",
+    "reference_pairs_data",
     "shapes_autoencoder",
     "shapes_text_data",
     "text_encoder",
@@ -85,9 +93,15 @@ def _collect(ds: Dataset, keys: Sequence[str]) -> InMemoryDataset:
     return InMemoryDataset(**out)
 
 
-def digits_data(size: int = 16, conditional: bool = False, split: str = "train") -> InMemoryDataset:
-    """scikit-learn digits in [-1, 1]; with ``conditional`` the items carry ``"class"``."""
-    ds = DigitsDataset(size=size, split=split)
+def digits_data(
+    size: int = 16,
+    conditional: bool = False,
+    split: str = "train",
+    classes: Sequence[int] | None = None,
+) -> InMemoryDataset:
+    """scikit-learn digits in [-1, 1] (only ``classes`` if given); with ``conditional`` the
+    items carry ``"class"``."""
+    ds = DigitsDataset(size=size, split=split, classes=None if classes is None else list(classes))
     tensors = {"x": ds.images}
     if conditional:
         tensors["class"] = ds.labels
@@ -217,3 +231,67 @@ class ImageHooks:
         if self.conditioning == "text" and self._prompts is not None:
             return {"prompts": np.asarray(self._prompts)}
         return {}
+
+
+# ------------------------------------------------------------------ models built on a trained run
+def _with_run_weights(
+    base: nn.Module, base_run: str | None, ema: bool | float | str, what: str
+) -> nn.Module:
+    """``base`` with the weights of the trained run ``base_run`` (chosen by ``ema``, as
+    ``polydiff sample``'s ``sample.ema``); ``base_run=None`` keeps its initial weights (smoke
+    tests)."""
+    if base_run is None:
+        return base
+    trained = open_run(base_run, ema=ema).model
+    try:
+        base.load_state_dict(trained.state_dict())
+    except RuntimeError as err:
+        raise ValueError(
+            f"{what}: model.base does not match the network of {base_run} "
+            f"({str(err).splitlines()[0]}); give model.base its model config"
+        ) from None
+    return base
+
+
+def outline_fill_data(n: int = 1200, size: int = 16, seed: int = 0, control: bool = True) -> Any:
+    """Fill50K-like outline -> filled-shape pairs (:class:`OutlineFillDataset`); without
+    ``control`` only the images (the unconditional base a ControlNet is trained on)."""
+    pairs = OutlineFillDataset(n=n, size=size, seed=seed)
+    return pairs if control else InMemoryDataset(x=pairs.images)
+
+
+def controlnet_on_run(
+    base: nn.Module,
+    base_run: str | None = None,
+    ema: bool | float | str = True,
+    hint_channels: int = 1,
+    **kwargs: Any,
+) -> ControlNet:
+    """A :class:`ControlNet` (Zhang et al. 2023) on the frozen U-Net ``base`` (the model config
+    of the run ``base_run``, whose trained weights it loads)."""
+    base = _with_run_weights(base, base_run, ema, "controlnet_on_run")
+    return ControlNet(base, hint_channels, **kwargs)
+
+
+def reference_pairs_data(
+    size: int = 16, classes: Sequence[int] | None = None, null_class: int = 10, seed: int = 0
+) -> ReferencePairs:
+    """Digits image-prompt pairs (:class:`ReferencePairs`): image, another image of its class as
+    the reference, and the base model's null class."""
+    chosen = None if classes is None else list(classes)
+    ds = DigitsDataset(size=size, split="train", classes=chosen)
+    return ReferencePairs(ds.images, ds.labels, null_class, seed=seed)
+
+
+def ip_adapter_on_run(
+    base: nn.Module,
+    image_shape: Sequence[int],
+    base_run: str | None = None,
+    ema: bool | float | str = True,
+    **kwargs: Any,
+) -> IPAdapter:
+    """An :class:`IPAdapter` (Ye et al. 2023) on the frozen network ``base`` (the model config of
+    the run ``base_run``, whose trained weights it loads); ``kwargs``: ``num_tokens``,
+    ``token_dim``, ``stages``, ..."""
+    base = _with_run_weights(base, base_run, ema, "ip_adapter_on_run")
+    return IPAdapter(base, image_shape, **kwargs)
