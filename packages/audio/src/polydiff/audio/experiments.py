@@ -53,6 +53,7 @@ from .metrics import (
     mrstft_distance,
     pitch_accuracy,
 )
+from .models import VocoderDenoiser, random_segment
 from .spectral import GriffinLimVocoder, MelSpectrogramCodec, mel_config
 
 __all__ = [
@@ -225,26 +226,17 @@ def wave_data(
 
 
 # ------------------------------------------------------------------------------ vocoder objective
-class _RegressionDenoiser:
-    """``D(x, sigma, cond) = vocoder(cond["mel"])``: the denoiser of a deterministic regressor."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping | None = None):
-        if cond is None or cond.get("mel") is None:
-            raise KeyError("a vocoder run needs cond['mel'] (log-mel spectrograms)")
-        return self.net(cond["mel"]).to(x.dtype).reshape(x.shape)
-
-
 class VocoderObjective:
     """Vocoder training loss: ``mel_weight * L1(logmel(G(m)), m) + stft_weight * MR-STFT``
     (HiFi-GAN's mel loss, Kong et al. 2020 Eq. 3, plus auraloss' multi-resolution STFT loss,
-    Yamamoto et al. 2020 Eq. 5); no adversarial term (see the package README)."""
+    Yamamoto et al. 2020 Eq. 5), on random ``segment_frames``-frame windows of the clips (None:
+    whole clips); no adversarial term (:class:`polydiff.audio.gan.GANVocoderObjective` adds it)."""
 
     def __init__(
-        self, preset: str = "cpu", mel_weight: float = 1.0, stft_weight: float = 1.0
-    ) -> None:
+        self, preset: str = "cpu", mel_weight: float = 1.0, stft_weight: float = 1.0,
+        segment_frames: int | None = None,
+    ) -> None:  # fmt: skip
+        self.segment_frames = segment_frames
         self.codec = MelSpectrogramCodec(preset)
         self.mrstft = MultiResolutionSTFTLoss()
         self.mel_weight, self.stft_weight = mel_weight, stft_weight
@@ -254,12 +246,13 @@ class VocoderObjective:
     ) -> torch.Tensor:
         if cond is None or "mel" not in cond:
             raise KeyError("VocoderObjective needs items with 'mel' (use wave_data(with_mel=True))")
-        y = net(cond["mel"])  # (B, 1, L)
-        mel_loss = F.l1_loss(self.codec(y), cond["mel"])
+        x, mel = random_segment(x, cond["mel"], self.segment_frames, generator)
+        y = net(mel)  # (B, 1, L)
+        mel_loss = F.l1_loss(self.codec(y), mel)
         return self.mel_weight * mel_loss + self.stft_weight * self.mrstft(y, x)
 
-    def denoiser(self, net: torch.nn.Module) -> _RegressionDenoiser:
-        return _RegressionDenoiser(net)
+    def denoiser(self, net: torch.nn.Module) -> VocoderDenoiser:
+        return VocoderDenoiser(net)
 
 
 # ------------------------------------------------------------------------------ vocoders

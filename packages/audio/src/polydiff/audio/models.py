@@ -31,10 +31,12 @@ __all__ = [
     "DIFFWAVE_SIZES",
     "VOCODER_SIZES",
     "DiffWave",
+    "VocoderDenoiser",
     "VocosVocoder",
     "audio_unet",
     "diffwave",
     "num_parameters",
+    "random_segment",
     "vocos_vocoder",
 ]
 
@@ -98,6 +100,41 @@ def audio_unet(
 
 
 # ---------------------------------------------------------------------------- Vocos vocoder
+def random_segment(
+    wave: torch.Tensor, mel: torch.Tensor, frames: int | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random window of ``frames`` mel frames from each clip of ``wave`` (B, 1, L) and
+    ``mel`` (B, M, F), with ``L // F`` samples per frame (HiFi-GAN's training segments);
+    ``frames`` None or >= F: the whole clips."""
+    total = mel.shape[-1]
+    if frames is None or frames >= total:
+        return wave, mel
+    hop = wave.shape[-1] // total
+    dev = generator.device if generator is not None else mel.device
+    start = torch.randint(0, total - frames + 1, (len(mel),), generator=generator, device=dev)
+    start = start.to(mel.device)
+    idx = start[:, None] + torch.arange(frames, device=mel.device)  # (B, frames)
+    mel = torch.gather(mel, 2, idx[:, None].expand(-1, mel.shape[1], -1))
+    sidx = (start * hop)[:, None] + torch.arange(frames * hop, device=wave.device)
+    wave = torch.gather(wave, 2, sidx[:, None].expand(-1, wave.shape[1], -1))
+    return wave, mel
+
+
+class VocoderDenoiser:
+    """``D(x, sigma, cond) = vocoder(cond["mel"])``: the denoiser of a deterministic regressor
+    (a one-step sampler to sigma 0 returns the vocoder's output exactly)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        self.net = net
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping | None = None
+    ) -> torch.Tensor:
+        if cond is None or cond.get("mel") is None:
+            raise KeyError("a vocoder run needs cond['mel'] (log-mel spectrograms)")
+        return self.net(cond["mel"]).to(x.dtype).reshape(x.shape)
+
+
 class ConvNeXtBlock1d(nn.Module):
     """ConvNeXt block (Liu et al. 2022) in 1-D: depthwise conv 7, LayerNorm, MLP x3, layer scale."""
 
