@@ -106,6 +106,20 @@ def _planner_grid(run: Any) -> tuple[torch.Tensor, float]:
     return spec.sigmas().float(), eta
 
 
+def _diffuser_planner(run: Any, windows: TrajectoryWindows, **options: Any) -> DiffuserPlanner:
+    """The run's Diffuser planner over its data's windows, on the run's sampling grid."""
+    sigmas, eta = _planner_grid(run)
+    return DiffuserPlanner(
+        denoiser=run.objective.denoiser(run.model),
+        normalizer=windows.normalizer,
+        horizon=windows.horizon,
+        obs_dim=windows.obs_dim,
+        sigmas=sigmas,
+        eta=eta,
+        **options,
+    )
+
+
 def _training_info(run: Any) -> dict[str, Any]:
     """Size and training facts of a run (parameters, steps, last logged loss)."""
     info: dict[str, Any] = {
@@ -149,17 +163,7 @@ class MazeRollouts:
 
     def __call__(self, run: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
         windows = _dataset(run, TrajectoryWindows)
-        sigmas, eta = _planner_grid(run)
-        planner = DiffuserPlanner(
-            run.objective.denoiser(run.model),
-            windows.normalizer,
-            windows.horizon,
-            windows.obs_dim,
-            sigmas=sigmas,
-            eta=eta,
-            n_candidates=self.n_candidates,
-            seed=self.seed,
-        )
+        planner = _diffuser_planner(run, windows, n_candidates=self.n_candidates, seed=self.seed)
         seeds = range(self.first_seed, self.first_seed + self.eval_seeds)
         replan = self.replan_every or (windows.horizon - 1) * windows.stride
         agent = MazePlanAgent(planner, windows.stride, replan)
@@ -346,7 +350,6 @@ class PendulumRollouts:
         from polydiff.train.run import open_run
 
         windows = _dataset(run, TrajectoryWindows)
-        sigmas, eta = _planner_grid(run)
         value_run = open_run(self.value_run(run))
         value = value_run.model
         if not isinstance(value, TrajectoryValue):
@@ -382,13 +385,9 @@ class PendulumRollouts:
                 )
         returns: dict[str, list[float]] = {}
         for name, kw in variants.items():
-            planner = DiffuserPlanner(
-                run.objective.denoiser(run.model),
-                windows.normalizer,
-                windows.horizon,
-                windows.obs_dim,
-                sigmas=sigmas,
-                eta=eta,
+            planner = _diffuser_planner(
+                run,
+                windows,
                 guide_sigma_min=self.guide_sigma_min,
                 goal_zero_dims=(),
                 clean_known=True,

@@ -11,6 +11,18 @@ from polydiff.core.fileio import atomic_path
 from polydiff.rl.envs import MazeMap, make_env
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` atomically (PNG at 110 dpi) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_maze_plans(
     env_name: str,
     episodes: Sequence[tuple[Sequence[tuple[int, np.ndarray]], np.ndarray]],
@@ -52,12 +64,7 @@ def plot_maze_plans(
         ax.set_aspect("equal")
     axes.ravel()[0].legend(loc="upper right", fontsize=6)
     fig.suptitle(f"Diffuser on {env_name}: plans (thin) vs executed (black)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_two_path(rollouts: dict[str, Sequence[np.ndarray]], path: str | Path) -> Path:
@@ -82,9 +89,4 @@ def plot_two_path(rollouts: dict[str, Sequence[np.ndarray]], path: str | Path) -
         ax.set_title(name, fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
