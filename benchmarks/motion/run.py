@@ -1,172 +1,183 @@
-"""Motion benchmark: text-to-motion on the built-in motions, T2M protocol with CIs.
+"""Motion benchmark: text-to-motion on the built-in motions, the T2M protocol with CIs.
 
-One recipe path: the model is ``configs/experiment/motion/text2motion`` trained by
-``polydiff.train.run.train`` (``benchmarks.common.train_recipe``) and scored by
-``polydiff.train.run.evaluate_run`` (:class:`polydiff.motion.experiments.MotionHooks`), so
-``polydiff train experiment=motion/text2motion <TRAIN> && polydiff evaluate run=<dir>
-evaluate.seed=<s>`` reproduces a row. Rows:
+One recipe path: models are ``configs/experiment/motion/text2motion`` (and ``text2motion_geo``,
+the same plus MDM's geometric losses) trained by ``polydiff.train.run.train``
+(``benchmarks.common.train_recipe``) and scored by ``polydiff.train.run.evaluate_run``, which
+runs :meth:`polydiff.motion.experiments.MotionHooks.evaluate_model` (replications with 95% CIs,
+the real and nearest-caption retrieval rows, MultiModality). Every row is reproduced by
 
-- **real**: the held-out motions the prompts come from (the protocol's reference row);
-- **retrieval**: for each prompt, the training motion whose caption is nearest in MiniLM space
-  (a nearest-caption retrieval baseline);
-- **generated**: MDM at 50 NFE (DPM-Solver++(2M), 50 steps), CFG 2.5, 3 replications
-  (evaluate seeds 1-3), mean +- 1.96 std / sqrt(3);
-- samplers at 10 / 20 / 50 NFE on the same model (one replication each).
+    polydiff train experiment=motion/<name> <TRAIN> && polydiff evaluate run=<dir> <EVAL>
 
-Goals (issue 19): R-precision top-3 >= 0.9 x real; FID below the retrieval baseline's; foot
-skating ratio within 0.05 of real; Diversity within 10% of real.
+with the ``TRAIN`` / ``EVAL`` overrides printed in the results. Parts (one slot each):
 
-    python -m benchmarks.motion.run [--quick]
+- ``base``: text2motion at 50 NFE (DPM-Solver++(2M), CFG 2.5) with replications and
+  MultiModality, then 20 and 10 NFE on the same model;
+- ``geo``: text2motion_geo with the same training budget (a step costs the same: measured
+  0.20 s vs 0.19 s at batch 32 on one thread), 50 NFE, to see whether the geometric losses help
+  foot skating and FID.
+
+Goals (issue 19, at 50 NFE): R-precision top-3 >= 0.9 x real; FID below the retrieval
+baseline's; foot skating ratio within 0.05 of real; Diversity within 10% of real.
+
+    python -m benchmarks.motion.run [--part base|geo|all] [--quick]
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 import time
 from typing import Any
 
-import numpy as np
-import torch
-
 from benchmarks.common import cpu_timer, results_dir, train_recipe, write_results
-from polydiff.motion.metrics import confidence_interval, evaluate_motions, multimodality
-from polydiff.train.run import evaluate_run, open_run
+from polydiff.train.run import evaluate_run
 
 QUIET = ["trainer.progress=false"]
+# sizes chosen from a measured 400-step run (one thread, batch 32, small MDM: 0.2 s / step)
 SIZES: dict[bool, dict[str, Any]] = {
-    # the recipe's 1200-step schedule stopped at its step-400 checkpoint: on the shared 2-core
-    # machine (load ~25) a step took 5 s, so 1200 steps did not fit the CPU budget
-    False: {"train": ["trainer.max_steps=400"], "eval_n": 128, "seeds": (1, 2), "mm": (8, 4, 3)},
+    False: {
+        "train": ["trainer.max_steps=2400", "trainer.ckpt_every=1200", "trainer.batch_size=32",
+                  "trainer.optimizer.lr=1e-3", "trainer.lr_warmup_steps=100"],
+        # smaller than the protocol (20 replications, MultiModality 100 x 30): named in results
+        "eval": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=32",
+                 "evaluate.mm_repeats=30", "evaluate.mm_times=10"],
+        "eval_nfe": ["evaluate.n=320", "evaluate.replications=1", "evaluate.mm_prompts=0"],
+    },
     True: {
         "train": ["model.size=tiny", "data.n=60", "trainer.max_steps=30", "trainer.ckpt_every=30",
                   "data.text.name=words", "data.text_dim=32", "data.hooks.evaluator.steps=50"],
-        "eval_n": 64, "seeds": (1, 2), "mm": (4, 4, 2),
+        "eval": ["evaluate.n=64", "evaluate.replications=2", "evaluate.mm_prompts=4",
+                 "evaluate.mm_repeats=10", "evaluate.mm_times=10"],
+        "eval_nfe": ["evaluate.n=64", "evaluate.replications=1", "evaluate.mm_prompts=0"],
     },
 }  # fmt: skip
-KEYS = ("r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist",
-        "diversity", "foot_skating_ratio", "jitter", "bone_length_error")  # fmt: skip
+COLUMNS = (
+    "r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist", "diversity",
+    "multimodality", "foot_skating_ratio", "jitter", "bone_length_error",
+)  # fmt: skip
 
 
-def _retrieval_metrics(run, n: int, seed: int) -> dict[str, Any]:
-    """Nearest-caption retrieval: the training motion of the most similar training caption."""
-    hooks = run.hooks
-    gen = torch.Generator().manual_seed(seed)
-    cond = hooks.sample_cond(n, gen)  # the same prompts evaluate_run draws with this seed
-    train = hooks.data
-    sim = cond["text_pooled"] @ train.tensors["text_pooled"].T  # (n, N_train)
-    best = sim.argmax(dim=1)
-    feats = torch.zeros(n, train.max_len, train.motions.dim)
-    lengths = []
-    for i, k in enumerate(best.tolist()):
-        f = torch.as_tensor(train.motions.features[train.rows[k]][: train.max_len])
-        feats[i, : len(f)] = f
-        lengths.append(len(f))
-    return evaluate_motions(feats, lengths, hooks, cache_dir=hooks.cache_dir,
-                            **hooks.evaluator_options)  # fmt: skip
+def _row(metrics: dict[str, float], prefix: str = "", suffix: str = "") -> dict[str, list[float]]:
+    """``{column: [mean, ci95]}`` of one evaluation (a prefix / suffix picks the real or
+    retrieval copy)."""
+    out = {}
+    for c in COLUMNS:
+        key = f"{prefix}{c}{suffix}"
+        if key in metrics:
+            out[c] = [metrics[key], metrics.get(f"{key}_ci95", 0.0)]
+    return out
 
 
-def _multimodality(run, prompts: int, repeats: int, times: int, seed: int = 7) -> float:
-    """MultiModality: ``repeats`` generations for each of ``prompts`` held-out captions."""
-    from polydiff.motion.metrics import embed, load_or_train_evaluator
-    from polydiff.train.sampling import generate
-
-    hooks = run.hooks
-    cond = hooks.sample_cond(prompts, torch.Generator().manual_seed(seed))
-    rep = {k: v.repeat_interleave(repeats, 0) for k, v in cond.items()}
-    x = generate(run.denoiser(), run.sample_shape, prompts * repeats, run.sampler, cond=rep,
-                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    net = load_or_train_evaluator(hooks, hooks.cache_dir, **hooks.evaluator_options)
-    lengths = rep["seq_mask"].sum(1)
-    m, _ = embed(net, x, lengths, None)  # x is already normalised (model space)
-    return multimodality(m.reshape(prompts, repeats, -1), times,
-                         torch.Generator().manual_seed(seed))  # fmt: skip
+def _goals(gen: dict, real: dict, retrieval: dict) -> dict[str, bool]:
+    return {
+        "r_precision_top3_ge_0.9x_real":
+            gen["r_precision_top3"][0] >= 0.9 * real["r_precision_top3"][0],
+        "fid_below_retrieval": gen["fid"][0] < retrieval["fid"][0],
+        "foot_skating_within_0.05_of_real":
+            abs(gen["foot_skating_ratio"][0] - real["foot_skating_ratio"][0]) <= 0.05,
+        "diversity_within_10pct_of_real":
+            abs(gen["diversity"][0] - real["diversity"][0]) <= 0.1 * real["diversity"][0],
+    }  # fmt: skip
 
 
-def run(quick: bool = False) -> dict:
+def _evaluate(run_dir, overrides: list[str], out) -> tuple[dict, float]:
+    with cpu_timer() as t:
+        res = evaluate_run(run_dir, overrides, out=out)
+    return res, t["cpu"]
+
+
+def run_part(part: str, quick: bool) -> dict[str, Any]:
+    """Train one recipe and evaluate it; returns the part's rows and settings."""
     size = SIZES[quick]
+    experiment = {"base": "motion/text2motion", "geo": "motion/text2motion_geo"}[part]
     out_root = results_dir(quick) / "motion_runs"
     t0 = time.time()
     with cpu_timer() as t_train:
-        run_dir = train_recipe("motion/text2motion", [*QUIET, *size["train"]],
-                               run_dir=out_root / "text2motion")  # fmt: skip
-    evals: dict[str, list[dict]] = {}
-    with cpu_timer() as t_eval:
-        for seed in size["seeds"]:
-            ov = [*size["train"][:0], f"evaluate.n={size['eval_n']}", f"evaluate.seed={seed}"]
-            res = evaluate_run(run_dir, ov, out=out_root / f"eval-50nfe-seed{seed}.json")
-            evals.setdefault("dpmpp_2m-50", []).append(res["metrics"])
-        for steps in (10, 20):
-            ov = [f"sampler.steps={steps}", f"evaluate.n={size['eval_n']}", "evaluate.seed=1"]
-            res = evaluate_run(run_dir, ov, out=out_root / f"eval-{steps}nfe-seed1.json")
-            evals[f"dpmpp_2m-{steps}"] = [res["metrics"]]
-        opened = open_run(run_dir)
-        retrieval = _retrieval_metrics(opened, size["eval_n"], size["seeds"][0])
-        mm = _multimodality(opened, *size["mm"])
-    gen50 = evals["dpmpp_2m-50"]
-    rows: dict[str, dict[str, Any]] = {}
-
-    def ci(ms: list[dict], key: str) -> list[float] | None:
-        vals = [m[key] for m in ms if key in m]
-        return list(confidence_interval(vals)) if vals else None
-
-    rows["real"] = {k: ci(gen50, f"{k}_real") for k in KEYS if k != "fid"}
-    rows["retrieval"] = {k: [retrieval[k], 0.0] for k in KEYS if k in retrieval}
-    rows["generated (50 NFE, CFG 2.5)"] = {k: ci(gen50, k) for k in KEYS}
-    rows["generated (50 NFE, CFG 2.5)"]["multimodality"] = [mm, 0.0]
-    for name in ("dpmpp_2m-10", "dpmpp_2m-20"):
-        rows[f"generated ({name.split('-')[1]} NFE)"] = {k: ci(evals[name], k) for k in KEYS}
-    g, r = rows["generated (50 NFE, CFG 2.5)"], rows["real"]
-    goals = {
-        "r_precision_top3_ge_0.9x_real": g["r_precision_top3"][0] >= 0.9 * r["r_precision_top3"][0],
-        "fid_below_retrieval": g["fid"][0] < rows["retrieval"]["fid"][0],
-        "foot_skating_within_0.05_of_real":
-            abs(g["foot_skating_ratio"][0] - r["foot_skating_ratio"][0]) <= 0.05,
-        "diversity_within_10pct_of_real": (
-            "diversity" in g and g["diversity"] is not None and r.get("diversity") is not None
-            and abs(g["diversity"][0] - r["diversity"][0]) <= 0.1 * r["diversity"][0]
-        ),
-    }  # fmt: skip
-    cmd = ("polydiff train experiment=motion/text2motion " + " ".join(size["train"])
-           + " && polydiff evaluate run=<dir> evaluate.n=" + str(size["eval_n"])
-           + " evaluate.seed=<1|2|3> [sampler.steps=10|20]")  # fmt: skip
-    result = {
-        "experiment": "motion/text2motion",
+        run_dir = train_recipe(experiment, [*QUIET, *size["train"]],
+                               run_dir=out_root / experiment.split("/")[1])  # fmt: skip
+    res, eval_cpu = _evaluate(run_dir, size["eval"], out_root / f"eval-{part}-50nfe.json")
+    m = res["metrics"]
+    rows = {"real": _row(m, suffix="_real"), "retrieval": _row(m, prefix="retrieval_"),
+            f"{part}: 50 NFE, CFG 2.5": _row(m)}  # fmt: skip
+    evals = {"50": " ".join(size["eval"])}
+    if part == "base":
+        for steps in (20, 10):
+            ov = [f"sampler.steps={steps}", *size["eval_nfe"]]
+            r, cpu = _evaluate(run_dir, ov, out_root / f"eval-{part}-{steps}nfe.json")
+            rows[f"{part}: {steps} NFE, CFG 2.5"] = _row(r["metrics"])
+            evals[str(steps)] = " ".join(ov)
+            eval_cpu += cpu
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [(e["step"], round(e["loss"], 4)) for e in log if "loss" in e]
+    return {
+        "experiment": experiment,
         "train_overrides": size["train"],
-        "command": cmd,
+        "eval_overrides": evals,
+        "command": f"polydiff train experiment={experiment} "
+        + " ".join(size["train"])
+        + " && polydiff evaluate run=<dir> "
+        + evals["50"],
         "run_dir": str(run_dir),
+        "protocol_note": res.get("protocol_note"),
+        "checkpoint_step": res.get("checkpoint_step"),
+        "weights": res.get("weights"),
         "rows": rows,
-        "goals": goals,
+        "goals": _goals(rows[f"{part}: 50 NFE, CFG 2.5"], rows["real"], rows["retrieval"]),
+        "loss_curve": losses[:: max(1, len(losses) // 24)],
         "train_cpu_s": round(t_train["cpu"], 1),
-        "eval_cpu_s": round(t_eval["cpu"], 1),
+        "eval_cpu_s": round(eval_cpu, 1),
         "wall_s": round(time.time() - t0, 1),
     }
-    md = [
-        "## motion: text-to-motion on the built-in motions",
-        "",
-        "T2M protocol; the evaluator is trained on the built-in training motions.",
-        "",
-        f"`{cmd}`; mean +- 95% CI over {len(size['seeds'])} replications (50 NFE), one otherwise.",
-        "",
-        "| row | R-prec top1 | top2 | top3 | FID | MM-Dist | Diversity | MModality | skating "
-        "| jitter | bone err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+
+
+def _markdown(parts: dict[str, dict]) -> str:
+    md = ["## motion: text-to-motion on the built-in motions (T2M protocol)", "",
+          "Evaluator trained on the built-in training motions (movement + motion GRU, MiniLM "
+          "text); mean ± 95% CI over the replications named below.", ""]  # fmt: skip
 
     def fmt(v):
         return "-" if v is None else (f"{v[0]:.3f} ± {v[1]:.3f}" if v[1] else f"{v[0]:.3f}")
 
-    for name, row in rows.items():
-        cols = ["r_precision_top1", "r_precision_top2", "r_precision_top3", "fid", "mm_dist",
-                "diversity", "multimodality", "foot_skating_ratio", "jitter",
-                "bone_length_error"]  # fmt: skip
-        md.append(f"| {name} | " + " | ".join(fmt(row.get(c)) for c in cols) + " |")
-    md += ["", "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in goals.items())]
-    write_results("motion", result, "\n".join(md) + "\n", quick=quick)
-    result["markdown"] = "\n".join(md)
+    for name, p in parts.items():
+        md += [f"### {name}: `{p['experiment']}`", "",
+               f"`{p['command']}` (checkpoint step {p['checkpoint_step']}, {p['weights']}; "
+               f"{p['protocol_note']}; train {p['train_cpu_s']} CPU s, eval {p['eval_cpu_s']} "
+               "CPU s)", "",
+               "| row | R-prec top1 | top2 | top3 | FID | MM-Dist | Diversity | MModality "
+               "| skating | jitter | bone err |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for row, vals in p["rows"].items():
+            md.append(f"| {row} | " + " | ".join(fmt(vals.get(c)) for c in COLUMNS) + " |")
+        md += ["", "Goals at 50 NFE: " + ", ".join(
+            f"{k}: {'met' if v else 'NOT met'}" for k, v in p["goals"].items()), ""]  # fmt: skip
+    if {"base", "geo"} <= set(parts):
+        b = parts["base"]["rows"]["base: 50 NFE, CFG 2.5"]
+        g = parts["geo"]["rows"]["geo: 50 NFE, CFG 2.5"]
+        md += ["### geometric losses at equal compute (same steps, same per-step cost)", "",
+               f"FID {b['fid'][0]:.2f} -> {g['fid'][0]:.2f}; foot skating "
+               f"{b['foot_skating_ratio'][0]:.3f} -> {g['foot_skating_ratio'][0]:.3f}; "
+               f"R-precision top-3 {b['r_precision_top3'][0]:.3f} -> "
+               f"{g['r_precision_top3'][0]:.3f} (text2motion -> text2motion_geo)", ""]  # fmt: skip
+    return "\n".join(md)
+
+
+def run(part: str = "all", quick: bool = False) -> dict:
+    """Run ``part`` (``base``, ``geo`` or ``all``) and merge it into the results file."""
+    path = results_dir(quick) / "motion.json"
+    previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
+    parts = dict(previous)
+    for name in ("base", "geo") if part == "all" else (part,):
+        parts[name] = run_part(name, quick)
+    result = {"parts": parts}
+    md = _markdown(parts)
+    write_results("motion", result, md + "\n", quick=quick)
+    result["markdown"] = md
     return result
 
 
 if __name__ == "__main__":
-    r = run(quick="--quick" in sys.argv)
-    print(r["markdown"])
-    print(np.round(r["wall_s"], 1), "s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", default="all", choices=("base", "geo", "all"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(run(args.part, args.quick)["markdown"])

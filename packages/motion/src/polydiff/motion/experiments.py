@@ -445,10 +445,12 @@ class MotionHooks:
     def protocol_sizes(self, evaluate: Mapping[str, Any]) -> dict[str, int]:
         """The evaluation sizes of an ``evaluate`` node: :data:`T2M_PROTOCOL` unless set."""
         sizes = {k: int(evaluate.get(k, v)) for k, v in T2M_PROTOCOL.items()}
-        bad = {k: v for k, v in sizes.items() if v < 1}
+        bad = {k: v for k, v in sizes.items() if v < (0 if k == "mm_prompts" else 1)}
         if bad:
-            raise ValueError(f"evaluate sizes must be positive, got {bad}")
-        if sizes["mm_repeats"] < sizes["mm_times"]:
+            raise ValueError(
+                f"evaluate sizes must be positive (mm_prompts=0: no MultiModality), got {bad}"
+            )
+        if sizes["mm_prompts"] and sizes["mm_repeats"] < sizes["mm_times"]:
             raise ValueError(
                 f"evaluate.mm_repeats={sizes['mm_repeats']} is below evaluate.mm_times="
                 f"{sizes['mm_times']} (MultiModality draws mm_times pairs of generations)"
@@ -463,8 +465,9 @@ class MotionHooks:
         mean over replications with its 95% half-width in ``<name>_ci95``. The same prompts give
         the real row (``*_real``) and the nearest-caption retrieval row (``retrieval_*``).
         MultiModality: ``evaluate.mm_repeats`` generations for each of ``evaluate.mm_prompts``
-        prompts, ``evaluate.mm_times`` pairs each. Sizes default to :data:`T2M_PROTOCOL`; the
-        sizes used are recorded under ``protocol`` and named when smaller.
+        prompts, ``evaluate.mm_times`` pairs each (``mm_prompts=0``: not computed). Sizes
+        default to :data:`T2M_PROTOCOL`; those used are recorded under ``protocol`` and named
+        when smaller.
         """
         e = run.cfg.evaluate
         sizes = self.protocol_sizes(e)
@@ -494,7 +497,7 @@ class MotionHooks:
                     out[f"{key}_ci95"] = half
             else:
                 out[key] = value
-        if self.metrics == "t2m" and "text_pooled" in self.data.tensors:
+        if self.metrics == "t2m" and "text_pooled" in self.data.tensors and sizes["mm_prompts"]:
             out["multimodality"] = self.multimodality(run, sizes, seed)
         out["replications"] = sizes["replications"]
         out["protocol"] = sizes
@@ -504,6 +507,7 @@ class MotionHooks:
             if not smaller and n >= sizes["diversity_times"]
             else "smaller than the T2M protocol: "
             + ", ".join(f"{k}={v} (protocol {T2M_PROTOCOL[k]})" for k, v in smaller.items())
+            + (" (MultiModality not computed)" if not sizes["mm_prompts"] else "")
             + (f", n={n} < diversity_times" if n < sizes["diversity_times"] else "")
         )
         return out
