@@ -44,14 +44,6 @@ def _method(variant: str) -> str:
     return "unipc" if variant.startswith("unipc") else variant
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gmm8() -> GaussianMixture:
     g = torch.Generator().manual_seed(0)

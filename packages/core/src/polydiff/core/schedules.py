@@ -619,7 +619,7 @@ def ays_sigmas(n: int, model: str = "sd15") -> torch.Tensor:
 # Fitted grids
 # ---------------------------------------------------------------------------------------------
 
-_FIT_VERSION = 2
+_FIT_VERSION = 3
 _FIT_CACHE: dict[str, torch.Tensor] = {}
 _PROBE_SEED = 20240601
 Cond = Mapping[str, torch.Tensor] | None
@@ -662,6 +662,53 @@ def _grid_from_logs(logs: list[float], sigma_max: float) -> torch.Tensor:
     return torch.tensor([sigma_max, *np.exp(logs).tolist(), 0.0], dtype=_F64)
 
 
+def _cond_take(cond: Cond, idx: torch.Tensor) -> Cond:
+    """Rows ``idx`` of ``cond``, cycling through its rows (``cond`` may hold fewer rows than
+    the fit's noise pool)."""
+    if cond is None:
+        return None
+    return {k: v[(idx % v.shape[0]).to(v.device)] for k, v in cond.items()}
+
+
+def _pattern_search(
+    objective: Callable[[list[float]], float],
+    logs: list[float],
+    top: float,
+    bottom: float,
+    *,
+    delta: float,
+    sweeps: int,
+    gap: float = 1e-3,
+) -> tuple[list[float], float]:
+    """Coordinate pattern search on strictly decreasing interior log sigmas in ``(bottom, top)``.
+
+    Each sweep tries ``+-delta`` on every coordinate in turn and keeps the better move if it
+    lowers the objective; a sweep without improvement halves ``delta`` (stop below 0.01). The
+    last coordinate may reach ``bottom``; neighbours keep a ``gap`` (no repeated sigmas).
+    """
+    best = objective(logs)
+    for _ in range(sweeps):
+        improved = False
+        for k in range(len(logs)):
+            hi = top if k == 0 else logs[k - 1]
+            lo = bottom if k == len(logs) - 1 else logs[k + 1] + gap
+            trials = []
+            for move in (-delta, delta):
+                value = min(hi - gap, max(lo, logs[k] + move))
+                if value != logs[k]:
+                    cand = [*logs[:k], value, *logs[k + 1 :]]
+                    trials.append((objective(cand), cand))
+            if trials:
+                err, cand = min(trials, key=lambda t: t[0])
+                if err < best:
+                    best, logs, improved = err, cand, True
+        if not improved:
+            delta /= 2
+            if delta < 0.01:
+                break
+    return logs, best
+
+
 def optimize_sigmas(
     denoiser: Callable[..., torch.Tensor],
     steps: int,
@@ -671,10 +718,13 @@ def optimize_sigmas(
     sigma_min: float,
     sigma_max: float,
     n_samples: int = 256,
+    pool: int | None = None,
     cond: Cond = None,
     generator: torch.Generator | None = None,
-    reference_steps: int = 96,
+    reference_steps: int = 48,
+    rounds: int = 2,
     sweeps: int = 8,
+    batch_size: int = 2048,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     cache: bool = True,
@@ -685,25 +735,30 @@ def optimize_sigmas(
     """A ``steps``-step sigma grid fitted to ``denoiser`` and ``sampler`` (issue #20).
 
     Returns ``steps + 1`` strictly decreasing float64 sigmas from exactly ``sigma_max`` to 0 (the
-    last positive one is free in ``[sigma_min, sigma_max)``). Procedure, on the fit's own noise
-    only (``2 * n_samples`` draws of per-sample ``shape`` from ``generator``, default seed 0: the
-    first half to fit, the second to validate):
+    last positive one is free in ``[sigma_min, sigma_max)``), minimising the RMS error of the
+    final sample to a fine solve, on the fit's own noise only (``pool`` draws of per-sample
+    ``shape`` from ``generator``, default seed 0; ``pool`` defaults to ``8 * n_samples``). A
+    direct search in the spirit of GITS / Align Your Steps (Chen et al. 2024; Sabour et al.
+    2024), made to generalise to fresh noise:
 
-    1. reference: a Heun solve on a ``reference_steps`` Karras grid (converged for the purpose);
-    2. start: the Karras grid whose ``rho`` (of 1, 2, 3, 5, 7, 10, 15) gives the smallest RMS
-       error to the reference (the tuned polynomial family; direct search as in GITS / AYS-style
-       fitting, Chen et al. 2024, Sabour et al. 2024);
-    3. coordinate pattern search on the interior log sigmas (``sweeps`` halvings of a 0.25 step,
-       strictly decreasing with a 1e-3 minimum log gap), minimising the RMS error;
-    4. of the fitted grid, the start and the rho-7 Karras grid, the one with the smallest error
-       on the validation half is returned (the fitted one on ties).
+    1. reference: a Heun solve of the pool on a ``reference_steps`` Karras grid;
+    2. start: the Karras grid whose ``rho`` (of 1, 2, 3, 5, 7, 10, 15) has the smallest RMS
+       error over the pool (the tuned polynomial family);
+    3. ``rounds`` of coordinate pattern search on the interior log sigmas, each on a stratified
+       subset of ``n_samples``: the ``n_samples // 4`` samples with the largest error under the
+       current grid (weight 1) and a random draw from the rest (weighted up to the rest's
+       size), an unbiased estimate of the pool's mean square error. The error is lumpy (a few
+       starts near a boundary between modes end in another mode and carry most of it); a
+       plain random subset sees too few of them and the fit then trades them away;
+    4. of the fitted grid, the start and the rho-7 Karras grid the one with the smallest RMS
+       error over the whole pool is returned (the fitted one on ties).
 
-    ``cond`` (rows for ``n_samples`` samples; the validation half reuses them) and ``opts``
-    (sampler options, e.g. ``order=3``) are passed to the sampler. The result is cached (in
-    memory, and in ``cache_dir`` as JSON if given) under a key made of
+    ``cond`` holds rows for the pool (cycled if it has fewer) and ``opts`` (sampler options,
+    e.g. ``order=3``) go to the sampler; solves run in chunks of ``batch_size``. The result is
+    cached (in memory, and in ``cache_dir`` as JSON if given) under a key made of
     :func:`denoiser_fingerprint` and every argument, so a second call for the same model costs
-    three probe evaluations. ``info`` receives the errors (start, fitted, validation) and
-    ``"cached"``.
+    three probe evaluations. ``info`` receives the pool errors (start, fitted, Karras), the
+    number of objective evaluations and ``"cached"``.
     """
     from polydiff.core.samplers import SAMPLERS, sample  # samplers import this module (DEIS)
 
@@ -713,9 +768,13 @@ def optimize_sigmas(
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     if n_samples < 4:
         raise ValueError(f"n_samples must be >= 4, got {n_samples}")
+    pool = 8 * n_samples if pool is None else pool
+    if pool < n_samples:
+        raise ValueError(f"pool must be >= n_samples = {n_samples}, got {pool}")
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    noise = torch.randn((2 * n_samples, *shape), generator=gen, dtype=torch.float64)
+    noise = torch.randn((pool, *shape), generator=gen, dtype=torch.float64)
     noise = noise.to(device=device, dtype=dtype)
+    subset_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (), generator=gen)))
     fingerprint = denoiser_fingerprint(
         denoiser, shape, sigma_min=sigma_min, sigma_max=sigma_max, cond=cond, dtype=dtype,
         device=device,
@@ -723,8 +782,8 @@ def optimize_sigmas(
     cond_key = None if cond is None else {k: _tensor_digest(v) for k, v in sorted(cond.items())}
     key = hashlib.sha256(
         json.dumps(
-            [_FIT_VERSION, fingerprint, steps, sampler, sigma_min, sigma_max, n_samples,
-             reference_steps, sweeps, str(dtype), _tensor_digest(noise), cond_key,
+            [_FIT_VERSION, fingerprint, steps, sampler, sigma_min, sigma_max, n_samples, pool,
+             reference_steps, rounds, sweeps, str(dtype), _tensor_digest(noise), cond_key,
              sorted((k, repr(v)) for k, v in opts.items())]
         ).encode()
     ).hexdigest()  # fmt: skip
@@ -739,61 +798,70 @@ def optimize_sigmas(
             info.update(stats)
         return _FIT_CACHE[key].clone()
 
-    fit_noise, val_noise = noise[:n_samples], noise[n_samples:]
+    everyone = torch.arange(pool)
 
-    def solve(grid: torch.Tensor, z: torch.Tensor, method: str = sampler, **o: Any):
+    def solve(grid: torch.Tensor, idx: torch.Tensor, method: str, **o: Any) -> torch.Tensor:
+        outs = []
         with torch.no_grad():
-            return sample(denoiser, z * sigma_max, grid, method, cond=cond, **o).double()
+            for chunk in idx.split(batch_size):
+                z, c = noise[chunk.to(noise.device)], _cond_take(cond, chunk)
+                outs.append(sample(denoiser, z * sigma_max, grid, method, cond=c, **o).double())
+        return torch.cat(outs)
 
-    ref_grid = karras_sigmas(reference_steps, sigma_min, sigma_max)
-    ref_fit, ref_val = solve(ref_grid, fit_noise, "heun"), solve(ref_grid, val_noise, "heun")
+    reference = solve(karras_sigmas(reference_steps, sigma_min, sigma_max), everyone, "heun")
+    evaluations = 0
 
-    def rms(grid: torch.Tensor, z: torch.Tensor, ref: torch.Tensor) -> float:
+    def errors(grid: torch.Tensor, idx: torch.Tensor = everyone) -> torch.Tensor:
+        """Per-sample mean square error to the reference (inf where the solve fails)."""
+        nonlocal evaluations
+        evaluations += 1
         try:
-            return float((solve(grid, z, **opts) - ref).square().mean().sqrt())
+            err = solve(grid, idx, sampler, **opts) - reference[idx.to(reference.device)]
         except FloatingPointError:
-            return math.inf
+            return torch.full((len(idx),), math.inf, dtype=_F64)
+        err = err.square().flatten(1).mean(1).cpu()
+        return torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+
+    def rms(grid: torch.Tensor) -> float:
+        return float(errors(grid).mean().sqrt())
 
     # 2. the best rho of the Karras family as the start
     start, start_err = None, math.inf
     for rho in (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0):
         grid = karras_sigmas(steps, sigma_min, sigma_max, rho)
-        err = rms(grid, fit_noise, ref_fit)
+        err = rms(grid)
         if err < start_err:
             start, start_err, stats["rho"] = grid, err, rho
     assert start is not None
-    # 3. pattern search on the interior log sigmas
-    top, bottom, gap = math.log(sigma_max), math.log(sigma_min), 1e-3
+    # 3. pattern search on a stratified subset (hard samples + weighted random rest), re-drawn
+    # under the current grid every round
+    top, bottom = math.log(sigma_max), math.log(sigma_min)
     logs = torch.log(start[1:-1]).tolist()
-    best = start_err
-    delta = 0.25
-    for _ in range(sweeps):
-        improved = False
-        for k in range(len(logs)):
-            hi = top if k == 0 else logs[k - 1]
-            lo = bottom if k == len(logs) - 1 else logs[k + 1]
-            for move in (-delta, delta):
-                trial = min(hi - gap, max(lo + gap if k < len(logs) - 1 else lo, logs[k] + move))
-                if trial == logs[k]:
-                    continue
-                cand = [*logs[:k], trial, *logs[k + 1 :]]
-                err = rms(_grid_from_logs(cand, sigma_max), fit_noise, ref_fit)
-                if err < best:
-                    logs, best, improved = cand, err, True
-                    break
-        if not improved:
-            delta /= 2
+    n_hard = n_samples // 4 if pool > n_samples else n_samples
+    for round_ in range(rounds):
+        order = torch.argsort(errors(_grid_from_logs(logs, sigma_max)), descending=True)
+        hard, rest = order[:n_hard], order[n_hard:]
+        easy = rest[torch.randperm(len(rest), generator=subset_gen)[: n_samples - n_hard]]
+        idx = torch.cat([hard, easy])
+        up = len(rest) / max(len(easy), 1)  # each random one stands for this many of the rest
+        weights = torch.cat(
+            [torch.ones(len(hard), dtype=_F64), torch.full((len(easy),), up, dtype=_F64)]
+        )
+
+        def objective(cand: list[float], idx=idx, weights=weights) -> float:
+            return float((weights * errors(_grid_from_logs(cand, sigma_max), idx)).sum() / pool)
+
+        logs, _ = _pattern_search(objective, logs, top, bottom, delta=0.25 / (round_ + 1),
+                                  sweeps=sweeps)  # fmt: skip
     fitted = _grid_from_logs(logs, sigma_max)
-    # 4. keep it only if it generalises: the best of fitted / start / Karras rho 7 on the
-    # validation noise (so never worse there than the standard grid)
+    # 4. the best of fitted / start / Karras rho 7 over the whole pool
     karras = karras_sigmas(steps, sigma_min, sigma_max)
-    val = {name: rms(g, val_noise, ref_val)
-           for name, g in (("fitted", fitted), ("start", start), ("karras", karras))}  # fmt: skip
-    kept = min(val, key=lambda name: (val[name], name != "fitted"))
+    pooled = {"fitted": rms(fitted), "start": start_err, "karras": rms(karras)}
+    kept = min(pooled, key=lambda name: (pooled[name], name != "fitted"))
     result = {"fitted": fitted, "start": start, "karras": karras}[kept]
     stats.update(
-        start_error=start_err, fitted_error=best, validation_fitted=val["fitted"],
-        validation_start=val["start"], validation_karras=val["karras"], kept=kept,
+        start_error=start_err, fitted_error=pooled["fitted"], karras_error=pooled["karras"],
+        kept=kept, evaluations=evaluations, pool=pool,
     )  # fmt: skip
     if cache:
         _FIT_CACHE[key] = result.clone()

@@ -53,7 +53,11 @@ def as_grid(
     (zero-length steps) are dropped unless ``keep_repeats`` (annealed Langevin uses them as extra
     levels).
     """
-    s = torch.as_tensor(sigmas).detach()
+    # a list of Python floats stays float64 (torch.as_tensor would round it to float32)
+    if isinstance(sigmas, torch.Tensor):
+        s = sigmas.detach()
+    else:
+        s = torch.tensor(sigmas, dtype=torch.float64)
     if s.ndim != 1:
         raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(s.shape)}")
     if s.numel() < 2:

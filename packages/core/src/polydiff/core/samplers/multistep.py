@@ -17,6 +17,8 @@ step) and warm up with lower orders; the final step into sigma 0 is a clean deno
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -43,6 +45,32 @@ def _check_order(name: str, order: int) -> None:
         raise ValueError(f"{name} order must be 1, 2, 3 or 4, got {order}")
 
 
+def _adams(
+    denoiser: Model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor | list[float],
+    cond: Cond,
+    callback: Callback | None,
+    order: int,
+    step: Callable[[list[torch.Tensor], int, float, float], torch.Tensor],
+) -> torch.Tensor:
+    """The loop iPNDM and DEIS share: one call per step, derivatives ``d = (x - D) / sigma``
+    kept newest first (at most ``order``, so the warm-up uses lower orders), ``x += step(ds, i,
+    sigma, sigma_next)``; a step into sigma 0 is a clean denoise."""
+    grid, model = as_grid(sigmas), bind(denoiser, x, cond)
+    ds: list[torch.Tensor] = []  # newest first
+    for i in range(len(grid) - 1):
+        s, s_next = grid[i], grid[i + 1]
+        denoised = model(x, s, i)
+        _report(callback, x, i, s, s, denoised)
+        if s_next == 0:
+            x = denoised
+            continue
+        ds = [(x - denoised) / s, *ds[: order - 1]]
+        x = x + step(ds, i, s, s_next)
+    return x
+
+
 def ipndm(
     denoiser: Model,
     x: torch.Tensor,
@@ -59,19 +87,12 @@ def ipndm(
     ``IPNDM_COEFFICIENTS[min(order, i + 1)]``; a step into sigma 0 is a clean denoise.
     """
     _check_order("ipndm", order)
-    grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    ds: list[torch.Tensor] = []  # newest first
-    for i in range(len(grid) - 1):
-        s, s_next = grid[i], grid[i + 1]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        if s_next == 0:
-            x = denoised
-            continue
-        ds = [(x - denoised) / s, *ds[: order - 1]]
+
+    def step(ds: list[torch.Tensor], i: int, s: float, s_next: float) -> torch.Tensor:
         weights = IPNDM_COEFFICIENTS[len(ds)]
-        x = x + sum(w * d for w, d in zip(weights, ds)) * (s_next - s)
-    return x
+        return sum(w * d for w, d in zip(weights, ds)) * (s_next - s)
+
+    return _adams(denoiser, x, sigmas, cond, callback, order, step)
 
 
 def deis_coefficients(
@@ -115,17 +136,10 @@ def deis(
     """
     _check_order("deis", order)
     time = LinearVPSchedule(beta_min, beta_max, t_min=0.0)
-    grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    ds: list[torch.Tensor] = []  # newest first
-    for i in range(len(grid) - 1):
-        s, s_next = grid[i], grid[i + 1]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        if s_next == 0:
-            x = denoised
-            continue
-        ds = [(x - denoised) / s, *ds[: order - 1]]
+
+    def step(ds: list[torch.Tensor], i: int, s: float, s_next: float) -> torch.Tensor:
         nodes = grid[i - len(ds) + 1 : i + 1][::-1]  # newest first
-        coeffs = deis_coefficients(nodes, s, s_next, time)
-        x = x + sum(c * d for c, d in zip(coeffs, ds))
-    return x
+        return sum(c * d for c, d in zip(deis_coefficients(nodes, s, s_next, time), ds))
+
+    grid = as_grid(sigmas)
+    return _adams(denoiser, x, sigmas, cond, callback, order, step)
