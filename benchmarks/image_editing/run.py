@@ -19,8 +19,8 @@ feature classifier (``polydiff.image.metrics``, digits):
   reference's class, vs without the image prompt.
 
 Every model is a config recipe trained by ``polydiff.train.run.train``
-(``configs/experiment/image/edit_{base,sr,shapes,controlnet,ip_adapter}.yaml``; the direct 32x32
-baseline is ``edit_base`` at 32x32; the ControlNet and the IP-Adapter load the trained base run
+(``configs/experiment/image/editing_{base,sr,shapes,controlnet,ip_adapter}.yaml``; the direct 32x32
+baseline is ``editing_base`` at 32x32; the ControlNet and the IP-Adapter load the trained base run
 named by ``model.base_run``), with the budget's sizes as overrides recorded in the results; the
 adaptation variants are ``polydiff adapt`` jobs (``configs/adapt/`` + overrides,
 ``polydiff.image.adaptation.fit_adapt_job``) on the base run. Runs live under
@@ -145,7 +145,7 @@ def base_recipe(b: Budget, size: int = 16) -> tuple[str, list[str]]:
     """The shared class-conditional digits base (classes 0-8), or at 32x32 the cascade's direct
     baseline (same recipe, ``direct_steps`` at ``direct_batch``)."""
     steps, batch = (b.base_steps, b.batch) if size == 16 else (b.direct_steps, b.direct_batch)
-    return "image/edit_base", [
+    return "image/editing_base", [
         f"data.image_size={size}", f"trainer.max_steps={steps}", f"trainer.batch_size={batch}",
         _warmup(steps), f"++model.model_channels={b.width}",
     ]  # fmt: skip
@@ -153,21 +153,21 @@ def base_recipe(b: Budget, size: int = 16) -> tuple[str, list[str]]:
 
 def sr_recipe(b: Budget) -> tuple[str, list[str]]:
     """The 16 -> 32 SR model (class-unconditional), trained on aligned crops."""
-    return "image/edit_sr", [
+    return "image/editing_sr", [
         f"trainer.max_steps={b.sr_steps}", f"trainer.batch_size={b.batch}", _warmup(b.sr_steps),
         f"model.model_channels={b.width}", f"objective.crop={b.sr_crop}",
     ]  # fmt: skip
 
 
 def shapes_recipe(b: Budget) -> tuple[str, list[str]]:
-    return "image/edit_shapes", [
+    return "image/editing_shapes", [
         f"trainer.max_steps={b.shapes_steps}", f"trainer.batch_size={b.control_batch}",
         _warmup(b.shapes_steps), f"model.model_channels={b.control_width}",
     ]  # fmt: skip
 
 
 def controlnet_recipe(b: Budget, shapes_run: Path) -> tuple[str, list[str]]:
-    return "image/edit_controlnet", [
+    return "image/editing_controlnet", [
         f"model.base_run={shapes_run}", f"trainer.max_steps={b.control_steps}",
         f"trainer.batch_size={b.control_batch}", _warmup(b.control_steps),
         f"model.base.model_channels={b.control_width}",
@@ -175,7 +175,7 @@ def controlnet_recipe(b: Budget, shapes_run: Path) -> tuple[str, list[str]]:
 
 
 def ip_adapter_recipe(b: Budget, base_run: Path) -> tuple[str, list[str]]:
-    return "image/edit_ip_adapter", [
+    return "image/editing_ip_adapter", [
         f"model.base_run={base_run}", f"trainer.max_steps={b.ip_steps}",
         f"trainer.batch_size={b.batch}", _warmup(b.ip_steps),
         f"++model.base.model_channels={b.width}",
@@ -241,7 +241,7 @@ def section_inpainting(base, evaluator, b: Budget) -> dict[str, Any]:
     x, y = test.images[: b.n_eval], test.labels[: b.n_eval]
     n = len(x)
     D = _objective().denoiser(base)
-    known = editing.box_mask(16, 8, 0, 8, 16)  # bottom half unknown
+    known = editing.box_mask(16, top=8, left=0, height=8, width=16)  # bottom half unknown
     sig = _sigmas(b.steps)
     out: dict[str, Any] = {"n": n, "mask": "bottom half unknown", "cond": "null (unconditional)"}
     out["original_acc"] = evaluator.class_accuracy(x, y)
@@ -335,7 +335,8 @@ def section_superres(base, evaluator, b: Budget, quick: bool) -> dict[str, Any]:
     cfg_direct = classifier_free_guidance(_objective().denoiser(direct), b.cfg_scale)
     for tag, consistency in (("cascade_32", False), ("cascade_32_projected", True)):
         high, low_s = superres.cascade_sample(
-            cfg_base, D_sr, len(labels), (1, 16, 16), 32, _sigmas(b.steps), _sigmas(b.steps),
+            cfg_base, D_sr, len(labels), base_shape=(1, 16, 16), size=32,
+            base_sigmas=_sigmas(b.steps), sr_sigmas=_sigmas(b.steps),
             aug_sigma=0.1, cond={"class": labels}, generator=torch.Generator().manual_seed(3),
             consistency=consistency,
         )  # fmt: skip

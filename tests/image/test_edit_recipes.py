@@ -26,7 +26,7 @@ def shapes_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("edit")
     return train(
         [
-            "experiment=image/edit_shapes", "trainer.max_steps=2", "trainer.batch_size=8",
+            "experiment=image/editing_shapes", "trainer.max_steps=2", "trainer.batch_size=8",
             "trainer.lr_warmup_steps=0", "data.dataset.n=16", f"runs_root={root}",
         ],
         config_dir=CONFIGS,
@@ -35,7 +35,7 @@ def shapes_run(tmp_path_factory) -> Path:
 
 def test_controlnet_recipe_loads_the_base_run_and_freezes_it(shapes_run: Path) -> None:
     trained = open_run(shapes_run).model.state_dict()
-    cfg = compose(["experiment=image/edit_controlnet", f"model.base_run={shapes_run}"], CONFIGS)
+    cfg = compose(["experiment=image/editing_controlnet", f"model.base_run={shapes_run}"], CONFIGS)
     cn = instantiate(cfg.model, "model")
     assert isinstance(cn, ControlNet)
     for k, v in cn.base.state_dict().items():
@@ -48,12 +48,12 @@ def test_controlnet_recipe_loads_the_base_run_and_freezes_it(shapes_run: Path) -
 
 def test_a_base_that_does_not_match_the_run_is_one_clear_error(shapes_run: Path) -> None:
     wrong = image_unet(**{**SHAPES_BASE, "model_channels": 32})
-    with pytest.raises(ValueError, match=r"model.base does not match the network of .*edit_shapes"):
+    with pytest.raises(ValueError, match=r"model.base does not match the network of .*editing_shapes"):
         controlnet_on_run(wrong, base_run=str(shapes_run))
 
 
 def test_ip_adapter_recipe_and_classes_of_the_base_data() -> None:
-    cfg = compose(["experiment=image/edit_ip_adapter"], CONFIGS)
+    cfg = compose(["experiment=image/editing_ip_adapter"], CONFIGS)
     adapter = instantiate(cfg.model, "model")  # base_run=null: an untrained base (smoke)
     assert isinstance(adapter, IPAdapter) and not any(
         p.requires_grad for p in adapter.net.parameters()

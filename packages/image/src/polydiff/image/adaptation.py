@@ -151,7 +151,10 @@ def train_lora(
     """
     _check_token(net, token)
     add_lora(net, rank=rank, targets=LORA_TARGETS, include_convs=include_convs)
-    data = _concept_data(images, token, prior_images, prior_labels, prior_weight, batch_size)
+    data = _concept_data(
+        images, token, prior=(prior_images, prior_labels), prior_weight=prior_weight,
+        batch_size=batch_size,
+    )  # fmt: skip
     finetune(
         net, DreamBoothLoss(objective, prior_weight), data, steps=steps, lr=lr,
         batch_size=batch_size, seed=seed,
@@ -194,12 +197,14 @@ class _PairedDataset(Dataset):
 def _concept_data(
     images: torch.Tensor,
     token: int,
-    prior_images: torch.Tensor | None,
-    prior_labels: torch.Tensor | None,
+    *,
+    prior: tuple[torch.Tensor | None, torch.Tensor | None],
     prior_weight: float,
     batch_size: int,
 ) -> Dataset:
-    """The concept dataset, paired with prior samples when there are any (and a weight)."""
+    """The concept dataset, paired with ``prior = (images, labels)`` samples when there are any
+    (and a weight)."""
+    prior_images, prior_labels = prior
     if prior_images is None or prior_weight == 0:
         return concept_dataset(images, token, 4 * batch_size)
     if prior_labels is None or len(prior_labels) != len(prior_images):
@@ -282,7 +287,10 @@ def train_dreambooth(
     :func:`prior_dataset`); ``prior_weight=0`` or no prior data is plain fine-tuning."""
     _check_token(net, token)
     net.requires_grad_(True)
-    data = _concept_data(images, token, prior_images, prior_labels, prior_weight, batch_size)
+    data = _concept_data(
+        images, token, prior=(prior_images, prior_labels), prior_weight=prior_weight,
+        batch_size=batch_size,
+    )  # fmt: skip
     loss = DreamBoothLoss(objective, prior_weight)
     finetune(net, loss, data, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
     return net
@@ -521,8 +529,8 @@ def adapt(
         others = [c for c in range(_num_classes(net)) if c != cfg.token]
         frozen = classifier_free_guidance(objective.denoiser(net.eval()), cfg.guidance_scale)
         prior = prior_dataset(
-            frozen, tuple(images.shape[1:]), others, max(cfg.n_prior, cfg.batch_size), sigmas,
-            seed=cfg.seed,
+            frozen, tuple(images.shape[1:]), classes=others, n=max(cfg.n_prior, cfg.batch_size),
+            sigmas=sigmas, seed=cfg.seed,
         )  # fmt: skip
         info["n_prior"] = len(prior[0])
     if cfg.method == "lora":
@@ -565,12 +573,13 @@ def fit_adapt_job(
     from polydiff.train.run import open_run, run_job_config, with_job_default
 
     run = open_run(run_dir, with_job_default(run_dir, overrides, "adapt", "lora"))
-    cfg = run_job_config(run, "adapt", AdaptConfig, adapt_cfg, "adapt_cfg")
+    cfg = run_job_config(run, "adapt", cls=AdaptConfig, given=adapt_cfg, param="adapt_cfg")
     _check_token(run.model, cfg.token)
     images = _concept_images(cfg, tuple(run.sample_shape)[-1])
     sigmas = run.objective.schedule.sigmas_for(cfg.sample_steps).float()
-    model, info = adapt(cfg, run.model.requires_grad_(False), run.objective, images, sigmas)
-    return AdaptJob(run, cfg, images, model, info, sigmas)
+    net = run.model.requires_grad_(False)
+    model, info = adapt(cfg, net, objective=run.objective, images=images, sigmas=sigmas)
+    return AdaptJob(run=run, cfg=cfg, images=images, model=model, info=info, sigmas=sigmas)
 
 
 def adapt_run(

@@ -181,7 +181,9 @@ class ControlNet(nn.Module):
     ) -> torch.Tensor:
         self.base.check_input(x)
         skips, mid = self.control_residuals(x, t, cond)
-        return unet_forward_with_residuals(self.base, x, t, cond, skips, mid)
+        return unet_forward_with_residuals(
+            self.base, x, t, cond, skip_residuals=skips, mid_residual=mid
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,11 +136,11 @@ def inpaint(
     x = _noise(image.shape, image, generator) * float(sigmas[0])
     if method == "repaint":
         return core_editing.repaint(
-            denoiser, x, sigmas, image, m, cond=cond, generator=generator,
+            denoiser, x, sigmas, known=image, mask=m, cond=cond, generator=generator,
             jump_length=jump_length, resample=resample,
         )  # fmt: skip
     return core_editing.inpaint(
-        denoiser, x, sigmas, image, m, cond=cond, generator=generator, eta=eta
+        denoiser, x, sigmas, known=image, mask=m, cond=cond, generator=generator, eta=eta
     )
 
 
@@ -252,7 +252,7 @@ def invert(
         x_t, maps = core_inversion.ddpm_invert(
             denoiser, image, sigmas, cond=cond, generator=generator, eta=eta
         )
-        return Inversion(x_t, sigmas, method, maps, eta)
+        return Inversion(x_t, sigmas, method, noise_maps=maps, eta=eta)
     x_t = core_inversion.ode_invert(
         denoiser, image, sigmas, cond=cond, method=method,
         fixed_point_iterations=fixed_point_iterations,
@@ -450,7 +450,7 @@ def edit_run(
     from .io import save_image_grid
 
     run = open_run(run_dir, with_job_default(run_dir, overrides, "edit", "sdedit"))
-    edit = run_job_config(run, "edit", EditConfig, edit, "edit")
+    edit = run_job_config(run, "edit", cls=EditConfig, given=edit, param="edit")
     if edit.images:
         images, labels = _load_images(edit.images, edit.n)
     else:
@@ -464,7 +464,7 @@ def edit_run(
         denoiser = classifier_free_guidance(denoiser, edit.guidance_scale)
     sigmas = run.objective.schedule.sigmas_for(edit.steps).float()
     with torch.no_grad():
-        result = apply_edit(edit, denoiser, images, sigmas, labels, num_classes)
+        result = apply_edit(edit, denoiser, images, sigmas, labels=labels, num_classes=num_classes)
     settings = {"edit": dataclasses.asdict(edit), "checkpoint": run.checkpoint.name}
     target = Path(out) if out else job_dir(Path(run_dir) / "edits", edit.task, settings)
     target.mkdir(parents=True, exist_ok=True)

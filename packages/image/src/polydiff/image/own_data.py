@@ -60,7 +60,7 @@ class TensorImages(TensorDictDataset):
 
 
 # --------------------------------------------------------------------------- checking
-def _resolve(key: str, declared: Any, found: Any, where: str, what: str) -> Any:
+def _resolve(key: str, declared: Any, found: Any, *, where: str, what: str) -> Any:
     """``found`` when ``declared`` is ``auto``; ``declared`` when equal; else an error."""
     if declared in (AUTO, found):
         return found
@@ -152,11 +152,11 @@ def describe_image_folder(
     classes, files, _ = _scan(root)
     found_channels, native, modes = _headers(files)
     where = f"the images under {root} (modes {modes})"
-    channels = _resolve("channels", channels, found_channels, where, "have channels =")
+    channels = _resolve("channels", channels, found_channels, where=where, what="have channels =")
     found_classes = len(classes) or None
     if num_classes is not None:
         num_classes = _resolve(
-            "num_classes", num_classes, found_classes, f"{root}", "has class folders: "
+            "num_classes", num_classes, found_classes, where=f"{root}", what="has class folders: "
         )
     return {
         "root": str(root.resolve()),
@@ -215,10 +215,14 @@ def describe_caption_folder(
     return {
         "root": str(root.resolve()),
         "captions_file": str(path.resolve()),
-        "channels": _resolve("channels", channels, found_channels, where, "have channels ="),
+        "channels": _resolve(
+            "channels", channels, found_channels, where=where, what="have channels ="
+        ),
         "image_size": _size(image_size, native),
         "num_classes": None,
-        "text_dim": _resolve("text_dim", text_dim, dim, f"the {encoder} encoder", "gives"),
+        "text_dim": _resolve(
+            "text_dim", text_dim, dim, where=f"the {encoder} encoder", what="gives"
+        ),
         "conditioning": "text",
         "captioned": True,
         "normalisation": UINT8,
@@ -322,10 +326,12 @@ def describe_npz(
             raise ValueError(f"{path}: labels must cover 0..{found_classes - 1}; missing {missing}")
     where = f"{path}[{key}] (shape {images.shape})"
     if num_classes is not None:
-        num_classes = _resolve("num_classes", num_classes, found_classes, str(path), "has")
+        num_classes = _resolve(
+            "num_classes", num_classes, found_classes, where=str(path), what="has"
+        )
     return {
         "path": str(path.resolve()),
-        "channels": _resolve("channels", channels, x.shape[1], where, "has channels ="),
+        "channels": _resolve("channels", channels, x.shape[1], where=where, what="has channels ="),
         "image_size": _size(image_size, min(x.shape[-2:])),
         "num_classes": num_classes,
         "conditioning": "class" if num_classes else None,

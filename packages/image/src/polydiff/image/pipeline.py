@@ -99,7 +99,7 @@ def generate(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    cond = build_cond(n, classes, prompts, text_encoder, device)
+    cond = build_cond(n, classes, prompts=prompts, text_encoder=text_encoder, device=device)
     den = denoiser
     if cond is not None and (guidance_scale != 1.0 or guidance_rescale != 0.0):
         den = classifier_free_guidance(denoiser, guidance_scale, rescale=guidance_rescale)
