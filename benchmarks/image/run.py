@@ -52,7 +52,10 @@ SHAPES = [
 def _score(run_dir: Path, n: int, *overrides: str, out: Path | None = None) -> dict[str, Any]:
     """``polydiff evaluate run=<run_dir> <overrides>``: class accuracy and FID (+ seconds).
     ``out``: a directory for the evaluation JSON (else the run's own ``eval/``)."""
-    settings = [f"evaluate.n={n}", "evaluate.seed=123", "evaluate.overwrite=true", *overrides]
+    settings = [
+        f"evaluate.n={n}", "evaluate.seed=123", "evaluate.overwrite=true", "sample.ema=true",
+        *overrides,
+    ]  # fmt: skip
     target = None
     if out is not None:
         target = out / f"{run_dir.name}-{'-'.join(o.replace('=', '') for o in overrides)}.json"
@@ -144,11 +147,39 @@ def _eval_n(quick: bool) -> int:
     return 100 if quick else 300  # 10 / 30 per class (ImageHooks draws classes round robin)
 
 
-def part_pixel(quick: bool, runs: Path) -> dict:
-    """The digits recipe itself, trained in stages and scored with CFG after each."""
+def part_pixel(quick: bool, runs: Path, pixel_run: Path | None = None) -> dict:
+    """The digits recipe itself, trained in stages and scored with CFG after each; or, with
+    ``pixel_run`` (a finished ``experiment=image/digits_cond`` run, only read), its checkpoints
+    scored as the stages (:func:`_checkpoint_stages`)."""
+    if pixel_run is not None:
+        rows = _checkpoint_stages(pixel_run, runs / "pixel", _eval_n(quick))
+        return {"pixel": rows, "model_pixel": _parameters(pixel_run), "pixel_run": str(pixel_run)}
     stages = (60, 120) if quick else (300, 600, 900, 1500)
     rows = _staged("image/digits_cond", stages, runs / "pixel", _eval_n(quick))
     return {"pixel": rows, "model_pixel": _parameters(runs / "pixel")}
+
+
+def _checkpoint_stages(run_dir: Path, out: Path, n: int) -> list[dict]:
+    """Score every checkpoint of a trained run as a stage: each is copied with the run's config
+    into ``out/step_<k>`` (the run itself is not written to) and evaluated there; training
+    seconds come from the run's ``metrics.jsonl`` (wall time to the step's log line)."""
+    logs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in logs if "steps_per_sec" in r]
+    start = logs[0]["time"] - logs[0]["step"] / logs[0]["steps_per_sec"]
+    rows = []
+    for ckpt in sorted((run_dir / "checkpoints").glob("step_*")):
+        step = int(ckpt.name.removeprefix("step_"))
+        stage = out / ckpt.name
+        (stage / "checkpoints").mkdir(parents=True)
+        for name in ("config.yaml", "overrides.json"):
+            shutil.copy(run_dir / name, stage / name)
+        shutil.copytree(ckpt, stage / "checkpoints" / ckpt.name)
+        logged = next((r["time"] for r in logs if r["step"] == step), None)
+        seconds = None if logged is None else round(logged - start, 1)
+        row = {"steps": step, "train_seconds": seconds}
+        rows.append(row | _score(stage, n, f"guidance.scale={GUIDANCE:g}"))
+        print("pixel", rows[-1], flush=True)
+    return rows
 
 
 def part_latent(quick: bool, runs: Path) -> dict:
@@ -223,10 +254,10 @@ def run(
         with cpu_timer() as t:
             if part == "samplers":
                 found = part_samplers(quick, runs, pixel_run)
+            elif part == "pixel":
+                found = part_pixel(quick, runs, pixel_run)
             else:
-                found = {"pixel": part_pixel, "latent": part_latent, "shapes": part_shapes}[part](
-                    quick, runs
-                )
+                found = {"latent": part_latent, "shapes": part_shapes}[part](quick, runs)
         result |= found
         result.setdefault("part_seconds", {})[part] = round(t["wall"], 1)
         write_results("image", result, "(partial image run)\n", quick=quick)
@@ -236,7 +267,7 @@ def run(
             "pixel": "polydiff train experiment=image/digits_cond trainer.max_steps=<stage>",
             "latent": "polydiff train experiment=image/digits_latent trainer.max_steps=<stage>",
             "evaluate": f"polydiff evaluate run=<dir> guidance.scale={GUIDANCE:g} evaluate.n={n}"
-            " evaluate.seed=123 [sampler=<m> sampler.steps=<s>]",
+            " evaluate.seed=123 sample.ema=true [sampler=<m> sampler.steps=<s>]",
         },
         "guidance_scale": GUIDANCE,
         "eval_samples": n,
@@ -244,7 +275,7 @@ def run(
             ImageEvaluator("digits").fid(DigitsDataset(size=16, split="train").images[:500]), 3
         ),
     }
-    if all(k in result for k in ("pixel", "latent", "sampler_nfe", "shapes_text")):
+    if all(k in result for k in ("pixel", "latent", "sampler_nfe")):  # shapes: optional
         result["model"] = {"pixel": result["model_pixel"], "latent": result["model_latent"]}
         goal_row = next(
             r for r in result["sampler_nfe"] if r["sampler"] == "dpmpp_2m" and r["nfe"] == 20
@@ -291,6 +322,12 @@ def markdown(r: dict) -> str:
         "| space | steps | train s | class acc | FID |",
         "|---|---:|---:|---:|---:|",
     ]
+    if r.get("pixel_run"):
+        lines[-2:-2] = [
+            f"Pixel rows: the checkpoints of `{r['pixel_run']}` (the same recipe, trained once; "
+            "train s from its metrics log), each scored in a copy of the run.",
+            "",
+        ]
     for space in ("pixel", "latent"):
         for row in r[space]:
             lines.append(
@@ -325,6 +362,11 @@ def markdown(r: dict) -> str:
         LOW_NFE_NOTE,
     ]
     sh = r.get("shapes_text")
+    if not sh:
+        lines += [
+            "",
+            "Shapes text-to-image: not run in this pass (`python -m benchmarks.image.run shapes`).",
+        ]
     if sh:
         lines += [
             "",
@@ -359,7 +401,8 @@ if __name__ == "__main__":
     parser.add_argument("parts", nargs="*", help=f"any of {PARTS} (default: all)")
     parser.add_argument(
         "--pixel-run", type=Path, default=None,
-        help="a trained experiment=image/digits_cond run for the samplers part (read only)",
+        help="a trained experiment=image/digits_cond run for the pixel / samplers parts (read "
+        "only: its checkpoints are the pixel stages)",
     )  # fmt: skip
     args = parser.parse_args()
     out = run(quick=args.quick, only=tuple(args.parts) or None, pixel_run=args.pixel_run)
