@@ -166,20 +166,27 @@ def shapes_recipe(b: Budget) -> tuple[str, list[str]]:
     ]  # fmt: skip
 
 
-def controlnet_recipe(b: Budget, shapes_run: Path) -> tuple[str, list[str]]:
-    return "image/editing_controlnet", [
-        f"model.base_run={shapes_run}", f"trainer.max_steps={b.control_steps}",
-        f"trainer.batch_size={b.control_batch}", _warmup(b.control_steps),
-        f"model.base.model_channels={b.control_width}",
+def _on_base(
+    experiment: str, base_run: Path, *, steps: int, batch: int, width: int
+) -> tuple[str, list[str]]:
+    """A model trained on top of a frozen trained run (``model.base_run``)."""
+    return experiment, [
+        f"model.base_run={base_run}", f"trainer.max_steps={steps}",
+        f"trainer.batch_size={batch}", _warmup(steps), f"++model.base.model_channels={width}",
     ]  # fmt: skip
+
+
+def controlnet_recipe(b: Budget, shapes_run: Path) -> tuple[str, list[str]]:
+    return _on_base(
+        "image/editing_controlnet", shapes_run, steps=b.control_steps, batch=b.control_batch,
+        width=b.control_width,
+    )  # fmt: skip
 
 
 def ip_adapter_recipe(b: Budget, base_run: Path) -> tuple[str, list[str]]:
-    return "image/editing_ip_adapter", [
-        f"model.base_run={base_run}", f"trainer.max_steps={b.ip_steps}",
-        f"trainer.batch_size={b.batch}", _warmup(b.ip_steps),
-        f"++model.base.model_channels={b.width}",
-    ]  # fmt: skip
+    return _on_base(
+        "image/editing_ip_adapter", base_run, steps=b.ip_steps, batch=b.batch, width=b.width
+    )
 
 
 def adapt_overrides(b: Budget) -> dict[str, list[str]]:
