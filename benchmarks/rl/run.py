@@ -23,7 +23,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,16 @@ from polydiff.rl.experiments import benchmark_goals, nest_metrics
 from polydiff.train.run import evaluate_run
 
 PARTS = ("maze", "pendulum", "two_path")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def runs_root(quick: bool) -> Path:
+    """The benchmark's runs (``runs/`` is git-ignored): a finished run there is reused (its
+    training resumes at its last step), so a failed evaluation does not cost the training;
+    delete the folder to train afresh."""
+    return ROOT / "runs" / "bench" / ("rl-quick" if quick else "rl")
+
+
 QUIET = ["trainer.progress=false"]
 
 # (experiment, train overrides, [evaluation overrides per evaluated variant]) per part and mode
@@ -94,7 +103,7 @@ def _run_part(part: str, quick: bool, runs: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"recipes": [], "variants": {}}
     figures = results_dir(quick)
     for experiment, overrides, variants in SIZES[quick][part]:
-        run_dir = runs / experiment.replace("/", "_")
+        run_dir = runs / f"{experiment.replace('/', '_')}-s{_steps(overrides)}"
         with cpu_timer() as t:
             train_recipe(experiment, [*QUIET, *overrides], run_dir=run_dir)
         cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
@@ -107,8 +116,9 @@ def _run_part(part: str, quick: bool, runs: Path) -> dict[str, Any]:
             "rl": cfg["rl"],
         }
         for name, eval_overrides in variants.items():
-            with cpu_timer() as t:
-                result = evaluate_run(run_dir, [*eval_overrides, "evaluate.overwrite=true"])
+            with cpu_timer() as t:  # the EMA weights, as the recipes' committed numbers
+                settings = [*eval_overrides, "sample.ema=true", "evaluate.overwrite=true"]
+                result = evaluate_run(run_dir, settings)
             metrics = nest_metrics(result["metrics"])
             metrics["evaluate_overrides"] = eval_overrides
             metrics["evaluate_cpu_seconds"] = round(t["cpu"], 1)
@@ -119,6 +129,11 @@ def _run_part(part: str, quick: bool, runs: Path) -> dict[str, Any]:
             if png.suffix in (".png", ".gif"):
                 shutil.copy(png, figures / png.name)
     return out
+
+
+def _steps(overrides: list[str]) -> str:
+    """The ``trainer.max_steps`` of a part's overrides (part of its run directory's name)."""
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("trainer.max_steps=")), "")
 
 
 def _reshape(parts: dict[str, dict]) -> dict[str, Any]:
@@ -257,12 +272,12 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, parallel: bool
     if unknown:
         raise ValueError(f"unknown part(s) {unknown}; choose from {PARTS}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="polydiff-rl-bench-") as tmp:
-        runs = Path(tmp)
-        if parallel and len(parts) > 1:
-            raw = _run_parallel(parts, quick, runs)
-        else:
-            raw = {part: _run_part(part, quick, runs) for part in parts}
+    runs = runs_root(quick)
+    runs.mkdir(parents=True, exist_ok=True)
+    if parallel and len(parts) > 1:
+        raw = _run_parallel(parts, quick, runs)
+    else:
+        raw = {part: _run_part(part, quick, runs) for part in parts}
     res = _reshape(raw)
     previous = results_dir(quick) / "rl.json"
     if only and previous.is_file():
@@ -285,10 +300,10 @@ if __name__ == "__main__":
     quick_mode = "--quick" in args
     if "--part-json" in args:  # a child of _run_parallel: one part, result to the given file
         target = Path(args[args.index("--part-json") + 1])
-        runs_root = Path(args[args.index("--runs") + 1])
+        runs_dir = Path(args[args.index("--runs") + 1])
         (part_name,) = [a for a in args if a in PARTS]
         torch.set_num_threads(1)
-        target.write_text(json.dumps(_run_part(part_name, quick_mode, runs_root)))
+        target.write_text(json.dumps(_run_part(part_name, quick_mode, runs_dir)))
         sys.exit(0)
     chosen = tuple(a for a in args if a in PARTS) or None
     out = run(quick=quick_mode, only=chosen)
