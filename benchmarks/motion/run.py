@@ -19,7 +19,7 @@ with the ``TRAIN`` / ``EVAL`` overrides printed in the results. Parts (one slot 
 Goals (issue 19, at 50 NFE): R-precision top-3 >= 0.9 x real; FID below the retrieval
 baseline's; foot skating ratio within 0.05 of real; Diversity within 10% of real.
 
-    python -m benchmarks.motion.run [--part base|geo|all] [--quick]
+    python -m benchmarks.motion.run [--part base|geo|all] [--quick] [--set <train overrides>]
 """
 
 from __future__ import annotations
@@ -27,21 +27,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import cpu_timer, results_dir, train_recipe, write_results
-from polydiff.train.run import evaluate_run
+from polydiff.train.checkpoint import list_checkpoints
+from polydiff.train.run import evaluate_run, open_run
 
 QUIET = ["trainer.progress=false"]
-# sizes chosen from a measured 400-step run (one thread, batch 32, small MDM: 0.2 s / step)
+# a 200-step probe (lr 1e-3 vs 3e-3, batch 32) ran at 0.5 s / step wall on the loaded machine
 SIZES: dict[bool, dict[str, Any]] = {
     False: {
-        "train": ["trainer.max_steps=2400", "trainer.ckpt_every=1200", "trainer.batch_size=32",
-                  "trainer.optimizer.lr=1e-3", "trainer.lr_warmup_steps=100"],
+        "train": ["trainer.max_steps=2000", "trainer.ckpt_every=1000", "trainer.batch_size=32",
+                  "trainer.lr_warmup_steps=100"],  # lr: the probe's choice (--set)
         # smaller than the protocol (20 replications, MultiModality 100 x 30): named in results
-        "eval": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=32",
+        "eval": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=24",
                  "evaluate.mm_repeats=30", "evaluate.mm_times=10"],
         "eval_nfe": ["evaluate.n=320", "evaluate.replications=1", "evaluate.mm_prompts=0"],
+        # the geo part fits its slot without MultiModality
+        "eval_geo": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=0"],
     },
     True: {
         "train": ["model.size=tiny", "data.n=60", "trainer.max_steps=30", "trainer.ckpt_every=30",
@@ -49,6 +54,7 @@ SIZES: dict[bool, dict[str, Any]] = {
         "eval": ["evaluate.n=64", "evaluate.replications=2", "evaluate.mm_prompts=4",
                  "evaluate.mm_repeats=10", "evaluate.mm_times=10"],
         "eval_nfe": ["evaluate.n=64", "evaluate.replications=1", "evaluate.mm_prompts=0"],
+        "eval_geo": ["evaluate.n=64", "evaluate.replications=2", "evaluate.mm_prompts=0"],
     },
 }  # fmt: skip
 COLUMNS = (
@@ -86,20 +92,26 @@ def _evaluate(run_dir, overrides: list[str], out) -> tuple[dict, float]:
     return res, t["cpu"]
 
 
-def run_part(part: str, quick: bool) -> dict[str, Any]:
-    """Train one recipe and evaluate it; returns the part's rows and settings."""
-    size = SIZES[quick]
+def run_part(part: str, quick: bool, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Train one recipe (plus ``extra`` training overrides) and evaluate it; returns the part's
+    rows and settings."""
+    size = dict(SIZES[quick])
+    size["train"] = [*size["train"], *extra]
     experiment = {"base": "motion/text2motion", "geo": "motion/text2motion_geo"}[part]
     out_root = results_dir(quick) / "motion_runs"
     t0 = time.time()
     with cpu_timer() as t_train:
         run_dir = train_recipe(experiment, [*QUIET, *size["train"]],
                                run_dir=out_root / experiment.split("/")[1])  # fmt: skip
-    res, eval_cpu = _evaluate(run_dir, size["eval"], out_root / f"eval-{part}-50nfe.json")
+    ev = size["eval"] if part == "base" else size["eval_geo"]
+    res, eval_cpu = _evaluate(run_dir, ev, out_root / f"eval-{part}-50nfe.json")
     m = res["metrics"]
     rows = {"real": _row(m, suffix="_real"), "retrieval": _row(m, prefix="retrieval_"),
             f"{part}: 50 NFE, CFG 2.5": _row(m)}  # fmt: skip
-    evals = {"50": " ".join(size["eval"])}
+    evals = {"50": " ".join(ev)}
+    with cpu_timer() as t_scaling:
+        scaling = checkpoint_scaling(run_dir, size["eval_nfe"])
+    eval_cpu += t_scaling["cpu"]
     if part == "base":
         for steps in (20, 10):
             ov = [f"sampler.steps={steps}", *size["eval_nfe"]]
@@ -122,12 +134,25 @@ def run_part(part: str, quick: bool) -> dict[str, Any]:
         "checkpoint_step": res.get("checkpoint_step"),
         "weights": res.get("weights"),
         "rows": rows,
+        "checkpoint_scaling": scaling,
         "goals": _goals(rows[f"{part}: 50 NFE, CFG 2.5"], rows["real"], rows["retrieval"]),
         "loss_curve": losses[:: max(1, len(losses) // 24)],
         "train_cpu_s": round(t_train["cpu"], 1),
         "eval_cpu_s": round(eval_cpu, 1),
         "wall_s": round(time.time() - t0, 1),
     }
+
+
+def checkpoint_scaling(run_dir, overrides: Sequence[str]) -> dict[str, dict]:
+    """Metrics of every kept checkpoint of a run (one replication, no MultiModality): how the
+    numbers move with training steps. Same path as ``polydiff evaluate`` (``open_run`` +
+    :meth:`MotionHooks.evaluate_model`) with the checkpoint pinned."""
+    out = {}
+    for ckpt in list_checkpoints(Path(run_dir) / "checkpoints"):
+        opened = open_run(run_dir, list(overrides), checkpoint=ckpt)
+        step = int(ckpt.name.rsplit("_", 1)[-1])
+        out[str(step)] = _row(opened.hooks.evaluate_model(opened))
+    return out
 
 
 def _markdown(parts: dict[str, dict]) -> str:
@@ -148,6 +173,10 @@ def _markdown(parts: dict[str, dict]) -> str:
                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row, vals in p["rows"].items():
             md.append(f"| {row} | " + " | ".join(fmt(vals.get(c)) for c in COLUMNS) + " |")
+        md += ["", "By checkpoint (50 NFE, one replication): " + "; ".join(
+            f"step {k}: R-prec top3 {v['r_precision_top3'][0]:.3f}, FID {v['fid'][0]:.2f}, "
+            f"skating {v['foot_skating_ratio'][0]:.3f}"
+            for k, v in p.get("checkpoint_scaling", {}).items())]  # fmt: skip
         md += ["", "Goals at 50 NFE: " + ", ".join(
             f"{k}: {'met' if v else 'NOT met'}" for k, v in p["goals"].items()), ""]  # fmt: skip
     if {"base", "geo"} <= set(parts):
@@ -161,13 +190,18 @@ def _markdown(parts: dict[str, dict]) -> str:
     return "\n".join(md)
 
 
-def run(part: str = "all", quick: bool = False) -> dict:
+def run(part: str = "all", quick: bool = False, extra: Sequence[str] = ()) -> dict:
     """Run ``part`` (``base``, ``geo`` or ``all``) and merge it into the results file."""
     path = results_dir(quick) / "motion.json"
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
     parts = dict(previous)
     for name in ("base", "geo") if part == "all" else (part,):
-        parts[name] = run_part(name, quick)
+        parts[name] = run_part(name, quick, extra)
+    for p in parts.values():  # a part measured before the scaling rows existed
+        if "checkpoint_scaling" not in p:
+            with cpu_timer() as t:
+                p["checkpoint_scaling"] = checkpoint_scaling(p["run_dir"], SIZES[quick]["eval_nfe"])
+            p["eval_cpu_s"] = round(p["eval_cpu_s"] + t["cpu"], 1)
     result = {"parts": parts}
     md = _markdown(parts)
     write_results("motion", result, md + "\n", quick=quick)
@@ -179,5 +213,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", default="all", choices=("base", "geo", "all"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--set", nargs="*", default=[], help="extra training overrides")
     args = parser.parse_args()
-    print(run(args.part, args.quick)["markdown"])
+    print(run(args.part, args.quick, args.set)["markdown"])
