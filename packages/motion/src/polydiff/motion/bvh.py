@@ -11,6 +11,7 @@ rotation. Rotations are intrinsic ``Z Y X`` Euler angles in degrees, positions i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,7 +141,6 @@ def write_bvh(joints: np.ndarray, path: str | Path, fps: float = FPS) -> Path:
 def read_bvh(path: str | Path) -> BVH:
     """Parse a BVH file and compute joint positions (forward kinematics)."""
     path = Path(path)
-    tokens = path.read_text().split()
     names: list[str] = []
     parents: list[int] = []
     offsets: list[list[float]] = []
@@ -148,6 +148,7 @@ def read_bvh(path: str | Path) -> BVH:
     stack: list[int] = []
     i = 0
     try:
+        tokens = path.read_text().split()  # a UnicodeDecodeError is a ValueError: named below
         if tokens[i] != "HIERARCHY":
             raise ValueError("file does not start with HIERARCHY")
         i += 1
@@ -188,40 +189,47 @@ def read_bvh(path: str | Path) -> BVH:
     except (IndexError, ValueError) as err:
         raise ValueError(f"{path}: not a valid BVH file ({err})") from err
     per_frame = sum(len(c) for c in channels)
-    if len(values) != frames * per_frame:
+    if frames < 1 or len(values) != frames * per_frame:
         raise ValueError(
             f"{path}: {len(values)} motion values, expected {frames} frames x {per_frame} channels"
         )
-    values = values.reshape(frames, per_frame)
-    offs = np.asarray(offsets)
-    pos = np.zeros((frames, len(names), 3))
-    glob = np.zeros((frames, len(names), 3, 3))
-    col = 0
-    for j, chans in enumerate(channels):
-        block = values[:, col : col + len(chans)]
-        col += len(chans)
-        rot_names = [c[0].upper() for c in chans if c.endswith("rotation")]
-        rot_vals = (
-            np.stack([block[:, k] for k, c in enumerate(chans) if c.endswith("rotation")], -1)
-            if rot_names
-            else None
+    try:  # a damaged hierarchy (unknown channels, missing offsets) fails here: named
+        values = values.reshape(frames, per_frame)
+        offs = np.asarray(offsets)
+        pos = np.zeros((frames, len(names), 3))
+        glob = np.zeros((frames, len(names), 3, 3))
+        col = 0
+        for j, chans in enumerate(channels):
+            block = values[:, col : col + len(chans)]
+            col += len(chans)
+            rot_names = [c[0].upper() for c in chans if c.endswith("rotation")]
+            rot_vals = (
+                np.stack([block[:, k] for k, c in enumerate(chans) if c.endswith("rotation")], -1)
+                if rot_names
+                else None
+            )
+            local = (
+                Rotation.from_euler("".join(rot_names), rot_vals, degrees=True).as_matrix()
+                if rot_names
+                else np.broadcast_to(np.eye(3), (frames, 3, 3))
+            )
+            trans = np.zeros((frames, 3))
+            for k, c in enumerate(chans):
+                if c.endswith("position"):
+                    trans[:, "XYZ".index(c[0].upper())] = block[:, k]
+            p = parents[j]
+            if p < 0:
+                pos[:, j] = offs[j] + trans
+                glob[:, j] = local
+            else:
+                pos[:, j] = pos[:, p] + np.einsum("tij,j->ti", glob[:, p], offs[j]) + trans
+                glob[:, j] = glob[:, p] @ local
+    except (IndexError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: not a valid BVH file ({err})") from err
+    if not (np.isfinite(pos).all() and math.isfinite(frame_time) and frame_time > 0):
+        raise ValueError(
+            f"{path}: not a valid BVH file (non-finite values or frame time {frame_time})"
         )
-        local = (
-            Rotation.from_euler("".join(rot_names), rot_vals, degrees=True).as_matrix()
-            if rot_names
-            else np.broadcast_to(np.eye(3), (frames, 3, 3))
-        )
-        trans = np.zeros((frames, 3))
-        for k, c in enumerate(chans):
-            if c.endswith("position"):
-                trans[:, "XYZ".index(c[0].upper())] = block[:, k]
-        p = parents[j]
-        if p < 0:
-            pos[:, j] = offs[j] + trans
-            glob[:, j] = local
-        else:
-            pos[:, j] = pos[:, p] + np.einsum("tij,j->ti", glob[:, p], offs[j]) + trans
-            glob[:, j] = glob[:, p] @ local
     return BVH(names, parents, offs, frame_time, pos)
 
 

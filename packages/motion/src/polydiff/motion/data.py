@@ -152,6 +152,10 @@ def _read_texts(path: Path) -> list[tuple[str, float, float]]:
             f_tag, to_tag = float(parts[2] or 0), float(parts[3] or 0)
         except ValueError as err:
             raise ValueError(f"{path}:{k + 1}: from/to times must be numbers: {err}") from err
+        if not all(np.isnan(v) or 0 <= v < np.inf for v in (f_tag, to_tag)):  # NaN: whole
+            raise ValueError(
+                f"{path}:{k + 1}: from/to times must be finite and >= 0, got {f_tag}, {to_tag}"
+            )
         out.append(
             (
                 parts[0].strip(),
@@ -264,27 +268,37 @@ def load_amass_npz(path: str | Path, body_model, fps: int = FPS) -> np.ndarray:
     (T, 3), ``betas``, ``mocap_framerate``. Downsampled by the integer ratio of frame rates
     (HumanML3D), then z-up -> y-up as HumanML3D's ``raw_pose_processing``."""
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
+    try:  # every member is read here: a damaged one fails now, with the file named
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: np.asarray(npz[k]) for k in npz.files}
     except Exception as err:
-        raise ValueError(f"{path}: cannot read AMASS npz ({type(err).__name__}: {err})") from err
+        msg = " ".join(str(err).split())
+        raise ValueError(f"{path}: cannot read AMASS npz ({type(err).__name__}: {msg})") from err
     need = ("poses", "trans")
-    missing = [k for k in need if k not in data.files]
+    missing = [k for k in need if k not in data]
     if missing:
-        raise ValueError(f"{path}: AMASS npz lacks {missing} (has {sorted(data.files)})")
-    rate_key = next((k for k in ("mocap_framerate", "mocap_frame_rate") if k in data.files), None)
+        raise ValueError(f"{path}: AMASS npz lacks {missing} (has {sorted(data)})")
+    rate_key = next((k for k in ("mocap_framerate", "mocap_frame_rate") if k in data), None)
     if rate_key is None:
         raise ValueError(f"{path}: AMASS npz has no mocap_framerate / mocap_frame_rate")
-    rate = float(data[rate_key])
-    if rate < fps:
-        raise ValueError(f"{path}: frame rate {rate} is below the target {fps} fps")
+    try:
+        rate = float(data[rate_key])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {rate_key} is not a number ({err})") from err
+    if not (np.isfinite(rate) and rate >= fps):
+        raise ValueError(f"{path}: frame rate {rate} is not a finite rate >= the target {fps} fps")
     step = max(int(round(rate / fps)), 1)
-    poses = np.asarray(data["poses"], dtype=np.float64)[::step]
-    trans = np.asarray(data["trans"], dtype=np.float64)[::step]
-    betas = np.asarray(data["betas"], dtype=np.float64) if "betas" in data.files else None
-    if poses.ndim != 2 or poses.shape[1] % 3 or trans.shape != (len(poses), 3):
+    try:
+        poses = np.asarray(data["poses"], dtype=np.float64)[::step]
+        trans = np.asarray(data["trans"], dtype=np.float64)[::step]
+        betas = np.asarray(data["betas"], dtype=np.float64) if "betas" in data else None
+    except (TypeError, ValueError, IndexError) as err:
+        raise ValueError(f"{path}: poses / trans / betas are not numeric arrays ({err})") from err
+    if poses.ndim != 2 or poses.shape[1] % 3 or trans.shape != (len(poses), 3) or not len(poses):
         raise ValueError(
             f"{path}: poses must be (T, 3J) and trans (T, 3), got {poses.shape}, {trans.shape}"
         )
+    if not all(np.isfinite(a).all() for a in (poses, trans, betas) if a is not None):
+        raise ValueError(f"{path}: non-finite values in poses / trans / betas")
     joints = body_model.joints(poses, trans, betas)[:, :22]
     return joints @ AMASS_TO_Y_UP.T

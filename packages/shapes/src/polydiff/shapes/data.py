@@ -508,8 +508,17 @@ def load_points(path: str | Path, num_points: int, seed: int = 0) -> np.ndarray:
                 raise ShapeFileError(
                     f"{path}: NPZ needs a 'points' array or exactly one array, has {keys}"
                 )
-            arr = arr[key]
-        pts = np.asarray(arr, dtype=np.float64)
+            try:  # members are read lazily: a damaged one fails here
+                arr = arr[key]
+            except Exception as err:
+                msg = " ".join(str(err).split())
+                raise ShapeFileError(
+                    f"{path}: cannot read {key!r} ({type(err).__name__}: {msg})"
+                ) from err
+        try:
+            pts = np.asarray(arr, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ShapeFileError(f"{path}: points are not numbers ({err})") from err
     else:
         try:
             with warnings.catch_warnings():

@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = [
@@ -96,6 +98,27 @@ def find_config_dir(start: str | os.PathLike | None = None) -> Path:
 def _override_key(override: str) -> str:
     key = override.split("=", 1)[0].lstrip("+~")
     return key
+
+
+def check_override_grammar(overrides: Sequence[str]) -> None:
+    """Parse every override with hydra's grammar first, so that a syntax error is one line
+    naming the override (hydra's own message names neither it nor its key)."""
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_override(o)
+        except HydraException as err:
+            lines = [
+                ln.strip()
+                for ln in str(err).splitlines()
+                if ln.strip() and not ln.startswith(("See https", "Error parsing override"))
+            ]
+            detail = lines[0] if lines else type(err).__name__
+            raise ConfigError(
+                f"override {o!r} (key {_override_key(o)!r}) is not valid override syntax: "
+                f"{detail}; expected key=value, e.g. trainer.max_steps=1000, a list as [1,2], "
+                "and quotes around a value holding spaces, '=' or brackets (key='a=b')"
+            ) from None
 
 
 def merge_overrides(*groups: Iterable[str]) -> list[str]:
@@ -278,6 +301,7 @@ def compose(
     bad = [o for o in overrides if "=" not in o and not o.startswith("~")]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
+    check_override_grammar(overrides)
     try:
         paired = []
         if any(_override_key(o) == "data" for o in overrides):

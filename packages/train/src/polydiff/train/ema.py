@@ -17,14 +17,22 @@ Two kinds of average live in one :class:`EMABank`, each in a
   NVlabs/edm2 has the same formulas).
 
 :func:`load_weights` is the one place that turns a checkpoint and an EMA request (``True``,
-``False``, a decay, ``"sigma_rel:0.05"``) into a state dict; ``open_run`` calls it.
+``False``, a decay, ``"sigma_rel:0.05"``, ``"auto"``) into a state dict; ``open_run`` calls it.
+
+**Choosing the weights** (``ema=auto``, the default of ``sample.ema``): no fixed EMA length is
+right for every training length (a 0.999 EMA lags a 300-step run; the raw weights of a
+constant-LR run are noisier than any average of its end). Following EDM2's advice that the EMA
+length is chosen after training, the trainer scores the raw weights, every stored EMA and
+post-hoc power EMAs of several widths at each checkpoint on the objective's loss with fixed
+data and noise (:class:`HeldOutLoss`, :func:`choose_weights`) and stores the winner in
+``state.json`` (``ema_auto``); sampling with ``ema=auto`` uses it and records it.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +42,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 __all__ = [
+    "AUTO_SIGMA_RELS",
     "EMABank",
+    "HeldOutLoss",
+    "WeightSource",
+    "auto_candidates",
+    "choose_weights",
     "EMASpec",
     "decay_key",
     "load_weights",
@@ -255,16 +268,17 @@ class EMABank(nn.Module):
 EMASpec = bool | float | str | None
 
 _SPEC_HELP = (
-    "expected true (the first EMA), false (raw weights), a decay such as 0.999, "
-    "or sigma_rel:<width> such as sigma_rel:0.05"
+    "expected auto (the weights with the lowest held-out loss), true (the first EMA), false "
+    "(raw weights), a decay such as 0.999, or sigma_rel:<width> such as sigma_rel:0.05"
 )
 
 
 def parse_ema_spec(spec: Any) -> tuple[str, float | None]:
-    """``("first", None)``, ``("model", None)``, ``("decay", d)`` or ``("sigma_rel", s)``.
+    """``("auto", None)``, ``("first", None)``, ``("model", None)``, ``("decay", d)`` or
+    ``("sigma_rel", s)``.
 
-    Accepts ``True``/``False``/``None``, a float decay in (0, 1), and the strings ``true``,
-    ``false``, ``none``, ``null``, ``0.999``, ``sigma_rel:0.05``. Anything else raises a
+    Accepts ``True``/``False``/``None``, a float decay in (0, 1), and the strings ``auto``,
+    ``true``, ``false``, ``none``, ``null``, ``0.999``, ``sigma_rel:0.05``. Anything else raises a
     ``ValueError`` naming the value and the accepted forms.
     """
     if spec is None or spec is False:
@@ -282,6 +296,8 @@ def parse_ema_spec(spec: Any) -> tuple[str, float | None]:
         raise ValueError(f"ema={spec!r}: a decay must be in (0, 1); {_SPEC_HELP}")
     if isinstance(spec, str):
         s = spec.strip().lower()
+        if s == "auto":
+            return "auto", None
         if s in ("false", "none", "null", "no", "off", "0", "raw", "model"):
             return "model", None
         if s in ("true", "yes", "on", "1", "ema"):
@@ -324,106 +340,305 @@ def load_weights(
     ``False``: the raw weights; a decay: that classic EMA; ``"sigma_rel:s"``: that stored
     power-function EMA or, if ``s`` was not stored, its post-hoc reconstruction from the
     snapshots in ``<run>/ema_snapshots/`` plus the checkpoint's own profiles
-    (:func:`posthoc_coefficients`). Every file read is verified against the checkpoint's
-    manifest (SHA-256), and weights that are not finite are refused. Labels: ``"model"``,
-    ``"ema:0.999"``, ``"ema:sigma_rel:0.05"``, ``"ema:sigma_rel:0.07 (post-hoc from N
-    profiles)"``.
+    (:func:`posthoc_coefficients`); ``"auto"``: the weights the checkpoint's stored choice
+    names (:func:`choose_weights`; ``open_run`` scores a checkpoint that has none). Every file
+    read is verified against the checkpoint's manifest (SHA-256), and weights that are not
+    finite are refused. Labels: ``"model"``, ``"ema:0.999"``, ``"ema:sigma_rel:0.05"``,
+    ``"ema:sigma_rel:0.07 (post-hoc from N profiles)"``.
     """
-    from .checkpoint import CheckpointError, non_finite_tensors
+    source = WeightSource.from_checkpoint(ckpt_dir)
+    kind, _ = parse_ema_spec(ema_spec)
+    if kind == "auto":
+        choice = source.state.get("ema_auto")
+        if not choice:
+            from .checkpoint import CheckpointError
 
-    weights, label = _load_weights(Path(ckpt_dir), ema_spec)
-    bad = non_finite_tensors(weights)
-    if bad:
-        raise CheckpointError(
-            f"{ckpt_dir}: the {label} weights are not finite ({bad[0]!r} and {len(bad) - 1} "
-            "more): not a usable checkpoint; pick an earlier one with checkpoint=<dir>"
+            raise CheckpointError(
+                f"ema=auto: {ckpt_dir} stores no automatic EMA choice (trained before it existed "
+                "or with trainer.ema_auto_items=0); open it with polydiff sample / evaluate "
+                "(which score the candidates) or pick ema=true / false / sigma_rel:<x>"
+            )
+        ema_spec = choice["choice"]
+    return source.weights(ema_spec)
+
+
+class WeightSource:
+    """The weights one checkpoint can give: raw, stored EMAs and post-hoc power EMAs.
+
+    Built from a checkpoint on disk (:meth:`from_checkpoint`: verified once against its
+    manifest) or from the trainer's tensors before they are written (``state`` as in
+    ``state.json``, ``model`` and ``ema`` tensors as in ``model.safetensors`` /
+    ``ema.safetensors``, ``snapshot_dir`` holding the snapshots ``state`` lists).
+    """
+
+    def __init__(
+        self,
+        state: Mapping[str, Any],
+        model: Any,
+        ema: Any,
+        snapshot_dir: Path | None,
+        where: str,
+    ) -> None:
+        self.state, self._model, self._ema = state, model, ema
+        self.snapshot_dir, self.where = snapshot_dir, where
+        self.decays = list(state.get("ema_decays") or [])
+        self.powers = list(state.get("ema_sigma_rels") or [])
+        self._snapshots: dict[tuple[int, str], dict[str, torch.Tensor]] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str | Path) -> WeightSource:
+        from .checkpoint import load_tensors, read_state, verify_checkpoint
+
+        ckpt = Path(ckpt_dir)
+        verify_checkpoint(ckpt)
+        return cls(
+            read_state(ckpt),
+            lambda: load_tensors(ckpt / "model.safetensors"),
+            lambda: load_tensors(ckpt / "ema.safetensors"),
+            ckpt.parent.parent / SNAPSHOT_DIR,
+            str(ckpt),
         )
-    return weights, label
+
+    def _tensors(self, which: str) -> Mapping[str, torch.Tensor]:
+        value = getattr(self, which)
+        if callable(value):
+            value = value()
+            setattr(self, which, value)
+        return value
+
+    def weights(self, ema_spec: EMASpec) -> tuple[dict[str, torch.Tensor], str]:
+        """``(state dict, label)`` for ``ema_spec`` (any form but ``"auto"``); finite only."""
+        from .checkpoint import CheckpointError, non_finite_tensors
+
+        weights, label = self._weights(ema_spec)
+        bad = non_finite_tensors(weights)
+        if bad:
+            raise CheckpointError(
+                f"{self.where}: the {label} weights are not finite ({bad[0]!r} and "
+                f"{len(bad) - 1} more): not a usable checkpoint; pick an earlier one with "
+                "checkpoint=<dir>"
+            )
+        return weights, label
+
+    def _weights(self, ema_spec: EMASpec) -> tuple[dict[str, torch.Tensor], str]:
+        from .checkpoint import CheckpointError
+
+        kind, value = parse_ema_spec(ema_spec)
+        if kind == "auto":
+            raise ValueError("ema=auto is resolved by load_weights / choose_weights first")
+        decays, powers = self.decays, self.powers
+        stored = decays + powers
+        if kind == "model" or (kind == "first" and not stored):
+            return dict(self._tensors("_model")), "model"
+        if kind == "first":
+            key = stored[0]
+        elif kind == "decay":
+            key = decay_key(value)
+            if key not in decays:
+                raise CheckpointError(
+                    f"ema={ema_spec!r}: {self.where} has no EMA with decay {key}; it has decays "
+                    f"{decays} and power EMAs {powers}"
+                )
+        else:
+            key = sigma_rel_key(value)
+        if key in stored:
+            weights = _prefixed(self._tensors("_ema"), key)
+            if not weights:
+                raise CheckpointError(
+                    f"{self.where}/ema.safetensors has no EMA {key} (the state lists {stored})"
+                )
+            return weights, f"ema:{key}"
+        if not powers:
+            raise CheckpointError(
+                f"ema={ema_spec!r}: {self.where} stored no power-function EMA "
+                "(trainer.ema_sigma_rels was empty), so sigma_rel cannot be reconstructed; it "
+                f"has decays {decays}"
+            )
+        return self._reconstruct(value)
+
+    def _profiles(self) -> dict[tuple[int, str], dict[str, torch.Tensor]]:
+        """``{(step, power key): weights}``: the checkpoint's own profiles and every earlier
+        snapshot it vouches for (SHA-256 checked)."""
+        from .checkpoint import CheckpointError, load_tensors, sha256_file
+
+        if self._snapshots is not None:
+            return self._snapshots
+        step = int(self.state["step"])
+        ema = self._tensors("_ema")
+        sources = {(step, key): _prefixed(ema, key) for key in self.powers}
+        snap_dir = self.snapshot_dir or Path(".")
+        for name, digest in sorted(snapshot_steps(self.state).items()):
+            path = snap_dir / name
+            m = re.fullmatch(r"step_(\d+)\.safetensors", name)
+            if m is None:
+                raise CheckpointError(f"unexpected snapshot name {path}")
+            if int(m.group(1)) >= step:
+                continue
+            if not path.is_file():
+                raise CheckpointError(
+                    f"power-EMA snapshot missing: {path} (listed by {self.where})"
+                )
+            actual = sha256_file(path)
+            if actual != digest:
+                raise CheckpointError(
+                    f"power-EMA snapshot modified or corrupt: {path} has SHA-256 "
+                    f"{actual[:16]}..., {self.where}/state.json says {digest[:16]}..."
+                )
+            snap = load_tensors(path)
+            for key in self.powers:
+                sources[(int(m.group(1)), key)] = _prefixed(snap, key)
+        self._snapshots = sources
+        return sources
+
+    def _reconstruct(self, sigma_rel: float) -> tuple[dict[str, torch.Tensor], str]:
+        sources = self._profiles()
+        step = int(self.state["step"])
+        order = sorted(sources)
+        coefs = posthoc_coefficients(
+            [t for t, _ in order], [float(k.split(":", 1)[1]) for _, k in order], step, sigma_rel
+        )
+        out: dict[str, torch.Tensor] = {}
+        for name, ref in sources[order[0]].items():
+            if not ref.is_floating_point():
+                out[name] = sources[(step, self.powers[0])][name]
+                continue
+            acc = torch.zeros(ref.shape, dtype=torch.float64)
+            for c, src in zip(coefs, order):
+                acc += float(c) * sources[src][name].double()
+            out[name] = acc.to(ref.dtype)
+        label = f"ema:{sigma_rel_key(sigma_rel)} (post-hoc from {len(order)} profiles)"
+        return out, label
 
 
-def _load_weights(ckpt: Path, ema_spec: EMASpec) -> tuple[dict[str, torch.Tensor], str]:
-    from .checkpoint import CheckpointError, load_tensors, read_state, verify_checkpoint
+# --------------------------------------------------------------------------- choosing automatically
+AUTO_SIGMA_RELS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25)
 
-    kind, value = parse_ema_spec(ema_spec)
-    verify_checkpoint(ckpt)
-    state = read_state(ckpt)
+
+def auto_candidates(state: Mapping[str, Any]) -> list[str]:
+    """What ``ema=auto`` chooses from: the raw weights, every stored EMA and, when the run
+    tracked power-function EMAs, their post-hoc reconstructions at :data:`AUTO_SIGMA_RELS`."""
     decays = list(state.get("ema_decays") or [])
     powers = list(state.get("ema_sigma_rels") or [])
-    stored = decays + powers
-    if kind == "model" or (kind == "first" and not stored):
-        return load_tensors(ckpt / "model.safetensors"), "model"
-    if kind == "first":
-        key = stored[0]
-    elif kind == "decay":
-        key = decay_key(value)
-        if key not in decays:
-            raise CheckpointError(
-                f"ema={ema_spec!r}: {ckpt} has no EMA with decay {key}; it has decays {decays} "
-                f"and power EMAs {powers}"
+    posthoc = [sigma_rel_key(s) for s in AUTO_SIGMA_RELS] if powers else []
+    return ["false", *decays, *powers, *(k for k in posthoc if k not in powers)]
+
+
+class HeldOutLoss:
+    """The objective's loss of given weights on fixed data with fixed noise.
+
+    ``items`` rows of ``dataset`` (a fixed random subset) are each noised ``draws`` times from
+    generators seeded by ``(seed, draw, chunk)``: every set of weights sees the same sigmas,
+    noise and condition dropout (common random numbers), so differences between weights are
+    not drowned by the spread of the loss over sigma. The loss is the training objective's own
+    (``objective.loss``; EDM-weighted for EDM), i.e. the quantity Polyak / EMA averaging is
+    meant to lower.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        objective: Any,
+        dataset: Any,
+        *,
+        items: int = 256,
+        draws: int = 1,
+        seed: int = 0,
+        batch_size: int = 256,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        from torch.utils.data import default_collate
+
+        from .data import split_batch
+
+        if items < 1 or draws < 1 or batch_size < 1:
+            raise ValueError(
+                f"HeldOutLoss needs items, draws, batch_size >= 1, got {items}, {draws}, "
+                f"{batch_size}"
             )
-    else:
-        key = sigma_rel_key(value)
-    ema_file = ckpt / "ema.safetensors"
-    tensors = load_tensors(ema_file)
-    if key in stored:
-        weights = _prefixed(tensors, key)
-        if not weights:
-            raise CheckpointError(f"{ema_file} has no EMA {key} (the state lists {stored})")
-        return weights, f"ema:{key}"
-    if not powers:
-        raise CheckpointError(
-            f"ema={ema_spec!r}: {ckpt} stored no power-function EMA (trainer.ema_sigma_rels was "
-            f"empty), so sigma_rel cannot be reconstructed; it has decays {decays}"
+        n = min(int(items), len(dataset))
+        idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+        if hasattr(dataset, "get_batch"):
+            batch = dataset.get_batch(idx)
+        else:
+            batch = default_collate([dataset[i] for i in idx.tolist()])
+        x, cond = split_batch(batch)
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.cond = None if cond is None else {k: v.to(self.device) for k, v in cond.items()}
+        self.net, self.objective = net, objective
+        self.items, self.draws, self.seed, self.batch_size = n, int(draws), seed, batch_size
+
+    def describe(self) -> str:
+        return (
+            f"objective loss on {self.items} fixed training items x {self.draws} fixed noise "
+            "draws (common random numbers)"
         )
-    return _reconstruct(ckpt, state, tensors, powers, value)
+
+    @torch.no_grad()
+    def __call__(self, weights: Mapping[str, torch.Tensor]) -> float:
+        self.net.load_state_dict(weights)
+        was_training = self.net.training
+        self.net.eval()
+        fn = getattr(self.objective, "loss", self.objective)
+        total = 0.0
+        for d in range(self.draws):
+            for lo in range(0, self.items, self.batch_size):
+                sl = slice(lo, lo + self.batch_size)
+                cond = None if self.cond is None else {k: v[sl] for k, v in self.cond.items()}
+                gen = torch.Generator(device=self.device).manual_seed(
+                    (self.seed * 1_000_003 + d) * 1_000_003 + lo
+                )
+                loss = fn(self.net, self.x[sl], cond, generator=gen)
+                total += float(loss) * len(self.x[sl])
+        self.net.train(was_training)
+        return total / (self.items * self.draws)
 
 
-def _reconstruct(
-    ckpt: Path,
-    state: Mapping[str, Any],
-    tensors: Mapping[str, torch.Tensor],
-    powers: list[str],
-    sigma_rel: float,
-) -> tuple[dict[str, torch.Tensor], str]:
-    from .checkpoint import CheckpointError, load_tensors, sha256_file
+def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    step = int(state["step"])
-    sources: dict[tuple[int, str], dict[str, torch.Tensor]] = {
-        (step, key): _prefixed(tensors, key) for key in powers
+
+def choose_weights(
+    source: WeightSource | str | Path,
+    score: Callable[[Mapping[str, torch.Tensor]], float],
+    candidates: Iterable[str] | None = None,
+    criterion: str = "",
+) -> dict[str, Any]:
+    """Score every candidate (default :func:`auto_candidates`) and return the record
+    ``{"choice", "weights", "criterion", "losses": {spec: loss}}`` of the lowest.
+
+    EDM2's advice (Karras et al. 2024, sec. 3.2): the EMA length is a choice made after
+    training, not a constant; here it is made by ``score`` (:class:`HeldOutLoss`). A candidate
+    that cannot be built (non-finite weights) is recorded as ``inf`` and never chosen.
+    """
+    if not isinstance(source, WeightSource):
+        source = WeightSource.from_checkpoint(source)
+    from .checkpoint import CheckpointError
+
+    specs = list(candidates) if candidates is not None else auto_candidates(source.state)
+    losses: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    seen: list[tuple[dict[str, torch.Tensor], float]] = []
+    for spec in specs:
+        try:
+            weights, labels[spec] = source.weights(spec)
+        except CheckpointError as err:
+            if "not finite" not in str(err):
+                raise
+            losses[spec] = math.inf
+            continue
+        # warmed-up EMAs of different decays coincide until the warm-up reaches them
+        same = next((v for w, v in seen if _same_weights(w, weights)), None)
+        value = float(score(weights)) if same is None else same
+        seen.append((weights, value))
+        losses[spec] = value if math.isfinite(value) else math.inf
+    finite = {k: v for k, v in losses.items() if math.isfinite(v)}
+    if not finite:
+        raise CheckpointError(f"ema=auto: no candidate of {source.where} has a finite loss")
+    best = min(finite, key=lambda k: (finite[k], specs.index(k)))
+    return {
+        "choice": best,
+        "weights": labels[best],
+        "criterion": criterion,
+        "losses": {k: (v if math.isfinite(v) else None) for k, v in losses.items()},
     }
-    snap_dir = ckpt.parent.parent / SNAPSHOT_DIR
-    for name, digest in sorted(snapshot_steps(state).items()):
-        path = snap_dir / name
-        if not path.is_file():
-            raise CheckpointError(f"power-EMA snapshot missing: {path} (listed by {ckpt})")
-        actual = sha256_file(path)
-        if actual != digest:
-            raise CheckpointError(
-                f"power-EMA snapshot modified or corrupt: {path} has SHA-256 {actual[:16]}..., "
-                f"{ckpt}/state.json says {digest[:16]}..."
-            )
-        snap = load_tensors(path)
-        m = re.fullmatch(r"step_(\d+)\.safetensors", name)
-        if m is None:
-            raise CheckpointError(f"unexpected snapshot name {path}")
-        s_step = int(m.group(1))
-        if s_step >= step:
-            continue
-        for key in powers:
-            sources[(s_step, key)] = _prefixed(snap, key)
-    order = sorted(sources)
-    coefs = posthoc_coefficients(
-        [t for t, _ in order], [float(k.split(":", 1)[1]) for _, k in order], step, sigma_rel
-    )
-    out: dict[str, torch.Tensor] = {}
-    first = sources[order[0]]
-    for name, ref in first.items():
-        if not ref.is_floating_point():
-            out[name] = sources[(step, powers[0])][name]
-            continue
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for c, src in zip(coefs, order):
-            acc += float(c) * sources[src][name].double()
-        out[name] = acc.to(ref.dtype)
-    label = f"ema:{sigma_rel_key(sigma_rel)} (post-hoc from {len(order)} profiles)"
-    return out, label

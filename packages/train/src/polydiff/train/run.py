@@ -49,7 +49,7 @@ from .config import (
     merge_overrides,
     sampler_options,
 )
-from .ema import load_weights, parse_ema_spec
+from .ema import HeldOutLoss, choose_weights, load_weights, parse_ema_spec
 from .hooks import call_evaluate, call_hook, draw, write_outputs
 from .safe_config import check_config, is_trusted_config_dir
 from .sampling import SamplerSpec, with_objective_grid
@@ -305,6 +305,7 @@ class OpenedRun:
     sample_shape: tuple[int, ...]
     checkpoint: Path
     weights: str  # "ema:<decay>" or "model"
+    ema_choice: dict[str, Any] | None = None  # ema=auto: the candidates' losses and the choice
 
     def denoiser(self, guidance: bool = True):
         """The run's denoiser, wrapped by ``cfg.guidance`` when it has a ``_target_``."""
@@ -368,7 +369,8 @@ def open_run(
     guidance / sample settings from the configs re-composed with the run's overrides plus
     ``overrides`` (so ``sampler=dpmpp_2m guidance.scale=3`` work on any run). Overrides of
     ``data`` / ``model`` / ``objective`` / ``trainer`` are refused. ``ema`` defaults to the
-    config's ``sample.ema`` (true: the first EMA; false: raw weights; a decay; sigma_rel:x)."""
+    config's ``sample.ema`` (auto: the checkpoint's choice by held-out loss; true: the first
+    EMA; false: raw weights; a decay; sigma_rel:x)."""
     run_dir = Path(run_dir)
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -391,7 +393,9 @@ def open_run(
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     model = instantiate(cfg.model, "model")
-    weights, which = load_weights(ckpt, ema)  # verified (SHA-256), finite, EMA or raw
+    objective = instantiate(cfg.objective, "objective")
+    choice = _ema_choice(ckpt, ema, cfg, model, objective)
+    weights, which = load_weights(ckpt, choice["choice"] if choice else ema)  # verified, finite
     state = read_state(ckpt)
     try:
         model.load_state_dict(weights)
@@ -400,7 +404,6 @@ def open_run(
         raise CheckpointError(f"{ckpt}: weights ({which}) do not fit the model: {msg}") from err
     model.eval()
     shape = tuple(state.get("sample_shape") or ())
-    objective = instantiate(cfg.objective, "objective")
     return OpenedRun(
         run_dir=run_dir,
         cfg=cfg,
@@ -411,7 +414,33 @@ def open_run(
         sample_shape=shape,
         checkpoint=ckpt,
         weights=which,
+        ema_choice=choice,
     )
+
+
+def _ema_choice(
+    ckpt: Path, ema: Any, cfg: DictConfig, model: torch.nn.Module, objective: Any
+) -> dict[str, Any] | None:
+    """The ``ema=auto`` record: the one the checkpoint stores, else scored now (checkpoints
+    written before it existed) with the run's trainer settings; None for other requests."""
+    if parse_ema_spec(ema)[0] != "auto":
+        return None
+    state = read_state(ckpt)
+    if state.get("ema_auto"):
+        return dict(state["ema_auto"])
+    trainer = state.get("trainer") or {}
+    if not (state.get("ema_decays") or state.get("ema_sigma_rels")):
+        return {"choice": "false", "weights": "model", "criterion": "no EMA", "losses": {}}
+    score = HeldOutLoss(
+        model,
+        objective,
+        instantiate(cfg.data.dataset, "data.dataset"),
+        items=int(trainer.get("ema_auto_items") or 256),  # 0 (not stored): the default
+        draws=int(trainer.get("ema_auto_draws") or 1),
+        seed=int(trainer.get("seed") or 0),
+        batch_size=int(trainer.get("batch_size") or 256),
+    )
+    return choose_weights(ckpt, score, criterion=score.describe() + " (scored when opened)")
 
 
 def with_job_default(
@@ -488,6 +517,7 @@ def job_settings(run: OpenedRun, block: str) -> dict[str, Any]:
             "guidance": OmegaConf.to_container(run.cfg.get("guidance") or {}, resolve=True),
             "ema": str(run.cfg.sample.get("ema")),
             "weights": run.weights,
+            **({"ema_choice": run.ema_choice} if run.ema_choice else {}),
             "seed": int(job.seed),
             "n": int(job.n),
             "batch_size": run.cfg.sample.get("batch_size"),

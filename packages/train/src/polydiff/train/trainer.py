@@ -17,6 +17,7 @@ stopped and resumed ends bit-identical to one that never stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import json
@@ -45,6 +46,7 @@ from .checkpoint import (
     flatten_optimizer_state,
     latest_checkpoint,
     load_checkpoint_files,
+    non_finite_tensors,
     prune_checkpoints,
     save_checkpoint_files,
     sha256_file,
@@ -52,7 +54,15 @@ from .checkpoint import (
 )
 from .config import ConfigError
 from .data import BatchOrder, make_loader, split_batch
-from .ema import SNAPSHOT_DIR, EMABank, decay_key, sigma_rel_key
+from .ema import (
+    SNAPSHOT_DIR,
+    EMABank,
+    HeldOutLoss,
+    WeightSource,
+    choose_weights,
+    decay_key,
+    sigma_rel_key,
+)
 from .hooks import draw, write_outputs
 from .lr import LRSchedule, make_scheduler
 from .sampling import SamplerSpec, generate, with_objective_grid
@@ -86,6 +96,8 @@ class TrainerConfig:
     ema_warmup_inv_gamma: float = 1.0
     ema_sigma_rels: tuple[float, ...] = ()  # EDM2 power-function EMAs, e.g. (0.05, 0.10)
     ema_snapshot_every: int = 0  # power-EMA snapshots for post-hoc EMA; 0: max_steps // 20
+    ema_auto_items: int = 256  # ema=auto: items scored at each checkpoint; 0: at sampling
+    ema_auto_draws: int = 1  # ema=auto: noise draws per item
     sample_with_ema: bool = True  # sample with the EMA of the first decay
     aux_loss_weight: float = 1.0  # weight of ``model.aux_loss`` (e.g. MoE balance)
     log_every: int = 50
@@ -110,9 +122,11 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.mixed_precision={self.mixed_precision!r}; valid choices: no, bf16, fp16"
             )
-        for name in ("max_steps", "batch_size", "grad_accum"):
+        for name in ("max_steps", "batch_size", "grad_accum", "ema_auto_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        if self.ema_auto_items < 0:
+            raise ValueError(f"trainer.ema_auto_items must be >= 0, got {self.ema_auto_items}")
 
 
 def _seed_for(*parts: int) -> int:
@@ -208,6 +222,7 @@ class Trainer:
             sigma_rels=cfg.ema_sigma_rels,
         ).to(acc.device)
         self.ema_snapshots: dict[str, str] = {}  # power-EMA snapshot file -> sha256
+        self._heldout: HeldOutLoss | None = None  # ema=auto scorer, built at the first checkpoint
         self.noise_generator = torch.Generator(device=acc.device)
 
         self.step = 0  # optimizer steps done
@@ -515,13 +530,16 @@ class Trainer:
                 "config": self.run_config,
                 "sample_shape": list(self.sample_shape),
             }
+            model_tensors = acc.unwrap_model(self.train_model).state_dict()
+            ema_tensors = self.ema.tensors()
+            state["ema_auto"] = self.choose_ema(state, model_tensors, ema_tensors)
             with self._naming_write_errors("checkpoint"):
                 path = save_checkpoint_files(
                     self.checkpoint_dir,
                     self.step,
                     {
-                        "model": acc.unwrap_model(self.train_model).state_dict(),
-                        "ema": self.ema.tensors(),
+                        "model": model_tensors,
+                        "ema": ema_tensors,
                         "optimizer": opt_tensors,
                         "rng": rng_tensors,
                     },
@@ -531,6 +549,41 @@ class Trainer:
         self.last_checkpoint = path or self.checkpoint_dir / f"step_{self.step:08d}"
         acc.wait_for_everyone()
         return path
+
+    def choose_ema(
+        self,
+        state: Mapping[str, Any],
+        model_tensors: Mapping[str, torch.Tensor],
+        ema_tensors: Mapping[str, torch.Tensor],
+    ) -> dict[str, Any] | None:
+        """The ``ema=auto`` record of the checkpoint being written: raw weights, stored EMAs
+        and post-hoc power EMAs scored by :class:`~polydiff.train.ema.HeldOutLoss` (None when
+        ``ema_auto_items`` is 0)."""
+        if not self.cfg.ema_auto_items or non_finite_tensors(model_tensors):
+            return None  # (non-finite weights: save_checkpoint_files refuses them, naming why)
+        if not self.ema.keys():
+            return {"choice": "false", "weights": "model", "criterion": "no EMA", "losses": {}}
+        if self._heldout is None:
+            scratch = copy.deepcopy(self.model).to(self.device)
+            scratch.requires_grad_(False)
+            self._heldout = HeldOutLoss(
+                scratch,
+                self.objective,
+                self.dataset,
+                items=self.cfg.ema_auto_items,
+                draws=self.cfg.ema_auto_draws,
+                seed=self.cfg.seed,
+                batch_size=self.cfg.batch_size,
+                device=self.device,
+            )
+        source = WeightSource(
+            state,
+            model_tensors,
+            ema_tensors,
+            self.run_dir / SNAPSHOT_DIR if self.run_dir is not None else None,
+            f"step {self.step}",
+        )
+        return choose_weights(source, self._heldout, criterion=self._heldout.describe())
 
     @contextlib.contextmanager
     def _naming_write_errors(self, what: str):
