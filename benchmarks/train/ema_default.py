@@ -88,7 +88,11 @@ def run_one(
                 specs.append(s)
     rows = {}
     job = [f"evaluate.n={eval_n}"] if eval_n else []
+    chosen = (state.get("ema_auto") or {}).get("choice")
     for spec in specs:
+        if spec == chosen and "auto" in rows:  # the weights auto chose: evaluated once
+            rows[spec] = dict(rows["auto"])
+            continue
         res = evaluate_run(run_dir, [*job, f"sample.ema={spec}", "evaluate.overwrite=true"])
         rows[spec] = {"weights": res["weights"], "metrics": res["metrics"], "eval": res["path"]}
         print(f"{recipe} {steps} seed{seed} ema={spec}: {res['weights']} {res['metrics']}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,18 @@ def tiny_run(tiny_run_master, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(tiny_run_master, dst)
     return dst
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print every drill's ``trials / held`` (each test module's ``COUNTS`` dict)."""
+    here = Path(__file__).resolve().parent
+    rows: dict[str, list[int]] = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        counts = getattr(module, "COUNTS", None)
+        if path and isinstance(counts, dict) and Path(path).resolve().parent == here:
+            rows.update(counts)
+    if rows:
+        terminalreporter.section("reliability drills: held / trials")
+        for name, (trials, held) in sorted(rows.items()):
+            terminalreporter.write_line(f"{name}: {held}/{trials}")

@@ -27,6 +27,8 @@ from polydiff.train.checkpoint import (
 from polydiff.train.ema import load_weights
 from polydiff.train.run import open_run, train
 
+COUNTS: dict[str, list[int]] = {}  # drill -> [trials, held] (printed by conftest.py)
+
 
 def _files(ckpt: Path) -> list[str]:
     return sorted(json.loads((ckpt / "manifest.json").read_text())["files"])
@@ -54,6 +56,7 @@ def test_byte_flips_and_truncations_are_named(tiny_run):
             load_checkpoint_files(ckpt)
         held += 1
         path.write_bytes(original)
+    COUNTS["checkpoint byte flips + truncations"] = [trials, held]
     assert trials == held == 4 * len(_files(ckpt)) == 20
     load_checkpoint_files(ckpt)  # restored: fine again
 

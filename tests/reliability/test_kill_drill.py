@@ -19,6 +19,7 @@ from polydiff.train.run import train
 from polydiff.train.tracking import read_metrics
 
 WORKER = Path(__file__).with_name("kill_worker.py")
+COUNTS: dict[str, list[int]] = {}  # drill -> [trials, held] (printed by conftest.py)
 STEPS = 12
 DRILL = [
     "experiment=toy/gmm",
@@ -67,11 +68,14 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def _drill(straight: Path, tmp_path: Path, mode: str, k: int) -> None:
+    name = f"SIGKILL at a {'write point' if mode == 'write' else 'step'}, then resume"
+    COUNTS.setdefault(name, [0, 0])[0] += 1
     run_dir = tmp_path / f"{mode}-{k}"
     proc = _kill(run_dir, mode, k)
     assert proc.returncode == -signal.SIGKILL, (mode, k, proc.returncode, proc.stderr[-2000:])
     train(DRILL, run_dir=run_dir)  # resumes from the newest complete checkpoint
     _assert_same_run(straight, run_dir)
+    COUNTS[name][1] += 1
 
 
 def test_kill_mid_checkpoint_write(straight, tmp_path):

@@ -25,6 +25,8 @@ from polydiff.train.config import ConfigError
 from polydiff.train.run import open_run
 from polydiff.train.safe_config import UnsafeConfigError, check_config
 
+COUNTS: dict[str, list[int]] = {}  # drill -> [trials, held] (printed by conftest.py)
+
 
 class _Touch:
     def __init__(self, path: Path) -> None:
@@ -140,6 +142,7 @@ def test_malicious_run_dirs_are_refused_before_anything_is_built(tiny_run, tmp_p
         assert str(tiny_run) in msg and key in msg and "\n" not in msg, (name, msg)
         assert not sentinel.exists() and victim.read_text() == "precious", name
         held += 1
+        COUNTS["malicious run directories"] = [len(payloads), held]
     assert held == len(payloads) == 15
 
 
