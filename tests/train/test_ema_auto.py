@@ -15,6 +15,7 @@ from polydiff.train.ema import (
     HeldOutLoss,
     WeightSource,
     auto_candidates,
+    auto_items,
     choose_weights,
     load_weights,
     parse_ema_spec,
@@ -35,6 +36,13 @@ def test_auto_spec_and_candidates():
     assert cands[:4] == ["false", "0.999", "sigma_rel:0.05", "sigma_rel:0.1"]
     assert "sigma_rel:0.2" in cands and len(cands) == len(set(cands))
     assert auto_candidates({"ema_decays": ["0.99"]}) == ["false", "0.99"]  # nothing post hoc
+    # never more items than the run trained on; 0 / unset: the default 256
+    assert auto_items({"ema_auto_items": 256, "max_steps": 2, "batch_size": 4}) == 8
+    assert auto_items({"ema_auto_items": 0, "max_steps": 1000, "batch_size": 64}) == 256
+    assert (
+        auto_items({"ema_auto_items": 100, "max_steps": 10, "batch_size": 8, "grad_accum": 2})
+        == 100
+    )
 
 
 def test_heldout_loss_is_the_objectives_loss_on_fixed_items_and_noise(ring_dataset, losses):

@@ -47,6 +47,7 @@ __all__ = [
     "HeldOutLoss",
     "WeightSource",
     "auto_candidates",
+    "auto_items",
     "choose_weights",
     "EMASpec",
     "decay_key",
@@ -521,6 +522,15 @@ def auto_candidates(state: Mapping[str, Any]) -> list[str]:
     powers = list(state.get("ema_sigma_rels") or [])
     posthoc = [sigma_rel_key(s) for s in AUTO_SIGMA_RELS] if powers else []
     return ["false", *decays, *powers, *(k for k in posthoc if k not in powers)]
+
+
+def auto_items(trainer: Mapping[str, Any]) -> int:
+    """Items ``ema=auto`` scores for a run with these trainer settings: ``ema_auto_items``
+    (256 when 0 or unset), never more than the run trained on (``max_steps x batch_size x
+    grad_accum``), so that scoring a smoke run costs about as much as training it."""
+    seen = int(trainer.get("max_steps") or 1) * int(trainer.get("batch_size") or 1)
+    seen *= int(trainer.get("grad_accum") or 1)
+    return max(1, min(int(trainer.get("ema_auto_items") or 256), seen))
 
 
 class HeldOutLoss:

@@ -49,7 +49,7 @@ from .config import (
     merge_overrides,
     sampler_options,
 )
-from .ema import HeldOutLoss, choose_weights, load_weights, parse_ema_spec
+from .ema import HeldOutLoss, auto_items, choose_weights, load_weights, parse_ema_spec
 from .hooks import call_evaluate, call_hook, draw, write_outputs
 from .safe_config import check_config, is_trusted_config_dir
 from .sampling import SamplerSpec, with_objective_grid
@@ -435,7 +435,7 @@ def _ema_choice(
         model,
         objective,
         instantiate(cfg.data.dataset, "data.dataset"),
-        items=int(trainer.get("ema_auto_items") or 256),  # 0 (not stored): the default
+        items=auto_items(trainer),
         draws=int(trainer.get("ema_auto_draws") or 1),
         seed=int(trainer.get("seed") or 0),
         batch_size=int(trainer.get("batch_size") or 256),
