@@ -145,6 +145,28 @@ def test_own_folder_in_one_line(tmp_path):
     assert opened.model.embed.is_conditional  # two classes -> a class-conditional model
     with pytest.raises(Exception, match=r"num_classes=3.*2 class folders"):
         train([*args, "data.num_classes=3"], run_dir=tmp_path / "run2")
+    with pytest.raises(Exception, match=r"model.num_classes=3 but the data has 2 class"):
+        train([*args, "model.num_classes=3"], run_dir=tmp_path / "run3")
+    # refused while building, before anything is written
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
+
+
+def test_class_count_override_refused_before_the_run_directory(tmp_path):
+    """Built-in classes: a disagreeing data.num_classes or model.num_classes is one error naming
+    both counts, raised before the run directory exists; null (unconditional) stays allowed."""
+    base = ["experiment=shapes/points_class", *TINY, "data.dataset.num_points=16"]
+    for over, msg in (
+        ("data.num_classes=3", r"data.num_classes=3 but data.classes has 2"),
+        ("model.num_classes=3", r"model.num_classes=3 but the data has 2"),
+    ):
+        with pytest.raises(Exception, match=msg):
+            train([*base, over], run_dir=tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()
+    src = ShapeSource(per_class=2)
+    from polydiff.shapes.models import point_transformer
+
+    assert not point_transformer("tiny", num_classes=None, source=src).embed.is_conditional
+    assert point_transformer("tiny", num_classes=2, source=src).embed.is_conditional
 
 
 def test_points_text_end_to_end(tmp_path):

@@ -42,6 +42,34 @@ def test_chamfer_matches_brute_force_symmetric_and_zero_on_equal_sets():
     assert M.chamfer_distance(a, perm).abs().max() < 1e-6
 
 
+def test_blocked_chamfer_equals_kdtree_and_the_symmetric_matrix_the_full_one(monkeypatch):
+    """The lifted-GEMM Chamfer, forced into several row blocks and several refs per block,
+    equals a float64 k-d tree Chamfer; ``pairwise_distances(x)`` (each pair once) equals
+    ``pairwise_distances(x, x)``."""
+    from scipy.spatial import cKDTree
+
+    a, b = _clouds(4, 150, 9), _clouds(5, 130, 10, scale=0.3)
+    want = np.array(
+        [
+            [
+                (cKDTree(q).query(p)[0] ** 2).mean() + (cKDTree(p).query(q)[0] ** 2).mean()
+                for q in b.double().numpy()
+            ]
+            for p in a.double().numpy()
+        ]
+    )
+    for block in (2**18, 1000, 1):  # one block; 7 rows x 1 ref; one row per block
+        monkeypatch.setattr(M, "_BLOCK", block)
+        got = M.pairwise_distances(a, b)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(M.chamfer_distance(a, b[:4]).numpy(), want.diagonal(), 1e-4)
+        sym = M.pairwise_distances(b)
+        torch.testing.assert_close(sym, M.pairwise_distances(b, b), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(sym, sym.t())
+    with pytest.raises(ValueError, match="paired"):
+        M.chamfer_distance(a, b)
+
+
 def test_exact_emd_equals_brute_force_assignment():
     a, b = _clouds(4, 6, 2), _clouds(4, 6, 3)
     got = M.earth_movers_distance(a, b)

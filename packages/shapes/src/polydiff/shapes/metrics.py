@@ -66,12 +66,47 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (aa + bb - 2 * torch.bmm(a, b.transpose(1, 2))).clamp_min_(0)
 
 
+# Elements of one block of squared distances: 1 MB in float32 stays in cache (at 2048 points,
+# one thread: 5.5-5.8 ms per pair at 2^18 vs 6.3 at 2^17 and 11-12.6 at 2^20).
+_BLOCK = 2**18
+
+
+def _lifted(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (B, P, 3) -> ``left`` (B, P, 5) = ``[x, |x|^2, 1]`` and ``right`` (B, 5, P) =
+    ``[-2x, 1, |x|^2]^T``, so ``left_a @ right_b`` is the squared distance matrix in one GEMM."""
+    sq = (x * x).sum(-1, keepdim=True)
+    one = torch.ones_like(sq)
+    return torch.cat([x, sq, one], -1), torch.cat([-2 * x, one, sq], -1).transpose(1, 2)
+
+
+def _chamfer_lifted(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Chamfer distances of ``left`` (1 or B, N, 5) against each of ``right`` (B, 5, M) -> (B,),
+    by row blocks of at most ``_BLOCK`` distances: one GEMM per block and two ``amin``
+    reductions (no argmin indices, no full-matrix clamp: ``min`` and ``max(., 0)`` commute)."""
+    b, n, m = right.shape[0], left.shape[1], right.shape[2]
+    rows = max(1, _BLOCK // (b * m))
+    row_sum = torch.zeros(b, dtype=left.dtype)
+    col_min: torch.Tensor | None = None
+    for s in range(0, n, rows):
+        d = torch.matmul(left[:, s : s + rows], right)  # (B, rows, M)
+        row_sum += d.amin(2).clamp_min_(0).sum(1)
+        c = d.amin(1)
+        col_min = c if col_min is None else torch.minimum(col_min, c)
+    if col_min is None:
+        raise ValueError("chamfer distance of empty point clouds")
+    return row_sum / n + col_min.clamp_min_(0).mean(1)
+
+
 def chamfer_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """PVD Chamfer distance (module docstring) of paired clouds ``a`` (B, N, 3), ``b`` (B, M, 3)
     -> (B,). Symmetric; 0 when the sets are equal."""
     a, b = _as_clouds(a, "chamfer_distance a"), _as_clouds(b, "chamfer_distance b")
-    d = squared_distances(a, b)
-    return d.min(2).values.mean(1) + d.min(1).values.mean(1)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"chamfer_distance: {a.shape[0]} clouds paired with {b.shape[0]}")
+    (la, _), (_, rb) = _lifted(a), _lifted(b)
+    k = max(1, _BLOCK // (a.shape[1] * b.shape[1]))
+    parts = [_chamfer_lifted(la[i : i + k], rb[i : i + k]) for i in range(0, len(a), k)]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def earth_movers_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -92,23 +127,36 @@ def earth_movers_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def pairwise_distances(
     samples: torch.Tensor,
-    refs: torch.Tensor,
+    refs: torch.Tensor | None = None,
     metric: str = "cd",
-    batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """``D[i, j] = dist(samples[i], refs[j])`` (N_s, N_r) with ``metric`` ``"cd"`` or ``"emd"``."""
-    samples, refs = _as_clouds(samples, "samples"), _as_clouds(refs, "refs")
-    fn = {"cd": chamfer_distance, "emd": earth_movers_distance}.get(metric)
-    if fn is None:
+    """``D[i, j] = dist(samples[i], refs[j])`` (N_s, N_r) with ``metric`` ``"cd"`` or ``"emd"``.
+
+    ``refs=None``: the distances among ``samples`` themselves, each unordered pair computed once
+    (both metrics are symmetric) and mirrored."""
+    if metric not in ("cd", "emd"):
         raise ValueError(f"metric must be 'cd' or 'emd', got {metric!r}")
-    out = torch.empty(len(samples), len(refs))
+    symmetric = refs is None
+    samples = _as_clouds(samples, "samples")
+    refs = samples if refs is None else _as_clouds(refs, "refs")
+    out = torch.zeros(len(samples), len(refs))
+    k = 1
+    if metric == "cd":
+        left, _ = _lifted(samples)
+        _, right = _lifted(refs)
+        k = max(1, _BLOCK // (samples.shape[1] * refs.shape[1]))
     for i in range(len(samples)):
-        for j in range(0, len(refs), batch_size):
-            r = refs[j : j + batch_size]
-            out[i, j : j + len(r)] = fn(samples[i : i + 1].expand(len(r), -1, -1), r)
+        start = i if symmetric else 0
+        for j in range(start, len(refs), k):
+            if metric == "cd":
+                out[i, j : j + k] = _chamfer_lifted(left[i : i + 1], right[j : j + k])
+            else:
+                out[i, j] = earth_movers_distance(samples[i], refs[j])[0]
         if progress is not None:
             progress(i + 1, len(samples))
+    if symmetric:
+        out = torch.triu(out, 1) + torch.triu(out, 1).t() + torch.diag(out.diagonal())
     return out
 
 
@@ -169,7 +217,6 @@ def compute_all_metrics(
     samples: torch.Tensor,
     refs: torch.Tensor,
     emd: bool = True,
-    batch_size: int = 32,
 ) -> dict[str, float]:
     """The PVD table for one set: MMD-CD, COV-CD, 1-NNA-CD (+ the EMD ones with ``emd``) and
     JSD. ``samples`` (N_s, P, 3) and ``refs`` (N_r, P, 3) in data space; the protocol uses as
@@ -177,9 +224,9 @@ def compute_all_metrics(
     samples, refs = _as_clouds(samples, "samples"), _as_clouds(refs, "refs")
     out: dict[str, float] = {}
     for metric in ("cd", "emd") if emd else ("cd",):
-        d_sr = pairwise_distances(samples, refs, metric, batch_size)
-        d_rr = pairwise_distances(refs, refs, metric, batch_size)
-        d_ss = pairwise_distances(samples, samples, metric, batch_size)
+        d_sr = pairwise_distances(samples, refs, metric)
+        d_rr = pairwise_distances(refs, metric=metric)
+        d_ss = pairwise_distances(samples, metric=metric)
         mc = lgan_mmd_cov(d_sr)
         tag = metric.upper()
         out[f"MMD-{tag}"] = mc["mmd"]

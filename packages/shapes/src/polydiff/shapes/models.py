@@ -48,13 +48,21 @@ def _lookup(table: dict[str, dict[str, Any]], size: str, what: str) -> dict[str,
 
 
 def _classes(num_classes: int | str | None, source: Any = None) -> int | None:
-    """``"auto"``: the data source's class count (None for one class / unlabelled data)."""
+    """``"auto"``: the data source's class count (None for one class / unlabelled data). An
+    explicit class count must agree with ``source`` when one is given (checked here, while the
+    model is built: before the run directory exists); None / 0 / 1 is an unconditional model."""
     if num_classes == "auto":
         if source is None:
             raise ValueError("model.num_classes='auto' needs the data source (model.source)")
         num_classes = source.num_classes
     if num_classes in (None, 0, 1):
         return None
+    found = getattr(source, "num_classes", None) if source is not None else None
+    if source is not None and int(num_classes) != (found or 1):
+        raise ValueError(
+            f"model.num_classes={num_classes} but the data has {found or 1} class(es); use "
+            "model.num_classes=auto (or null for an unconditional model)"
+        )
     return int(num_classes)
 
 

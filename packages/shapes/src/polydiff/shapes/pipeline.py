@@ -78,9 +78,11 @@ def complete_points(
     generator: torch.Generator | None = None,
     resample: int = 1,
     jump_length: int = 1,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Complete partial clouds (B, K, 3) (model space) to (B, ``num_points``, 3): rows ``:K``
-    are the observed points (returned exactly), the rest are generated in their context."""
+    are the observed points (returned exactly), the rest are generated in their context
+    (``eta``: 1 ancestral DDPM steps as RePaint, 0 deterministic DDIM steps)."""
     b, k, _ = partial.shape
     if k >= num_points:
         raise ValueError(f"partial clouds have {k} points; num_points must exceed it")
@@ -92,7 +94,7 @@ def complete_points(
     x = noise * sigmas[0]
     return inpaint(
         denoiser, x, sigmas, known, mask, cond=cond, generator=generator,
-        resample=resample, jump_length=jump_length,
+        resample=resample, jump_length=jump_length, eta=eta,
     )  # fmt: skip
 
 
@@ -106,12 +108,13 @@ def complete_grid(
     generator: torch.Generator | None = None,
     resample: int = 1,
     jump_length: int = 1,
+    eta: float = 1.0,
 ) -> torch.Tensor:
     """Complete SDF grids (B, 1, R, R, R) where ``known_mask`` (same shape, bool) is True."""
     x = torch.randn(grid.shape, generator=generator, dtype=grid.dtype) * sigmas[0]
     return inpaint(
         denoiser, x, sigmas, grid, known_mask, cond=cond, generator=generator,
-        resample=resample, jump_length=jump_length,
+        resample=resample, jump_length=jump_length, eta=eta,
     )  # fmt: skip
 
 
@@ -170,6 +173,7 @@ class CompletionConfig:
     steps: int = 50
     resample: int = 1  # RePaint resampling (1 = plain replacement)
     jump_length: int = 1
+    eta: float = 1.0  # 1: ancestral (DDPM) steps as RePaint; 0: deterministic DDIM steps
     guidance_scale: float = 1.0
     seed: int = 0
     write_n: int = 4
@@ -234,7 +238,11 @@ def complete_run(
         if out
         else Path(run_dir)
         / "complete"
-        / (f"keep{cc.keep:g}-steps{cc.steps}-r{cc.resample}-seed{cc.seed}")
+        / (
+            f"keep{cc.keep:g}-steps{cc.steps}-r{cc.resample}-seed{cc.seed}"
+            + (f"-eta{cc.eta:g}" if cc.eta != 1.0 else "")
+            + (f"-cfg{cc.guidance_scale:g}" if cc.guidance_scale != 1.0 else "")
+        )
     )
     target.mkdir(parents=True, exist_ok=True)
     if kind == "points":
@@ -273,7 +281,7 @@ def _complete_points_run(run, cc, den, sigmas, cond, chosen, gen, target) -> dic
     with torch.no_grad():
         model_out = complete_points(
             den, (part - mean_t) / std, num_points, sigmas, cond=cond, generator=gen,
-            resample=cc.resample, jump_length=cc.jump_length,
+            resample=cc.resample, jump_length=cc.jump_length, eta=cc.eta,
         )  # fmt: skip
     completed = model_out * std + mean_t
     train_pts = torch.from_numpy(train.points)[:, pick]
@@ -314,7 +322,7 @@ def _complete_grids_run(run, cc, den, sigmas, cond, chosen, gen, target) -> dict
     with torch.no_grad():
         completed = complete_grid(
             den, truth, mask, sigmas, cond=cond, generator=gen, resample=cc.resample,
-            jump_length=cc.jump_length,
+            jump_length=cc.jump_length, eta=cc.eta,
         ).clamp(-1, 1)  # fmt: skip
     train_grids = torch.from_numpy(train.sdf)
     known = mask[:, 0]
