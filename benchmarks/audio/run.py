@@ -35,20 +35,47 @@ from polydiff.train.run import evaluate_run, open_run
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = ROOT / "runs" / "bench" / "audio"
-PARTS = ("vocoder", "diffwave_vocoder", "notes", "events", "diffwave_uncond", "notes_vocoder")
+PARTS = (
+    "vocoder",
+    "vocoder_gan",
+    "diffwave_vocoder",
+    "notes",
+    "notes_latent",
+    "events",
+    "diffwave_uncond",
+    "notes_vocoder",
+)
+# staged parts: (tag, train overrides) in order; a stage resumes the previous one's run (constant
+# LR), so stage k equals one run of `polydiff train experiment=<e> <its overrides>`
+STAGES: dict[str, list[tuple[str, list[str]]]] = {
+    "vocoder_gan": [
+        ("spectral1500", ["trainer.max_steps=1500", "objective.adv_start_step=1500"]),
+        ("gan1650", ["trainer.max_steps=1650", "objective.adv_start_step=1500"]),
+    ],
+    "notes_latent": [
+        ("steps600", ["trainer.max_steps=600"]),
+        ("steps1200", ["trainer.max_steps=1200"]),
+    ],
+    "notes": [("steps300", ["trainer.max_steps=300"])],
+}
+STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
 TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0", "model.size=tiny"]
 QUICK_EVAL = {
     "vocoder": ["evaluate.n=4"],
+    "vocoder_gan": ["evaluate.n=4"],
     "diffwave_vocoder": ["evaluate.n=2", "sampler.steps=2"],
     "notes": ["evaluate.n=8", "sampler.steps=4"],
+    "notes_latent": ["evaluate.n=8", "sampler.steps=4"],
     "notes_vocoder": ["evaluate.n=8", "sampler.steps=4"],
     "events": ["evaluate.n=6", "sampler.steps=4"],
     "diffwave_uncond": ["evaluate.n=4", "sampler.steps=2"],
 }
 EXPERIMENT = {
     "vocoder": "audio/vocoder",
+    "vocoder_gan": "audio/vocoder_gan",
+    "notes_latent": "audio/notes_latent",
     "diffwave_vocoder": "audio/diffwave_vocoder",
     "notes": "audio/notes_mel",
     "events": "audio/events_text",
@@ -62,8 +89,8 @@ def _run_dir(part: str, quick: bool) -> Path:
     return RUNS / ("quick" if quick else "full") / part
 
 
-def _train(part: str, quick: bool) -> dict[str, Any]:
-    overrides = [*TRAIN, *(QUICK_TRAIN if quick else [])]
+def _train(part: str, quick: bool, extra: list[str] | None = None) -> dict[str, Any]:
+    overrides = [*TRAIN, *(QUICK_TRAIN if quick else []), *(extra or [])]
     with cpu_timer() as t:
         run_dir = train_recipe(EXPERIMENT[part], overrides, run_dir=_run_dir(part, quick))
     run = open_run(run_dir)
@@ -101,6 +128,8 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
     if part not in PARTS:
         raise ValueError(f"unknown audio benchmark part {part!r}; valid: {list(PARTS)}")
     q = QUICK_EVAL[part] if quick else []
+    if part in STAGES:
+        return _run_stages(part, quick, q)
     res = _train(part, quick)
     run_dir = Path(res["run_dir"])
     if part in ("vocoder", "diffwave_vocoder"):
@@ -120,6 +149,34 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
         res["eval_unguided"] = _evaluate(run_dir, [*q, "guidance=none"], "none")
     else:
         res["eval"] = _evaluate(run_dir, q, "default")
+    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return res
+
+
+def _run_stages(part: str, quick: bool, q: list[str]) -> dict[str, Any]:
+    """Train a part in stages, evaluating after each one (the learning curve at this budget)."""
+    res: dict[str, Any] = {"stages": {}}
+    cpu = 0.0
+    for tag, extra in STAGES[part]:
+        if quick:  # a smoke run: each stage a couple of steps more
+            n = 2 * (1 + list(STAGES[part]).index((tag, extra)))
+            extra = [f"trainer.max_steps={n}"]
+            if part == "vocoder_gan":
+                extra.append(f"objective.adv_start_step={n // 2 + 1}")
+            if part == "notes_latent":
+                extra.append("data.dataset.autoencoder.steps=4")
+        stage = _train(part, quick, extra)
+        cpu = stage["train_cpu_minutes"] = round(cpu + stage["train_cpu_minutes"], 2)  # cumulative
+        evq = q or STAGE_EVAL
+        stage["eval"] = _evaluate(Path(stage["run_dir"]), evq, tag)
+        if part.startswith("notes") and tag == STAGES[part][-1][0]:
+            unguided = [*evq, "guidance=none"]
+            stage["eval_unguided"] = _evaluate(Path(stage["run_dir"]), unguided, f"{tag}-none")
+        if part.startswith("vocoder"):
+            stage["rtf_clips"] = 4 if quick else 16
+            stage["rtf"] = _vocoder_rtf(Path(stage["run_dir"]), stage["rtf_clips"])
+        res["stages"][tag] = stage
+        res.update({k: v for k, v in stage.items() if not k.startswith("eval")})
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return res
 
@@ -151,9 +208,15 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
             clips = res.get("rtf_clips", 16)
             lines.append(f"real-time factor (wall s per audio s, {clips} clips): {res['rtf']:.4f}")
             lines.append("")
-        for key, ev in res.items():
-            if not key.startswith("eval") or not isinstance(ev, dict):
-                continue
+        evals = {k: v for k, v in res.items() if k.startswith("eval") and isinstance(v, dict)}
+        for tag, stage in res.get("stages", {}).items():
+            evals[
+                f"{tag} ({stage['steps']} steps, {stage['train_cpu_minutes']} CPU-min "
+                f"cumulative, train `{' '.join(stage['train_overrides'][1:])}`)"
+            ] = stage["eval"]
+            if "eval_unguided" in stage:
+                evals[f"{tag} unguided"] = stage["eval_unguided"]
+        for key, ev in evals.items():
             ov = " ".join(o for o in ev["overrides"] if o != "evaluate.overwrite=true") or "-"
             lines.append(f"- {key} (`{ov}`): " + ", ".join(
                 f"{k} {_fmt(v)}" for k, v in ev["metrics"].items()))  # fmt: skip

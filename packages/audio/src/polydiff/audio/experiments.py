@@ -5,6 +5,9 @@ Datasets (items ``{"x", <cond>}``, in memory, memoised per process so the hooks 
 - :func:`mel_data`: normalised log-mel images ``x`` (1, n_mels, frames) with ``"class"`` or a
   caption embedding ``"text_pooled"`` (MiniLM); per-dataset mean / std normalisation.
 - :func:`wave_data`: waveforms ``x`` (1, L), optionally with their log-mel ``"mel"`` (vocoders).
+- :func:`latent_mel_data`: the normalised log-mels encoded by a KL autoencoder
+  (:mod:`polydiff.nn.autoencoder`, trained once through ``polydiff.train.fit_parameters`` by
+  :func:`mel_autoencoder`, then cached): AudioLDM-style latent diffusion (Liu et al. 2023).
 
 Sources: ``notes`` / ``events`` / ``digits`` (built-in, :mod:`polydiff.audio.data`) or
 ``folder`` (``root=<dir>``, classes from sub-folders, captions from captions.jsonl / .csv).
@@ -21,8 +24,11 @@ vocoded audio) and :class:`VocoderHooks` (held-out real mels in, vocoder metrics
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from auraloss.freq import MultiResolutionSTFTLoss
+from safetensors.torch import load_file, save_file
 
+from polydiff.core.fileio import atomic_path
 from polydiff.core.metrics import frechet_distance_from_features
+from polydiff.nn.autoencoder import AutoencoderConfig, KLAutoencoder, vae_loss
+from polydiff.train import fit_parameters
 from polydiff.train.data import TensorDictDataset
 
 from .data import (
@@ -47,6 +57,7 @@ from .data import (
 from .io import save_mel_png, write_wavs
 from .metrics import (
     AudioClassifier,
+    cache_root,
     load_or_train_classifier,
     log_spectral_distance,
     mel_cepstral_distortion,
@@ -55,6 +66,7 @@ from .metrics import (
 )
 from .models import VocoderDenoiser, random_segment
 from .spectral import GriffinLimVocoder, MelSpectrogramCodec, mel_config
+from .vggish import VGGish, load_vggish, vggish_fad
 
 __all__ = [
     "AudioDataset",
@@ -62,7 +74,9 @@ __all__ = [
     "VocoderHooks",
     "VocoderObjective",
     "audio_clips",
+    "latent_mel_data",
     "load_vocoder",
+    "mel_autoencoder",
     "mel_data",
     "text_encoder",
     "wave_data",
@@ -225,6 +239,112 @@ def wave_data(
     return AudioDataset(clips, preset, "mel" if with_mel else None, (0.0, 1.0), x, **cond)
 
 
+# ------------------------------------------------------------------------------ latent mels
+class _VAELoss:
+    """``loss(ae, x, cond, generator)``: :func:`polydiff.nn.autoencoder.vae_loss` of a batch."""
+
+    def __init__(self, kl_weight: float) -> None:
+        self.kl_weight = kl_weight
+
+    def __call__(self, net, x: torch.Tensor, cond=None, generator=None) -> torch.Tensor:
+        recon, mean, logvar = net(x, generator=generator)
+        return vae_loss(recon, x, mean, logvar, self.kl_weight)[0]
+
+
+def _autoencoder_file(key: dict, cache_dir: str | None) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root(cache_dir) / f"mel-autoencoder-{digest}.safetensors"
+
+
+def mel_autoencoder(
+    data: AudioDataset,
+    z_channels: int = 4,
+    base_channels: int = 16,
+    channel_mult: tuple[int, ...] = (1, 2, 2),
+    steps: int = 600,
+    batch_size: int = 16,
+    lr: float = 2e-3,
+    kl_weight: float = 1e-4,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> KLAutoencoder:
+    """The KL autoencoder of ``data``'s normalised log-mels (LDM / AudioLDM first stage): trained
+    by ``polydiff.train.fit_parameters`` (AdamW, seeded), its latent scale factor measured on the
+    data, then cached as safetensors keyed by a hash of the data and these settings."""
+    cfg = AutoencoderConfig(in_channels=1, z_channels=z_channels, base_channels=base_channels,
+                            channel_mult=tuple(channel_mult))  # fmt: skip
+    x = data.tensors["x"]
+    key = {"config": asdict(cfg), "steps": steps, "batch_size": batch_size, "lr": lr,
+           "kl_weight": kl_weight, "seed": seed, "version": 1,
+           "data": hashlib.sha256(x.numpy().tobytes()).hexdigest()}  # fmt: skip
+    path = _autoencoder_file(key, cache_dir)
+    torch.manual_seed(seed)
+    ae = KLAutoencoder(cfg)
+    if path.is_file():
+        ae.load_state_dict(load_file(str(path)))
+        return ae.eval().requires_grad_(False)
+    fit_parameters(ae, _VAELoss(kl_weight), TensorDictDataset(x), steps=steps, lr=lr,
+                   batch_size=batch_size, seed=seed)  # fmt: skip
+    ae.eval().requires_grad_(False)
+    ae.measure_scale_factor(x)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, str(tmp))
+    return ae
+
+
+class LatentMelDataset(AudioDataset):
+    """:class:`AudioDataset` of scaled autoencoder latents ``x`` (N, z, M / f, F / f) that
+    decodes them back to normalised log-mels (:meth:`decode`)."""
+
+    autoencoder: KLAutoencoder
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (N, z, h, w) -> normalised log-mel images (N, 1, M, F)."""
+        ae = self.autoencoder
+        return torch.cat([ae.decode(z[i : i + 64] / ae.scale_factor) for i in range(0, len(z), 64)])
+
+
+def latent_mel_data(
+    source: str = "notes",
+    per_class: int = 8,
+    seed: int = 0,
+    preset: str = "cpu",
+    conditioning: str | None = "auto",
+    root: str | None = None,
+    on_error: str = "raise",
+    num_classes: int | str | None = None,
+    text_encoder: str = "minilm",
+    autoencoder: Mapping[str, Any] | None = None,
+    cache_dir: str | None = None,
+) -> LatentMelDataset:
+    """:func:`mel_data` encoded by :func:`mel_autoencoder` (settings ``autoencoder``): items
+    ``{"x": latent (z, M / f, F / f), <condition>}`` (posterior means, unit variance)."""
+    settings = tuple(
+        sorted((k, tuple(v) if not isinstance(v, (str, int, float)) else v)
+               for k, v in dict(autoencoder or {}).items())
+    )  # fmt: skip
+    return _latent_mel_data(source, per_class, seed, preset, conditioning, root, on_error,
+                            num_classes, text_encoder, settings, cache_dir)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _latent_mel_data(
+    source: str, per_class: int, seed: int, preset: str, conditioning: str | None,
+    root: str | None, on_error: str, num_classes: int | str | None, text_encoder: str,
+    autoencoder: tuple, cache_dir: str | None,
+) -> LatentMelDataset:  # fmt: skip
+    mels = mel_data(source, per_class, seed, preset, conditioning, root, on_error, num_classes,
+                    text_encoder)  # fmt: skip
+    ae = mel_autoencoder(mels, **dict(autoencoder or {}), cache_dir=cache_dir)
+    x = mels.tensors["x"]
+    z = torch.cat([ae.to_latent(x[i : i + 64]) for i in range(0, len(x), 64)])
+    cond = {k: v for k, v in mels.tensors.items() if k != "x"}
+    out = LatentMelDataset(mels.clips, preset, mels.conditioning, mels.stats, z, **cond)
+    out.autoencoder = ae
+    return out
+
+
 # ------------------------------------------------------------------------------ vocoder objective
 class VocoderObjective:
     """Vocoder training loss: ``mel_weight * L1(logmel(G(m)), m) + stft_weight * MR-STFT``
@@ -299,11 +419,15 @@ class AudioHooks:
 
     ``dataset`` is the training :class:`AudioDataset` (normalisation, classes, captions);
     ``representation`` ``"mel"`` (samples are normalised log-mels, vocoded by ``vocoder``:
-    ``"griffinlim"`` or a vocoder run directory) or ``"wave"``. ``metrics``: ``"notes"``
-    (pitch / instrument accuracy, FAD), ``"events"`` (event / count accuracy, FAD), or None.
+    ``"griffinlim"`` or a vocoder run directory), ``"latent"`` (autoencoder latents of a
+    :func:`latent_mel_data`, decoded to log-mels, then as ``"mel"``) or ``"wave"``.
+    ``metrics``: ``"notes"`` (pitch / instrument accuracy, FAD), ``"events"`` (event / count
+    accuracy, FAD), or None.
     ``reference`` is held-out real data for the Frechet distance and its real-vs-real floor.
     The metric classifier trains ``classifier_steps`` on ``classifier_per_class`` clips per
     class (default 6 notes / 24 events) of another seed of the built-in set, then is cached.
+    ``vggish``: a VGGish weights file (:func:`polydiff.audio.vggish.load_vggish`): adds the
+    VGGish FAD and its real-vs-real floor (``fad_vggish``, ``fad_vggish_real_floor``).
     """
 
     def __init__(
@@ -318,9 +442,14 @@ class AudioHooks:
         griffin_lim_iters: int = 32,
         max_files: int = 32,
         classifier_per_class: int | None = None,
+        vggish: str | None = None,
     ) -> None:
-        if representation not in ("mel", "wave"):
-            raise ValueError(f"representation must be 'mel' or 'wave', got {representation!r}")
+        if representation not in ("mel", "latent", "wave"):
+            raise ValueError(
+                f"representation must be 'mel', 'latent' or 'wave', got {representation!r}"
+            )
+        if representation == "latent" and not isinstance(dataset, LatentMelDataset):
+            raise ValueError("representation='latent' needs a latent_mel_data dataset")
         if metrics not in (None, "notes", "events"):
             raise ValueError(f"metrics must be null, 'notes' or 'events', got {metrics!r}")
         self.dataset, self.representation, self.metrics = dataset, representation, metrics
@@ -328,6 +457,8 @@ class AudioHooks:
         self.cache_dir, self.classifier_steps = cache_dir, classifier_steps
         self.griffin_lim_iters, self.max_files = griffin_lim_iters, max_files
         self.classifier_per_class = classifier_per_class
+        self.vggish_path = vggish
+        self._vggish: VGGish | None = None
         self.sample_rate = mel_config(dataset.preset).sample_rate
         self._vocoder: Vocoder | None = None
         self._prompts: list[str] | None = None
@@ -347,7 +478,9 @@ class AudioHooks:
 
     # -- spaces
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
-        if self.representation == "mel":
+        if self.representation == "latent":
+            x = self.dataset.decode(x)  # (N, 1, M, F) normalised log-mel
+        if self.representation != "wave":
             mean, std = self.dataset.stats
             return x[:, 0] * std + mean  # (N, n_mels, F) log-mel
         return x[:, 0].clamp(-1, 1)  # (N, L)
@@ -379,7 +512,7 @@ class AudioHooks:
         n = min(len(samples), self.max_files)
         wave = self.waves(samples[:n])
         files = write_wavs(out_dir, wave, self.sample_rate)
-        mel = samples[:n] if self.representation == "mel" else _log_mels(wave, self.dataset.preset)
+        mel = samples[:n] if self.representation != "wave" else _log_mels(wave, self.dataset.preset)
         files.append(save_mel_png(out_dir / "mels.png", mel[:16], self._titles(cond, 16)))
         if self.last_rtf is not None:
             print(f"polydiff.audio: vocoder {self.vocoder_spec} real-time factor "
@@ -411,8 +544,11 @@ class AudioHooks:
                                         self.classifier_steps, preset)  # fmt: skip
 
     def evaluate(self, samples: torch.Tensor, cond: Mapping | None) -> dict[str, float]:
-        if self.metrics is None:
-            return {}
+        if self.metrics is None:  # own data: only the VGGish FAD (against the training clips)
+            if self.vggish_path is None:
+                return {}
+            wave = self.waves(samples)
+            return {**self._vggish_scores(wave), "n": float(len(wave))}
         wave = self.waves(samples)
         net = self.classifier()
         mel = _log_mels(wave, self.dataset.preset)
@@ -427,6 +563,7 @@ class AudioHooks:
             "fad_real_floor": float(frechet_distance_from_features(real, train[: len(fake)])),
             "n": float(len(wave)),
         }
+        out.update(self._vggish_scores(wave))
         if self.last_rtf is not None:
             out["vocoder_rtf"] = float(self.last_rtf)
         requested = self._requested(cond, len(wave))
@@ -442,6 +579,19 @@ class AudioHooks:
                 hz = midi_to_hz(torch.tensor([PITCHES[int(i)] for i in b]).double()).numpy()
                 out.update(pitch_accuracy(wave, hz, self.sample_rate))
         return out
+
+    def _vggish_scores(self, wave: torch.Tensor) -> dict[str, float]:
+        """VGGish FAD of ``wave`` vs the reference clips, and the real-vs-real floor (as many
+        training clips as samples); empty without ``vggish`` weights."""
+        if self.vggish_path is None:
+            return {}
+        if self._vggish is None:
+            self._vggish = load_vggish(self.vggish_path)
+        ref, train = self.reference.clips.wave, self.dataset.clips.wave[: len(wave)]
+        return {
+            "fad_vggish": vggish_fad(self._vggish, ref, wave),
+            "fad_vggish_real_floor": vggish_fad(self._vggish, ref, train),
+        }
 
     def _requested(self, cond: Mapping | None, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The requested (instrument, pitch) or (event, count) labels of the samples."""

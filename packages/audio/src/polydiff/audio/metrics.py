@@ -38,6 +38,7 @@ from .spectral import MelConfig, MelSpectrogramCodec, mel_config
 
 __all__ = [
     "AudioClassifier",
+    "cache_root",
     "PYIN_FMAX",
     "PYIN_FMIN",
     "cents",
@@ -145,6 +146,11 @@ def mel_cepstral_distortion(
 
 
 # ------------------------------------------------------------------------------ classifier
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where trained metric / first-stage networks are cached (``~/.cache/polydiff/audio``)."""
+    return Path(cache_dir) if cache_dir else Path.home() / ".cache" / "polydiff" / "audio"
+
+
 class AudioClassifier(nn.Module):
     """CNN on normalised log-mels ``(B, n_mels, F)``: 4 conv blocks, global pooling, a feature
     layer (``features``) and one linear head per label set (``heads``)."""
@@ -220,8 +226,7 @@ def load_or_train_classifier(
     else trained on ``wave_fn()`` / ``labels_fn()`` and cached (safetensors + JSON)."""
     key = {**key, "steps": steps, "preset": str(preset), "version": 2}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "polydiff" / "audio"
-    path = cache / f"classifier-{digest}.safetensors"
+    path = cache_root(cache_dir) / f"classifier-{digest}.safetensors"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
