@@ -6,7 +6,9 @@ trainer.batch_size=64 trainer.max_steps=1500`` then ``polydiff evaluate`` gave c
 0.47 with the default 0.999 EMA (22% of it still the step-1 weights) vs 0.998 with
 ``sample.ema=false``. The recipe now keeps the trainer's default EMAs and samples with
 ``auto`` (the lowest fixed-noise loss among raw / EMAs / post-hoc EMAs, chosen per
-checkpoint). Slow: 300 / 1500 CPU steps of a small U-Net plus two 500-sample evaluations.
+checkpoint). Measured (benchmarks/results/train_ema.md, seed 0, n=500): 300 steps auto
+(sigma_rel 0.05) class accuracy 0.328, FID 8.22 vs raw 0.374, 8.98. Slow: 300 / 1500 CPU
+steps of a small U-Net plus two 500-sample evaluations.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import pytest
 
 from polydiff.train.run import evaluate_run, train
 
-ACC_NOISE = 0.045  # class accuracy over 500 samples: binomial s.e. <= 0.022
+# two standard errors of a difference of two class accuracies over 500 samples each
+# (binomial s.e. <= 0.022 each); FID over 500 samples moves by ~0.5 between sampling seeds
+ACC_NOISE = 0.062
+FID_NOISE = 1.0
 
 
 @pytest.mark.slow
@@ -30,5 +35,6 @@ def test_digits_default_weights_no_worse_than_raw(tmp_path, steps):
     raw = evaluate_run(run_dir, ["evaluate.n=500", "sample.ema=false"])
     assert auto["ema"] == "auto" and auto["ema_choice"]["weights"] == auto["weights"]
     assert raw["weights"] == "model"
-    key = "class_accuracy"
-    assert auto["metrics"][key] >= raw["metrics"][key] - ACC_NOISE, (auto, raw["metrics"])
+    a, r = auto["metrics"], raw["metrics"]
+    assert a["class_accuracy"] >= r["class_accuracy"] - ACC_NOISE, (a, r)
+    assert a["fid"] <= r["fid"] + FID_NOISE, (a, r)
