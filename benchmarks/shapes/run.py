@@ -18,7 +18,8 @@ Metric cost: our Chamfer (torch), exact EMD (Hungarian) and 1-NNA against a stra
 scipy implementation (``cKDTree`` nearest neighbours, ``cdist`` + ``linear_sum_assignment``,
 a Python loop for 1-NNA) at 2048 points: CPU time and agreement.
 
-    python -m benchmarks.shapes.run [--quick] [points_class sdf_wavelet sdf_voxel metric_cost]
+    python -m benchmarks.shapes.run [--quick] [points_class sdf_wavelet sdf_voxel latent_sdf
+                                               points_text metric_cost]
 
 Experiments write ``results/shapes.json`` / ``.md``; ``metric_cost`` alone writes
 ``results/shapes_metrics.json`` / ``.md`` (so it can run beside the trainings).
@@ -53,12 +54,17 @@ RUNS = ROOT / "runs" / "bench_shapes"
 QUIET = ["trainer.progress=false", "trainer.num_threads=1"]
 
 # experiment -> (train overrides, evaluate overrides) per mode. Full: the recipes as they stand
-# (sized for the ~40 CPU-minute budget of this 2-core shared machine: tiny networks, 256 points).
+# (sized for one CPU thread of a shared 2-core machine); the SDF / latent / text recipes are run
+# with 50 test shapes per class (the evaluation reference, #samples = #test shapes = 100) and 16
+# sampler steps at evaluation, so the four representations fit one ~15-minute slot.
+_EVAL_100 = ["evaluate.n=100", "sampler.steps=16"]
 SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
     False: {
         "points_class": ([], ["evaluate.n=100"]),
         "sdf_wavelet": ([], ["evaluate.n=100"]),
-        "sdf_voxel": ([], ["evaluate.n=100"]),
+        "sdf_voxel": (["data.source.test_per_class=50"], _EVAL_100),
+        "latent_sdf": (["data.source.test_per_class=50"], _EVAL_100),
+        "points_text": (["data.source.test_per_class=50"], _EVAL_100),
     },
     True: {
         name: (
@@ -67,10 +73,11 @@ SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
                 "trainer.batch_size=8",
                 "data.source.per_class=12",
                 "data.source.test_per_class=4",
+                *(["data.autoencoder.steps=20"] if name == "latent_sdf" else []),
             ],
             ["evaluate.n=8", "sampler.steps=4"],
         )
-        for name in ("points_class", "sdf_wavelet", "sdf_voxel")
+        for name in ("points_class", "sdf_wavelet", "sdf_voxel", "latent_sdf", "points_text")
     },
 }
 COMPLETE = {False: [], True: ["complete.n=4", "complete.steps=4"]}
@@ -199,7 +206,7 @@ def _goals(results: dict[str, Any]) -> dict[str, Any]:
         if nna is not None:
             goals[f"points {cls} 1-NNA-CD <= 60%"] = {"value": nna, "met": nna <= GOALS["1-NNA-CD"]}
             goals[f"points {cls} COV-CD >= 45%"] = {"value": cov, "met": cov >= GOALS["COV-CD"]}
-    for name in ("sdf_wavelet", "sdf_voxel"):
+    for name in ("sdf_wavelet", "sdf_voxel", "latent_sdf"):
         wt = results["experiments"].get(name, {}).get("metrics", {}).get("watertight_ratio")
         if wt is not None:
             goals[f"{name} watertight >= 90%"] = {

@@ -28,11 +28,12 @@ def test_partial_view_keeps_the_far_side():
         pipeline.partial_view(pts, 0)
 
 
-def test_completion_keeps_observed_points_exactly():
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_completion_keeps_observed_points_exactly(eta):
     sigmas = karras_sigmas(8, 0.01, 10.0)
     partial = torch.randn(3, 5, 3)
     gen = torch.Generator().manual_seed(0)
-    out = pipeline.complete_points(gaussian_denoiser, partial, 12, sigmas, generator=gen)
+    out = pipeline.complete_points(gaussian_denoiser, partial, 12, sigmas, generator=gen, eta=eta)
     assert out.shape == (3, 12, 3)
     assert torch.equal(out[:, :5], partial)
     assert out[:, 5:].abs().max() > 0.05  # the rest is generated, not zeros
