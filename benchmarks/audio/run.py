@@ -53,10 +53,14 @@ STAGES: dict[str, list[tuple[str, list[str]]]] = {
         ("gan1650", ["trainer.max_steps=1650", "objective.adv_start_step=1500"]),
     ],
     "notes_latent": [
-        ("steps600", ["trainer.max_steps=600"]),
-        ("steps1200", ["trainer.max_steps=1200"]),
+        ("steps1000", ["trainer.max_steps=1000"]),
+        ("steps2000", ["trainer.max_steps=2000"]),
     ],
-    "notes": [("steps300", ["trainer.max_steps=300"])],
+    "notes": [
+        ("steps500", ["trainer.max_steps=500"]),
+        ("steps1000", ["trainer.max_steps=1000"]),
+    ],
+    "events": [("steps500", ["trainer.max_steps=500"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
 TRAIN = ["trainer.progress=false"]
@@ -130,23 +134,20 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
     q = QUICK_EVAL[part] if quick else []
     if part in STAGES:
         return _run_stages(part, quick, q)
-    res = _train(part, quick)
+    # notes_vocoder reuses the notes run as trained by its last stage
+    reuse = part == "notes_vocoder" and not quick
+    res = _train(part, quick, STAGES["notes"][-1][1] if reuse else None)
     run_dir = Path(res["run_dir"])
     if part in ("vocoder", "diffwave_vocoder"):
         res["eval"] = _evaluate(run_dir, q, "default")
         res["rtf_clips"] = 4 if quick else 16
         res["rtf"] = _vocoder_rtf(run_dir, res["rtf_clips"])
-    elif part == "notes":
-        res["eval_cfg2_griffinlim"] = _evaluate(run_dir, q, "cfg2-gl")
-        res["eval_unguided_griffinlim"] = _evaluate(run_dir, [*q, "guidance=none"], "none-gl")
-    elif part == "notes_vocoder":  # after the vocoder part: the notes run vocoded by it
-        if not _part_file("vocoder", quick).is_file():
-            raise FileNotFoundError("run the vocoder part first (--part vocoder)")
-        voc = _run_dir("vocoder", quick)
-        res["eval_cfg2_vocoder"] = _evaluate(run_dir, [*q, f"audio.vocoder={voc}"], "cfg2-voc")
-    elif part == "events":
-        res["eval_cfg3"] = _evaluate(run_dir, q, "cfg3")
-        res["eval_unguided"] = _evaluate(run_dir, [*q, "guidance=none"], "none")
+    elif part == "notes_vocoder":  # after vocoder_gan and notes: the notes run vocoded by it
+        if not _part_file("vocoder_gan", quick).is_file():
+            raise FileNotFoundError("run the vocoder_gan part first (--part vocoder_gan)")
+        voc = _run_dir("vocoder_gan", quick)
+        ev = [*(q or STAGE_EVAL), f"audio.vocoder={voc}"]
+        res["eval_cfg2_vocoder"] = _evaluate(run_dir, ev, "cfg2-voc")
     else:
         res["eval"] = _evaluate(run_dir, q, "default")
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
@@ -169,8 +170,8 @@ def _run_stages(part: str, quick: bool, q: list[str]) -> dict[str, Any]:
         cpu = stage["train_cpu_minutes"] = round(cpu + stage["train_cpu_minutes"], 2)  # cumulative
         evq = q or STAGE_EVAL
         stage["eval"] = _evaluate(Path(stage["run_dir"]), evq, tag)
-        if part.startswith("notes") and tag == STAGES[part][-1][0]:
-            unguided = [*evq, "guidance=none"]
+        if part.startswith(("notes", "events")) and tag == STAGES[part][-1][0]:
+            unguided = [*evq, "guidance=none", "guidance.scale=1.0"]
             stage["eval_unguided"] = _evaluate(Path(stage["run_dir"]), unguided, f"{tag}-none")
         if part.startswith("vocoder"):
             stage["rtf_clips"] = 4 if quick else 16

@@ -70,11 +70,11 @@ def test_bad_weight_files_are_named_and_never_unpickled(tmp_path):
 def test_fad_is_the_frechet_distance_of_the_example_embeddings(net):
     g = torch.Generator().manual_seed(0)
     t = torch.arange(16384) / 16000
-    f0 = 200 + 400 * torch.rand(12, 1, generator=g)
+    f0 = 200 + 400 * torch.rand(4, 1, generator=g)
     a = 0.3 * torch.sin(2 * math.pi * f0 * t)
     b = 0.3 * torch.sin(2 * math.pi * 2 * f0 * t)
     ea, eb = net.embed(a), net.embed(b)
-    assert ea.shape == (12, 128)  # one 0.96 s example per 1.02 s clip
+    assert ea.shape == (4, 128)  # one 0.96 s example per 1.02 s clip
     assert vggish_fad(net, a, b) == pytest.approx(
         float(frechet_distance_from_features(ea, eb)), rel=1e-6
     )
