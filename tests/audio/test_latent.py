@@ -23,7 +23,7 @@ def test_mel_autoencoder_is_cached_and_latents_are_unit_variance(tmp_path):
     again = mel_autoencoder(mels, **AE, cache_dir=str(tmp_path))  # from the cache: same weights
     for (k, a), b in zip(ae.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
-    data = latent_mel_data("notes", 1, 0, "cpu", "class", autoencoder=AE, cache_dir=str(tmp_path))
+    data = latent_mel_data(AE, str(tmp_path), source="notes", per_class=1, conditioning="class")
     assert data.tensors["x"].shape == (96, 2, 16, 16)
     assert abs(float(data.tensors["x"].std()) - 1.0) < 1e-3  # LDM's measured scale factor
     assert torch.equal(data.tensors["class"], mels.tensors["class"])

@@ -306,41 +306,27 @@ class LatentMelDataset(AudioDataset):
 
 
 def latent_mel_data(
-    source: str = "notes",
-    per_class: int = 8,
-    seed: int = 0,
-    preset: str = "cpu",
-    conditioning: str | None = "auto",
-    root: str | None = None,
-    on_error: str = "raise",
-    num_classes: int | str | None = None,
-    text_encoder: str = "minilm",
-    autoencoder: Mapping[str, Any] | None = None,
-    cache_dir: str | None = None,
+    autoencoder: Mapping[str, Any] | None = None, cache_dir: str | None = None, **mel: Any
 ) -> LatentMelDataset:
-    """:func:`mel_data` encoded by :func:`mel_autoencoder` (settings ``autoencoder``): items
-    ``{"x": latent (z, M / f, F / f), <condition>}`` (posterior means, unit variance)."""
-    settings = tuple(
-        sorted((k, tuple(v) if not isinstance(v, (str, int, float)) else v)
-               for k, v in dict(autoencoder or {}).items())
-    )  # fmt: skip
-    return _latent_mel_data(source, per_class, seed, preset, conditioning, root, on_error,
-                            num_classes, text_encoder, settings, cache_dir)  # fmt: skip
+    """:func:`mel_data` (settings ``mel``) encoded by :func:`mel_autoencoder` (settings
+    ``autoencoder``): items ``{"x": latent (z, M / f, F / f), <condition>}`` (posterior means,
+    unit variance)."""
+
+    def frozen(d: Mapping[str, Any]) -> tuple:
+        return tuple(sorted((k, v if isinstance(v, (str, int, float, type(None))) else tuple(v))
+                            for k, v in dict(d).items()))  # fmt: skip
+
+    return _latent_mel_data(frozen(mel), frozen(autoencoder or {}), cache_dir)
 
 
 @functools.lru_cache(maxsize=4)
-def _latent_mel_data(
-    source: str, per_class: int, seed: int, preset: str, conditioning: str | None,
-    root: str | None, on_error: str, num_classes: int | str | None, text_encoder: str,
-    autoencoder: tuple, cache_dir: str | None,
-) -> LatentMelDataset:  # fmt: skip
-    mels = mel_data(source, per_class, seed, preset, conditioning, root, on_error, num_classes,
-                    text_encoder)  # fmt: skip
+def _latent_mel_data(mel: tuple, autoencoder: tuple, cache_dir: str | None) -> LatentMelDataset:
+    mels = mel_data(**dict(mel))
     ae = mel_autoencoder(mels, **dict(autoencoder or {}), cache_dir=cache_dir)
     x = mels.tensors["x"]
     z = torch.cat([ae.to_latent(x[i : i + 64]) for i in range(0, len(x), 64)])
     cond = {k: v for k, v in mels.tensors.items() if k != "x"}
-    out = LatentMelDataset(mels.clips, preset, mels.conditioning, mels.stats, z, **cond)
+    out = LatentMelDataset(mels.clips, mels.preset, mels.conditioning, mels.stats, z, **cond)
     out.autoencoder = ae
     return out
 

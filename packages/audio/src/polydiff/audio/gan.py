@@ -52,6 +52,19 @@ UNIVNET_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))  # (
 
 
 # ------------------------------------------------------------------------------ discriminators
+def _conv_stack(
+    convs: nn.ModuleList, post: nn.Module, h: torch.Tensor
+) -> tuple[torch.Tensor, Features]:
+    """Leaky-ReLU(0.1) conv stack then the score conv: ``(flattened scores, every feature map)``."""
+    feats = []
+    for conv in convs:
+        h = F.leaky_relu(conv(h), 0.1)
+        feats.append(h)
+    h = post(h)
+    feats.append(h)
+    return h.flatten(1), feats
+
+
 class PeriodDiscriminator(nn.Module):
     """One HiFi-GAN period sub-discriminator: ``(B, 1, T)`` -> ``(B, 1, T/p/3^k, p)`` scores
     and its feature maps. Kernels ``(5, 1)``, stride ``(3, 1)`` (HiFi-GAN Fig. 2b)."""
@@ -72,14 +85,7 @@ class PeriodDiscriminator(nn.Module):
         b, c, t = wave.shape
         if t % self.period:
             wave = F.pad(wave, (0, self.period - t % self.period), mode="reflect")
-        h = wave.reshape(b, c, -1, self.period)  # (B, 1, T / p, p)
-        feats = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            feats.append(h)
-        h = self.post(h)
-        feats.append(h)
-        return h.flatten(1), feats
+        return _conv_stack(self.convs, self.post, wave.reshape(b, c, -1, self.period))  # (T/p, p)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -127,14 +133,7 @@ class ResolutionDiscriminator(nn.Module):
             center=True,
             return_complex=True,
         ).abs()  # fmt: skip  (B, bins, frames)
-        h = spec.transpose(1, 2)[:, None]  # (B, 1, frames, bins)
-        feats = []
-        for conv in self.convs:
-            h = F.leaky_relu(conv(h), 0.1)
-            feats.append(h)
-        h = self.post(h)
-        feats.append(h)
-        return h.flatten(1), feats
+        return _conv_stack(self.convs, self.post, spec.transpose(1, 2)[:, None])  # (frames, bins)
 
 
 class MultiResolutionDiscriminator(nn.Module):
