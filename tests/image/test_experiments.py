@@ -11,7 +11,6 @@ from PIL import Image
 from polydiff.train.run import sample_run, train
 
 COMMON = [
-    "model.size=tiny-c16",
     "trainer.max_steps=3",
     "trainer.batch_size=8",
     "trainer.ckpt_every=0",
@@ -44,7 +43,10 @@ CASES = {
 def test_tiny_train_sample_export(experiment, tmp_path, monkeypatch):
     monkeypatch.setenv("POLYDIFF_CACHE", str(tmp_path / "cache"))
     extra, shape = CASES[experiment]
-    run = train([f"experiment={experiment}", *COMMON, *extra, f"runs_root={tmp_path / 'runs'}"])
+    size = "model.size=tiny" if "dit" in experiment else "model.size=tiny-c16"  # DiT / U-Net
+    run = train(
+        [f"experiment={experiment}", size, *COMMON, *extra, f"runs_root={tmp_path / 'runs'}"]
+    )
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     out = sample_run(run, ["sample.n=16", "sampler.steps=2"], out=tmp_path / "samples")
