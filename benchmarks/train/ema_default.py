@@ -138,10 +138,10 @@ def markdown(entries: list[dict[str, Any]]) -> str:
         lines += [
             f"## {recipe}",
             "",
-            "| steps | seed | auto chose | "
+            "| steps | seed | eval n | auto chose | "
             + " | ".join(f"{m} auto | {m} raw | delta" for m in ms)
             + " |",
-            "|---|---|---|" + "---|---|---|" * len(ms),
+            "|---|---|---|---|" + "---|---|---|" * len(ms),
         ]
         for e in sorted(
             (e for e in entries if e["recipe"] == recipe), key=lambda e: (e["steps"], e["seed"])
@@ -152,9 +152,8 @@ def markdown(entries: list[dict[str, Any]]) -> str:
                 delta = d * (a[m] - r[m]) if m in a and m in r else None
                 cells += [_fmt(a.get(m)), _fmt(r.get(m)), _fmt(delta)]
             lines.append(
-                f"| {e['steps']} | {e['seed']} | {e['rows']['auto']['weights']} | "
-                + " | ".join(cells)
-                + " |"
+                f"| {e['steps']} | {e['seed']} | {e.get('eval_n') or 'recipe'} | "
+                f"{e['rows']['auto']['weights']} | " + " | ".join(cells) + " |"
             )
         lines.append("")
         cand = [e for e in entries if e["recipe"] == recipe and len(e["rows"]) > 2]
