@@ -685,6 +685,10 @@ class Trainer:
         self._loader = None  # rebuilt from data_position
         self.last_checkpoint = Path(path)
         self._rewind_logs(self.step)
+        if self.is_main and self.run_dir is not None and self.checkpoint_dir.is_dir():
+            # a kill inside a prune or a re-save leaves trash that a finished run never
+            # prunes again: clean it (and hold keep_last) now
+            prune_checkpoints(self.checkpoint_dir, self.cfg.keep_last)
 
 
 def _check_learning_rates(optimizer: torch.optim.Optimizer) -> None:

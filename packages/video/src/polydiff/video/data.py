@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
@@ -379,7 +380,14 @@ def read_frame_folder(path: str | Path, fps: float) -> tuple[np.ndarray, np.ndar
         try:
             with Image.open(f) as im:
                 frames.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as err:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            DecompressionBombError,
+        ) as err:
+            # PIL reports a broken PNG chunk as SyntaxError
             raise VideoFileError(f"{f}: cannot read frame image ({err})") from err
         if frames[-1].shape != frames[0].shape:
             raise VideoFileError(
