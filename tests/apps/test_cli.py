@@ -47,14 +47,17 @@ def test_train_writes_a_run_directory(tiny_run):
 def test_sample_writes_npz_and_scatter(tiny_run, tmp_path):
     out = tmp_path / "s"
     assert (
-        main(["sample", f"run={tiny_run}", "sampler=dpmpp_2m", "steps=6", "n=300", f"out={out}"])
+        main(
+            ["sample", f"run={tiny_run}", "sampler=dpmpp_2m", "steps=6", "n=300", "ema=true"]
+            + [f"out={out}"]
+        )
         == 0
     )
     data = np.load(out / "samples.npz")
     assert data["samples"].shape == (300, 2) and np.isfinite(data["samples"]).all()
     assert (out / "scatter.png").stat().st_size > 1000
     info = json.loads((out / "sample.json").read_text())
-    assert info["sampler"] == "dpmpp_2m" and info["steps"] == 6 and info["weights"] == "ema:0.99"
+    assert info["sampler"] == "dpmpp_2m" and info["steps"] == 6 and info["weights"] == "ema:0.999"
     # same seed, same samples; raw weights differ from the EMA's
     assert (
         main(
@@ -64,6 +67,7 @@ def test_sample_writes_npz_and_scatter(tiny_run, tmp_path):
                 "sampler=dpmpp_2m",
                 "steps=6",
                 "n=300",
+                "ema=true",
                 f"out={tmp_path / 's2'}",
             ]
         )
