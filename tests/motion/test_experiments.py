@@ -40,6 +40,11 @@ TINY = [
             ["data.text.name=words", "data.text_dim=32", "data.hooks.metrics=kinematic"],
             marks=pytest.mark.slow,  # CFG doubles every sampling step
         ),
+        pytest.param(
+            "motion/text2motion_geo",
+            ["data.text.name=words", "data.text_dim=32", "data.hooks.metrics=kinematic"],
+            marks=pytest.mark.slow,  # geometric losses through the whole train / sample path
+        ),
         ("motion/action2motion", []),
         pytest.param(
             "motion/edit_inbetween",
