@@ -56,11 +56,8 @@ STAGES: dict[str, list[tuple[str, list[str]]]] = {
         ("steps1000", ["trainer.max_steps=1000"]),
         ("steps2000", ["trainer.max_steps=2000"]),
     ],
-    "notes": [
-        ("steps500", ["trainer.max_steps=500"]),
-        ("steps1000", ["trainer.max_steps=1000"]),
-    ],
-    "events": [("steps500", ["trainer.max_steps=500"])],
+    "notes": [("steps500", ["trainer.max_steps=500"])],
+    "events": [("steps300", ["trainer.max_steps=300"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
 TRAIN = ["trainer.progress=false"]
