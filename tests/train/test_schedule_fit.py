@@ -50,6 +50,16 @@ def test_schedule_run_fits_saves_and_the_sampler_config_uses_it(toy_run, tmp_pat
     again = schedule_run(toy_run, ["sampler=ipndm", "sampler.steps=4", "sample.n=32"],
                          out=tmp_path / "again.json")  # fmt: skip
     assert again["sigmas"] == record["sigmas"] and again["fit"]["cached"]
+    # the fit's own settings are optional schedule.<key> overrides, checked
+    small = schedule_run(toy_run, ["sampler=ipndm", "sampler.steps=3", "sample.n=16",
+                                   "+schedule.pool=32", "+schedule.reference_steps=8"],
+                         out=tmp_path / "small.json")  # fmt: skip
+    assert small["fit_options"] == {"pool": 32, "reference_steps": 8}
+    assert small["fit"]["pool"] == 32 and len(small["sigmas"]) == 4
+    with pytest.raises(ConfigError, match="unknown schedule.pools; valid: pool,"):
+        schedule_run(toy_run, ["+schedule.pools=32"])
+    with pytest.raises(ConfigError, match="schedule.pool must be a positive integer, got 0"):
+        schedule_run(toy_run, ["+schedule.pool=0"])
 
 
 def test_saved_grids_are_validated(tmp_path) -> None:

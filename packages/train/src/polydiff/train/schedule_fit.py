@@ -9,6 +9,10 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
     sampler.schedule={_target_:polydiff.train.schedule_fit.fitted_sigmas,_partial_:true,path:<json>}
 
 (:func:`fitted_sigmas` checks that the file holds a grid of the requested number of steps).
+The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
+``reference_steps``, ``rounds``, ``sweeps``, ``batch_size``: see ``optimize_sigmas``); an
+expensive network wants a smaller pool and reference than the defaults, e.g. ``sample.n=32
++schedule.pool=128 +schedule.reference_steps=24``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from .config import ConfigError
 from .hooks import call_hook
 from .run import job_dir, open_run
 
-__all__ = ["load_sigmas", "fitted_sigmas", "schedule_run"]
+__all__ = ["FIT_KEYS", "load_sigmas", "fitted_sigmas", "schedule_run"]
+
+FIT_KEYS = ("pool", "reference_steps", "rounds", "sweeps", "batch_size")
 
 
 def load_sigmas(path: str | Path) -> torch.Tensor:
@@ -75,10 +81,11 @@ def schedule_run(
     """Fit a ``sampler.steps``-step grid for the run's sampler (``sampler=<name>``: any
     registered one) to the run's guided denoiser and save it as JSON.
 
-    Reads ``sample.n`` (samples to fit on; another ``n`` validate), ``sample.seed`` and the
-    sampler's options (``sampler.order=3``). Writes ``out`` or
-    ``<run>/schedules/<method>-<steps>-<hash>.json`` holding ``sigmas``, the settings, the fit's
-    errors and the override that uses it; returns that record plus ``"path"``.
+    Reads ``sample.n`` (samples per objective evaluation), ``sample.seed``, the sampler's
+    options (``sampler.order=3``) and the optional ``schedule.<key>`` fit settings
+    (``FIT_KEYS``). Writes ``out`` or ``<run>/schedules/<method>-<steps>-<hash>.json`` holding
+    ``sigmas``, the settings, the fit's errors and the override that uses it; returns that
+    record plus ``"path"``.
     """
     run = open_run(run_dir, overrides)
     spec = run.sampler
@@ -86,6 +93,12 @@ def schedule_run(
     positive = [float(s) for s in default_grid if s > 0]
     sigma_min, sigma_max = min(positive), max(positive)
     n, seed = int(run.cfg.sample.n), int(run.cfg.sample.seed)
+    fit_opts = dict(run.cfg.get("schedule") or {})
+    for key, value in fit_opts.items():
+        if key not in FIT_KEYS:
+            raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(FIT_KEYS)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"schedule.{key} must be a positive integer, got {value!r}")
     gen = torch.Generator().manual_seed(seed)
     cond = call_hook(run.hooks, "sample_cond", n, gen)
     denoiser = run.denoiser()
@@ -94,7 +107,7 @@ def schedule_run(
     grid = optimize_sigmas(
         denoiser, spec.steps, shape=run.sample_shape, sampler=spec.method,
         sigma_min=sigma_min, sigma_max=sigma_max, n_samples=n, cond=cond, generator=gen,
-        cache_dir=cache_dir, info=info, **spec.options,
+        cache_dir=cache_dir, info=info, **fit_opts, **spec.options,
     )  # fmt: skip
     settings = {
         "sampler": spec.method,
@@ -104,6 +117,7 @@ def schedule_run(
         "sigma_max": sigma_max,
         "n": n,
         "seed": seed,
+        "fit_options": fit_opts,
         "guidance": {k: v for k, v in (run.cfg.get("guidance") or {}).items()},
         "checkpoint": str(run.checkpoint),
         "weights": run.weights,
