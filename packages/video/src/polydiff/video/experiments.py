@@ -262,6 +262,7 @@ class VideoHooks:
         best_of: int = 5,
         cache_dir: str | None = None,
         feature_steps: int = 600,
+        clip_steps: int = 1000,
         fps: float = 8.0,
         max_files: int = 16,
         seed: int = 12345,
@@ -284,6 +285,7 @@ class VideoHooks:
         )
         self.metrics, self.frames, self.size, self.digit_size = metrics, frames, size, digit_size
         self.context, self.best_of, self.cache_dir = context, best_of, cache_dir
+        self.clip_steps = clip_steps
         self.feature_steps, self.fps, self.max_files, self.seed = (
             feature_steps,
             fps,
@@ -353,7 +355,8 @@ class VideoHooks:
         from .metrics import VideoEvaluator, prediction_scores
 
         ev = VideoEvaluator(self.cache_dir, self.frames, self.size, self.digit_size,
-                            feature_steps=self.feature_steps)  # fmt: skip
+                            feature_steps=self.feature_steps,
+                            clip_steps=self.clip_steps)  # fmt: skip
         samples = samples.cpu()
         if self.conditioning == "masked":
             if len(samples) % (2 * self.best_of):
