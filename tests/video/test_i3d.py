@@ -69,3 +69,17 @@ def test_fvd_is_the_frechet_distance_of_i3d_embeddings(tmp_path):
         load_i3d(tmp_path / "bad.safetensors")
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_i3d(tmp_path / "nope.safetensors")
+
+
+def test_fvd_refuses_clips_shorter_than_the_network_needs():
+    with pytest.raises(ValueError, match="at least 9 frames"):
+        i3d_embeddings(InceptionI3d(8), torch.zeros(1, 1, 8, 4, 4))
+
+
+def test_video_hooks_name_unsupported_evaluate_settings():
+    from polydiff.video.experiments import VideoHooks
+
+    hooks = VideoHooks("class", 10)
+    with pytest.raises(ValueError, match="evaluate.reference"):
+        hooks.evaluate(torch.zeros(2, 1, 8, 16, 16), None, {"reference": "x.npz"})
+    assert hooks.evaluate(torch.zeros(2, 1, 8, 16, 16), None, {"reference": None}) == {}

@@ -349,7 +349,27 @@ class VideoHooks:
             files.append(save_mp4(samples[i], out_dir / f"sample_{i:03d}.mp4", fps=self.fps))
         return files
 
-    def evaluate(self, samples: torch.Tensor, cond: Mapping | None) -> dict[str, float]:
+    def evaluate(
+        self, samples: torch.Tensor, cond: Mapping | None, options: Mapping | None = None
+    ) -> dict[str, float]:
+        """The built-in metrics; with ``options["i3d_weights"]`` (``+evaluate.i3d_weights=<file>``)
+        also ``fvd`` against as many held-out clips (:mod:`polydiff.video.i3d`)."""
+        options = dict(options or {})
+        for key in ("reference", "save_images"):
+            if options.get(key):
+                raise ValueError(
+                    f"evaluate.{key}={options[key]}: the video evaluation takes no such setting"
+                )
+        out = self._builtin_metrics(samples, cond)
+        if options.get("i3d_weights"):
+            from .i3d import frechet_video_distance, load_i3d  # a large network: only on request
+
+            net = load_i3d(options["i3d_weights"])
+            ref = self.heldout(len(samples)).videos
+            out["fvd"] = frechet_video_distance(net, ref, samples.cpu())
+        return out
+
+    def _builtin_metrics(self, samples: torch.Tensor, cond: Mapping | None) -> dict[str, float]:
         if self.metrics is None:
             return {}
         from .metrics import VideoEvaluator, prediction_scores

@@ -232,6 +232,11 @@ def i3d_embeddings(
 ) -> torch.Tensor:
     """The FVD embedding (time-averaged I3D logits) of clips (B, C, F, H, W) in [-1, 1],
     preprocessed by :func:`preprocess_for_i3d` in batches of ``batch_size`` (16 as published)."""
+    if resolution >= 224 and videos.shape[2] < 9:
+        raise ValueError(
+            f"FVD needs clips of at least 9 frames at {resolution}x{resolution} (published: 16), "
+            f"got {videos.shape[2]}; sample longer clips (the temporal attention is relative)"
+        )
     out = [net(preprocess_for_i3d(videos[i : i + batch_size], resolution))
            for i in range(0, len(videos), batch_size)]  # fmt: skip
     return torch.cat(out).double()
