@@ -22,7 +22,8 @@ def test_demo_runs_the_digits_recipe_unchanged():
         if k not in quiet:
             assert demo.trainer[k] == base.trainer[k], k
             assert quick.trainer[k] == base.trainer[k] or k == "max_steps", k
-    assert (base.model.size, base.trainer.max_steps, quick.trainer.max_steps) == ("tiny-c16", 1500, 400)
+    sizes = (base.model.size, base.trainer.max_steps, quick.trainer.max_steps)
+    assert sizes == ("tiny-c16", 1500, 400)
 
 
 @pytest.mark.slow

@@ -48,7 +48,8 @@ def test_controlnet_recipe_loads_the_base_run_and_freezes_it(shapes_run: Path) -
 
 def test_a_base_that_does_not_match_the_run_is_one_clear_error(shapes_run: Path) -> None:
     wrong = image_unet(**{**SHAPES_BASE, "model_channels": 32})
-    with pytest.raises(ValueError, match=r"model.base does not match the network of .*editing_shapes"):
+    message = r"model.base does not match the network of .*editing_shapes"
+    with pytest.raises(ValueError, match=message):
         controlnet_on_run(wrong, base_run=str(shapes_run))
 
 

@@ -42,9 +42,10 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     opened = open_run(run_dir)
     sampler = opened.sampler
     nfe = denoiser_evaluations(sampler.method, sampler.steps)
+    n_params = sum(p.numel() for p in opened.model.parameters())
     result: dict[str, Any] = {
         "recipe": f"polydiff train experiment={EXPERIMENT} {' '.join(overrides)}",
-        "model": f"UNet-{opened.cfg.model.size} ({sum(p.numel() for p in opened.model.parameters()) / 1e6:.2f} M)",
+        "model": f"UNet-{opened.cfg.model.size} ({n_params / 1e6:.2f} M)",
         "train_steps": int(opened.cfg.trainer.max_steps),
         "train_seconds": round(seconds, 1),
         "sampler": f"{sampler.method}, {sampler.steps} steps ({nfe} NFE)",
