@@ -62,7 +62,9 @@ STAGES: dict[str, list[tuple[str, list[str]]]] = {
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
 TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
-QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0", "model.size=tiny"]
+QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0"]
+# the smallest network of each part's model table (the mel U-Net's are "audio-*" names)
+UNET_PARTS = ("notes", "notes_latent", "notes_vocoder", "events")
 QUICK_EVAL = {
     "vocoder": ["evaluate.n=4"],
     "vocoder_gan": ["evaluate.n=4"],
@@ -91,7 +93,8 @@ def _run_dir(part: str, quick: bool) -> Path:
 
 
 def _train(part: str, quick: bool, extra: list[str] | None = None) -> dict[str, Any]:
-    overrides = [*TRAIN, *(QUICK_TRAIN if quick else []), *(extra or [])]
+    quick_size = f"model.size={'audio-tiny' if part in UNET_PARTS else 'tiny'}"
+    overrides = [*TRAIN, *([*QUICK_TRAIN, quick_size] if quick else []), *(extra or [])]
     with cpu_timer() as t:
         run_dir = train_recipe(EXPERIMENT[part], overrides, run_dir=_run_dir(part, quick))
     run = open_run(run_dir)

@@ -12,7 +12,8 @@ from polydiff.audio import demo
 
 @pytest.mark.slow
 def test_quick_demo_writes_wavs_pngs_and_metrics(tmp_path, monkeypatch):
-    monkeypatch.setattr(demo, "QUICK", [*demo.QUICK, "trainer.max_steps=3", "model.size=tiny"])
+    monkeypatch.setattr(demo, "QUICK", [*demo.QUICK, "trainer.max_steps=3"])
+    monkeypatch.setattr(demo, "QUICK_NOTES", [*demo.QUICK_NOTES, "model.size=audio-tiny"])
     summary = demo.run(tmp_path, quick=True)
     assert json.loads((tmp_path / "summary.json").read_text())["quick"] is True
     for tag in ("griffinlim", "vocoder"):

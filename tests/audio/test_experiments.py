@@ -21,9 +21,9 @@ TINY = [
     "trainer.progress=false",
     "trainer.ckpt_every=0",
     "trainer.lr_warmup_steps=0",
-    "model.size=tiny",
     "data.dataset.per_class=1",
 ]
+UNET_TINY = "model.size=audio-tiny"  # the mel U-Net's; vocoders / DiffWave: their own "tiny"
 MEL = [
     "data.hooks.reference.per_class=1",
     "data.hooks.classifier_steps=2",
@@ -33,7 +33,8 @@ MEL = [
 
 def _train(tmp_path: Path, experiment: str, *extra: str) -> Path:
     cache = f"data.hooks.cache_dir={tmp_path / 'cache'}"
-    extras = [*extra, cache] if "mel" in experiment or "events" in experiment else list(extra)
+    unet = "mel" in experiment or "events" in experiment
+    extras = [*extra, cache, UNET_TINY] if unet else [*extra, "model.size=tiny"]
     return train([f"experiment={experiment}", *TINY, *extras, f"run_dir={tmp_path / 'run'}"])
 
 
@@ -127,7 +128,7 @@ def _class_folder(root: Path, classes: int = 3, per_class: int = 2) -> Path:
 def test_own_folder_in_one_line_reads_classes(tmp_path):
     root = _class_folder(tmp_path / "data")
     run = train(["experiment=audio/notes_mel", "data=audio_folder", f"data.root={root}",
-                 *TINY[:-1], f"run_dir={tmp_path / 'run'}"])  # fmt: skip
+                 *TINY[:-1], UNET_TINY, f"run_dir={tmp_path / 'run'}"])  # fmt: skip
     cfg = json.loads(json.dumps(__import__("omegaconf").OmegaConf.load(run / "config.yaml")
                                 .data.dataset.root))  # fmt: skip
     assert cfg == str(root)
@@ -137,4 +138,5 @@ def test_own_folder_in_one_line_reads_classes(tmp_path):
     assert len(list(out.glob("*.wav"))) == 3
     with pytest.raises(Exception, match=rf"data.num_classes=5 but {root} has 3 classes"):
         train(["experiment=audio/notes_mel", "data=audio_folder", f"data.root={root}",
-               "data.num_classes=5", *TINY[:-1], f"run_dir={tmp_path / 'run2'}"])  # fmt: skip
+               "data.num_classes=5", *TINY[:-1], UNET_TINY,
+               f"run_dir={tmp_path / 'run2'}"])  # fmt: skip

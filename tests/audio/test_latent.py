@@ -37,7 +37,7 @@ def test_notes_latent_recipe_trains_samples_and_scores(tmp_path):
     run = train([
         "experiment=audio/notes_latent", "trainer.max_steps=2", "trainer.batch_size=4",
         "trainer.progress=false", "trainer.ckpt_every=0", "trainer.lr_warmup_steps=0",
-        "model.size=tiny", "data.dataset.per_class=1", "data.dataset.autoencoder.steps=2",
+        "model.size=audio-tiny", "data.dataset.per_class=1", "data.dataset.autoencoder.steps=2",
         f"data.dataset.cache_dir={cache}", f"data.hooks.cache_dir={cache}",
         "data.hooks.reference.per_class=1", "data.hooks.classifier_steps=2",
         "+data.hooks.classifier_per_class=1", f"run_dir={tmp_path / 'run'}",

@@ -12,15 +12,15 @@ from polydiff.core.schedules import karras_sigmas
 
 
 def test_audio_unet_sizes_and_shape_checks():
-    net = audio_unet("tiny", num_classes=5)
+    net = audio_unet("audio-tiny", num_classes=5)
     x = torch.randn(2, 1, 64, 64)
     assert net(x, torch.rand(2), {"class": torch.tensor([0, 4])}).shape == x.shape
     with pytest.raises(KeyError, match="unknown audio U-Net size 'huge'"):
         audio_unet("huge")
     with pytest.raises(ValueError, match="must be divisible by 8"):
-        audio_unet("small", n_mels=60)
+        audio_unet("audio-small", n_mels=60)
     with pytest.raises(ValueError, match="need data.root"):
-        audio_unet("tiny", num_classes="auto")
+        audio_unet("audio-tiny", num_classes="auto")
 
 
 def test_vocos_output_length_and_input_check():

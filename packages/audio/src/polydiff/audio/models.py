@@ -43,18 +43,20 @@ __all__ = [
 CAPTION_DIM = 384  # all-MiniLM-L6-v2 pooled embedding
 
 AUDIO_UNET_SIZES: dict[str, dict[str, Any]] = {
+    # the "audio-" prefix keeps every U-Net size name project-wide unique: "tiny" / "small" are
+    # polydiff.nn.UNET_SIZES' networks (runs saved before config version 3 are migrated on open)
     # seconds-long tests
-    "tiny": dict(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
-                 attention_levels=(2,), num_heads=2),
+    "audio-tiny": dict(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                       attention_levels=(2,), num_heads=2),
     # CPU recipes on 64x64 mels (~5 M parameters): narrow at full resolution, wide at 8x8, where
     # the attention runs (a CPU step costs about channels^2 x pixels per level)
-    "small": dict(model_channels=16, channel_mult=(1, 2, 4, 8), num_res_blocks=1,
-                  attention_levels=(3,), num_heads=4),
-    "base": dict(model_channels=32, channel_mult=(1, 2, 4, 8), num_res_blocks=2,
-                 attention_levels=(2, 3), num_heads=4),
-    # 16x16 mel latents (64x64 mels / 4): ~2.9 M parameters at a quarter of "small"'s CPU cost
-    "latent": dict(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
-                   attention_levels=(2,), num_heads=4),
+    "audio-small": dict(model_channels=16, channel_mult=(1, 2, 4, 8), num_res_blocks=1,
+                        attention_levels=(3,), num_heads=4),
+    "audio-base": dict(model_channels=32, channel_mult=(1, 2, 4, 8), num_res_blocks=2,
+                       attention_levels=(2, 3), num_heads=4),
+    # 16x16 mel latents (64x64 mels / 4): ~2.9 M parameters at a quarter of audio-small's CPU cost
+    "audio-latent": dict(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1,
+                         attention_levels=(2,), num_heads=4),
 }  # fmt: skip
 
 
@@ -70,7 +72,7 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def audio_unet(
-    size: str = "small",
+    size: str = "audio-small",
     n_mels: int = 64,
     frames: int = 64,
     num_classes: int | str | None = None,

@@ -50,6 +50,7 @@ from .config import (
     sampler_options,
 )
 from .ema import HeldOutLoss, auto_items, choose_weights, load_weights, parse_ema_spec
+from .ema_sweep import select_ema_by_metric
 from .hooks import call_evaluate, call_hook, draw, write_outputs
 from .safe_config import check_config, is_trusted_config_dir
 from .sampling import SamplerSpec, with_objective_grid
@@ -82,13 +83,21 @@ CONDITIONAL_GUIDANCE = ("polydiff.core.guidance.classifier_free_guidance",)
 
 # A run's saved config.yaml carries ``config_version`` (runs without one are version 1); an
 # older saved config is migrated when the run is opened (:func:`migrate_run_config`).
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 # version 1 -> 2 (issue 13): a size name means one network across the project; the image U-Net's
 # own "tiny" / "small" / "base" became polydiff.nn.UNET_SIZES' "tiny-c16" / "small-c32" / "small"
 # (the same networks under their new names)
 RENAMED_SIZES_V2 = {
     "polydiff.image.models.image_unet": {"tiny": "tiny-c16", "small": "small-c32", "base": "small"},
 }
+# version 2 -> 3: the audio mel U-Net's own sizes got the "audio-" prefix (they reused "tiny" /
+# "small" for networks other than polydiff.nn.UNET_SIZES')
+RENAMED_SIZES_V3 = {
+    "polydiff.audio.models.audio_unet": {
+        name: f"audio-{name}" for name in ("tiny", "small", "base", "latent")
+    },
+}
+RENAMED_SIZES = {2: RENAMED_SIZES_V2, 3: RENAMED_SIZES_V3}  # target version -> renames
 
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
@@ -181,15 +190,16 @@ def migrate_run_config(saved: DictConfig, source: str | Path) -> DictConfig:
             f"{source}: config_version={version} was written by a newer polydiff (this one "
             f"reads up to {CONFIG_VERSION}); update polydiff to open it"
         )
-    if version < 2:
-        model = saved.get("model")
-        renames = RENAMED_SIZES_V2.get(model.get("_target_")) if model is not None else None
+    model = saved.get("model")
+    for target in range(version + 1, CONFIG_VERSION + 1):
+        renames = RENAMED_SIZES[target].get(model.get("_target_")) if model is not None else None
         old = model.get("size") if renames else None
         if isinstance(old, str) and old in renames:
             model.size = renames[old]
             print(
                 f"polydiff: {source}: model.size {old!r} is now called {renames[old]!r} (config "
-                f"version 1 -> {CONFIG_VERSION}: the same network under its project-wide name)",
+                f"version {version} -> {CONFIG_VERSION}: the same network under its project-wide "
+                "name)",
                 file=sys.stderr,
             )
     with open_dict(saved):
@@ -270,6 +280,8 @@ def train(
     if trainer.is_main:
         print(f"polydiff: run directory {run_dir}", flush=True)
     trainer.fit()
+    if trainer.is_main:  # sample.ema=auto: the final weights chosen by the modality's metric
+        select_ema_by_metric(run_dir, hooks, config_dir=config_dir)
     return run_dir
 
 
@@ -394,7 +406,8 @@ def open_run(
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
     model = instantiate(cfg.model, "model")
     objective = instantiate(cfg.objective, "objective")
-    choice = _ema_choice(ckpt, ema, cfg, model, objective)
+    hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
+    choice = _ema_choice(ckpt, ema, cfg, model, objective, hooks, config_dir)
     weights, which = load_weights(ckpt, choice["choice"] if choice else ema)  # verified, finite
     state = read_state(ckpt)
     try:
@@ -409,7 +422,7 @@ def open_run(
         cfg=cfg,
         model=model,
         objective=objective,
-        hooks=instantiate(cfg.data.get("hooks"), "data.hooks"),
+        hooks=hooks,
         sampler=with_objective_grid(build_sampler(cfg.sampler), objective),
         sample_shape=shape,
         checkpoint=ckpt,
@@ -419,12 +432,26 @@ def open_run(
 
 
 def _ema_choice(
-    ckpt: Path, ema: Any, cfg: DictConfig, model: torch.nn.Module, objective: Any
+    ckpt: Path,
+    ema: Any,
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    objective: Any,
+    hooks: Any,
+    config_dir: str | Path | None,
 ) -> dict[str, Any] | None:
-    """The ``ema=auto`` record: the one the checkpoint stores, else scored now (checkpoints
-    written before it existed) with the run's trainer settings; None for other requests."""
+    """The ``ema=auto`` record: for the run's newest checkpoint the choice by the modality's
+    metric (stored, or evaluated now: ``ema_sweep.select_ema_by_metric``); otherwise, or without
+    a metric, the checkpoint's loss choice, scored now for checkpoints written before it
+    existed; None for other requests."""
     if parse_ema_spec(ema)[0] != "auto":
         return None
+    run_dir = ckpt.parent.parent
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is not None and ckpt.resolve() == latest.resolve():
+        by_metric = select_ema_by_metric(run_dir, hooks, config_dir=config_dir)
+        if by_metric is not None:
+            return by_metric
     state = read_state(ckpt)
     if state.get("ema_auto"):
         return dict(state["ema_auto"])
@@ -596,7 +623,11 @@ def sample_run(
 
 
 def evaluate_run(
-    run_dir: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None
+    run_dir: str | Path,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    *,
+    config_dir: str | Path | None = None,
 ) -> dict:
     """Sample ``cfg.evaluate.n`` items and compute the modality's metrics; writes
     ``<run>/eval/<name from every setting>.json`` (or ``out`` / ``evaluate.out``), refusing to
@@ -605,7 +636,7 @@ def evaluate_run(
     The hooks get the ``evaluate`` settings (``reference``, ``save_images``...); what they
     compared against and with which features is recorded. No metric is an error saying why.
     """
-    run = open_run(run_dir, overrides)
+    run = open_run(run_dir, overrides, config_dir=config_dir)
     e = run.cfg.evaluate
     settings = job_settings(run, "evaluate")
     name = _job_name(settings)
