@@ -133,6 +133,12 @@ class ToyHooks:
                 out["class_accuracy"] = float(right.double().mean())
         return out
 
+    def primary_metric(self) -> tuple[str, str]:
+        """SWD ranks weights (``sample.ema=auto``): a distance between distributions, it
+        penalises over- and under-dispersed samples alike (the exact log-likelihood rewards
+        samples collapsed onto the modes)."""
+        return ("swd", "min")
+
     def write(self, samples: torch.Tensor, cond: Mapping | None, out_dir: Path) -> list[Path]:
         x = samples.detach().cpu().float()
         ref = self.reference(len(x), cond)

@@ -55,6 +55,7 @@ __all__ = [
     "parse_ema_spec",
     "posthoc_coefficients",
     "power_beta",
+    "same_weights",
     "sigma_rel_key",
     "sigma_rel_to_gamma",
     "warmup_decay",
@@ -515,12 +516,14 @@ class WeightSource:
 AUTO_SIGMA_RELS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25)
 
 
-def auto_candidates(state: Mapping[str, Any]) -> list[str]:
+def auto_candidates(
+    state: Mapping[str, Any], posthoc_sigma_rels: Iterable[float] = AUTO_SIGMA_RELS
+) -> list[str]:
     """What ``ema=auto`` chooses from: the raw weights, every stored EMA and, when the run
-    tracked power-function EMAs, their post-hoc reconstructions at :data:`AUTO_SIGMA_RELS`."""
+    tracked power-function EMAs, their post-hoc reconstructions at ``posthoc_sigma_rels``."""
     decays = list(state.get("ema_decays") or [])
     powers = list(state.get("ema_sigma_rels") or [])
-    posthoc = [sigma_rel_key(s) for s in AUTO_SIGMA_RELS] if powers else []
+    posthoc = [sigma_rel_key(s) for s in posthoc_sigma_rels] if powers else []
     return ["false", *decays, *powers, *(k for k in posthoc if k not in powers)]
 
 
@@ -604,7 +607,8 @@ class HeldOutLoss:
         return total / (self.items * self.draws)
 
 
-def _same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+def same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    """Bit-identical state dicts (warmed-up EMAs of different decays coincide for a while)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -638,7 +642,7 @@ def choose_weights(
             losses[spec] = math.inf
             continue
         # warmed-up EMAs of different decays coincide until the warm-up reaches them
-        same = next((v for w, v in seen if _same_weights(w, weights)), None)
+        same = next((v for w, v in seen if same_weights(w, weights)), None)
         value = float(score(weights)) if same is None else same
         seen.append((weights, value))
         losses[spec] = value if math.isfinite(value) else math.inf

@@ -19,6 +19,9 @@ A data config may carry ``hooks: {_target_: ...}`` building an object with any o
 - ``evaluate_model(run) -> dict[str, float]``: metrics of the trained model itself, given the
   opened run (``polydiff.train.run.OpenedRun``: model, objective, sampler, config), used by
   ``polydiff evaluate`` instead of sampling + ``evaluate`` (e.g. RL rollouts in simulators).
+- ``primary_metric() -> (name, "min" | "max") | None``: the one metric of ``evaluate`` that
+  ranks weights of the same run (``sample.ema=auto`` picks raw / EMA weights by it, see
+  ``polydiff.train.ema_sweep.select_ema_by_metric``); None or missing: chosen by the loss.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "call_hook",
     "call_evaluate",
     "draw",
+    "primary_metric",
     "write_outputs",
     "write_samples_npz",
 ]
@@ -85,6 +89,22 @@ def call_hook(hooks: Any, name: str, *args: Any) -> Any:
     """Call ``hooks.<name>`` or the default behaviour when the modality does not define it."""
     fn = getattr(hooks, name, None) if hooks is not None else None
     return (fn or getattr(_DEFAULT, name))(*args)
+
+
+def primary_metric(hooks: Any) -> tuple[str, int] | None:
+    """``(name, direction)`` of the metric ``hooks`` declares for ranking weights (direction
+    ``-1``: lower is better, ``+1``: higher), or None when it declares none."""
+    fn = getattr(hooks, "primary_metric", None) if hooks is not None else None
+    declared = fn() if callable(fn) else None
+    if declared is None:
+        return None
+    ok = isinstance(declared, (tuple, list)) and len(declared) == 2
+    if not ok or not isinstance(declared[0], str) or declared[1] not in ("min", "max"):
+        raise TypeError(
+            f"{type(hooks).__name__}.primary_metric() returned {declared!r}; expected "
+            "(metric name, 'min' or 'max') or None"
+        )
+    return declared[0], (-1 if declared[1] == "min" else 1)
 
 
 def write_samples_npz(

@@ -99,6 +99,7 @@ class TrainerConfig:
     ema_snapshot_every: int = 0  # power-EMA snapshots for post-hoc EMA; 0: max_steps // 20
     ema_auto_items: int = 256  # ema=auto: items scored at each checkpoint; 0: at sampling
     ema_auto_draws: int = 1  # ema=auto: noise draws per item
+    ema_auto_n: int = 256  # ema=auto: samples per candidate for the metric choice; 0: loss only
     sample_with_ema: bool = True  # sample with the EMA of the first decay
     aux_loss_weight: float = 1.0  # weight of ``model.aux_loss`` (e.g. MoE balance)
     log_every: int = 50
@@ -126,8 +127,9 @@ class TrainerConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "ema_auto_draws"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        if self.ema_auto_items < 0:
-            raise ValueError(f"trainer.ema_auto_items must be >= 0, got {self.ema_auto_items}")
+        for name in ("ema_auto_items", "ema_auto_n"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def _seed_for(*parts: int) -> int:

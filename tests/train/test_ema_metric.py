@@ -1,0 +1,139 @@
+"""``ema=auto`` by the modality's metric (issue #14): after training, raw / stored / post-hoc
+EMA weights are evaluated on a small fixed budget and the best by ``hooks.primary_metric()``
+is stored and used by sample / evaluate; hooks without a metric keep the loss choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from polydiff.train.checkpoint import CheckpointError, latest_checkpoint, read_state
+from polydiff.train.config import compose
+from polydiff.train.ema_sweep import (
+    AUTO_METRIC_SEED,
+    METRIC_SIGMA_RELS,
+    auto_metric_n,
+    select_ema_by_metric,
+    stored_metric_choice,
+)
+from polydiff.train.hooks import primary_metric
+from polydiff.train.run import evaluate_run, open_run, sample_run, train
+
+N = 48
+RUN = [
+    "experiment=toy/gmm",
+    "trainer=tiny",
+    "trainer.max_steps=12",
+    "trainer.ckpt_every=6",
+    "trainer.ema_decays=[0.9]",
+    "trainer.ema_sigma_rels=[0.05,0.1]",
+    f"trainer.ema_auto_n={N}",
+    "trainer.num_threads=1",
+    "model.hidden=32",
+    "sampler.steps=4",
+]
+
+
+class _Declares:
+    def __init__(self, declared):
+        self.declared = declared
+
+    def primary_metric(self):
+        return self.declared
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return train(RUN, run_dir=tmp_path_factory.mktemp("metric") / "run")
+
+
+def _record(run: Path) -> tuple[Path, dict]:
+    ckpt = latest_checkpoint(run / "checkpoints")
+    path = run / "eval" / f"ema_auto-step{read_state(ckpt)['step']:08d}.json"
+    return path, json.loads(path.read_text())
+
+
+def test_training_stores_the_metric_argmin_over_candidates_with_raw_among_them(run):
+    path, rec = _record(run)
+    state = read_state(latest_checkpoint(run / "checkpoints"))
+    assert rec["metric"] == "swd" and rec["direction"] == "min" and rec["n"] == N
+    assert rec["seed"] == AUTO_METRIC_SEED and rec["step"] == state["step"] == 12
+    # every candidate: raw, the stored EMAs, the post-hoc widths (twins evaluated once)
+    wanted = {"false", "0.9", "sigma_rel:0.05", "sigma_rel:0.1"}
+    wanted |= {f"sigma_rel:{s:g}" for s in METRIC_SIGMA_RELS}
+    assert set(rec["scores"]) | set(rec["same_as"]) == wanted
+    assert "false" in rec["scores"]
+    finite = {k: v for k, v in rec["scores"].items() if v is not None}
+    assert rec["choice"] == min(finite, key=finite.get)
+    # the scores are what polydiff evaluate reports for each candidate on the selection sample
+    for spec in ("false", rec["choice"]):
+        again = evaluate_run(
+            run,
+            [f"evaluate.n={N}", f"evaluate.seed={AUTO_METRIC_SEED}", f"sample.ema={spec}"],
+            out=run / "check" / f"{spec}.json",
+        )
+        assert again["metrics"]["swd"] == pytest.approx(rec["scores"][spec], rel=1e-6)
+    # the loss choice of the checkpoint is kept alongside
+    assert rec["loss_choice"] == state["ema_auto"]
+
+
+def test_sample_and_evaluate_with_auto_use_the_stored_metric_choice(run):
+    _, rec = _record(run)
+    opened = open_run(run)  # sample.ema defaults to auto
+    assert opened.weights == rec["weights"] and opened.ema_choice["metric"] == "swd"
+    out = sample_run(run, ["sample.n=8"])
+    saved = json.loads((out / "sample.json").read_text())
+    assert saved["ema"] == "auto" and saved["weights"] == rec["weights"]
+    assert saved["ema_choice"]["choice"] == rec["choice"]
+    # the reported evaluation (evaluate.seed default) is not the selection sample
+    assert compose([]).evaluate.seed != AUTO_METRIC_SEED != compose([]).sample.seed
+
+
+def test_argmax_for_a_higher_is_better_metric_and_the_loss_fallback(run, tmp_path):
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    path, _ = _record(other)
+    path.unlink()
+    rec = select_ema_by_metric(other, _Declares(("log_likelihood", "max")), log=lambda m: None)
+    finite = {k: v for k, v in rec["scores"].items() if v is not None}
+    assert rec["choice"] == max(finite, key=finite.get)
+    assert "higher is better" in rec["criterion"]
+    assert stored_metric_choice(other, latest_checkpoint(other / "checkpoints")) == rec
+    # hooks without a metric: the loss choice, said in one named line
+    path.unlink()
+    lines: list[str] = []
+    assert select_ema_by_metric(other, object(), log=lines.append) is None
+    assert len(lines) == 1 and "declare no primary metric" in lines[0]
+    assert "fixed-noise loss" in lines[0] and not path.exists()
+    loss = read_state(latest_checkpoint(other / "checkpoints"))["ema_auto"]
+    assert loss["weights"] in lines[0]
+
+
+def test_stale_and_damaged_records(run, tmp_path):
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    path, rec = _record(other)
+    ckpt = latest_checkpoint(other / "checkpoints")
+    path.write_text(json.dumps({**rec, "state_sha256": "0" * 64}))
+    assert stored_metric_choice(other, ckpt) is None  # another checkpoint of that step
+    path.write_text(json.dumps({**rec, "choice": "rm -rf"}))
+    with pytest.raises(CheckpointError, match="ema_auto-step00000012.json: not a valid"):
+        stored_metric_choice(other, ckpt)
+    path.write_text("{")
+    with pytest.raises(CheckpointError, match="delete it to choose again"):
+        open_run(other)
+
+
+def test_primary_metric_declarations_and_budget():
+    assert primary_metric(None) is None and primary_metric(object()) is None
+    assert primary_metric(_Declares(("fid", "min"))) == ("fid", -1)
+    assert primary_metric(_Declares(("acc", "max"))) == ("acc", 1)
+    with pytest.raises(TypeError, match="expected \\(metric name, 'min' or 'max'\\)"):
+        primary_metric(_Declares(("fid", "lower")))
+    # never more samples than items trained on; missing (older runs): 256; 0: off
+    assert auto_metric_n({"ema_auto_n": 256, "max_steps": 3, "batch_size": 10}) == 30
+    assert auto_metric_n({"max_steps": 1000, "batch_size": 64}) == 256
+    assert auto_metric_n({"ema_auto_n": 0, "max_steps": 1000, "batch_size": 64}) == 0
