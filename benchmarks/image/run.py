@@ -17,7 +17,11 @@ Every model is a config recipe trained by ``polydiff.train.run.train`` and score
 ``polydiff evaluate run=<dir> guidance.scale=3 ...``). Writes ``benchmarks/results/image.json``
 and ``image.md`` through ``benchmarks.common.write_results``.
 
-    python -m benchmarks.image.run [--quick]
+    python -m benchmarks.image.run [--quick] [pixel] [latent] [samplers] [shapes]
+    python -m benchmarks.image.run --markdown   # image.md again from image.json + image.notes.md
+
+``results/image.notes.md`` (hand-written: old vs new numbers and why they changed) is appended
+to the markdown when present.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import cpu_timer, results_dir, train_recipe, write_results
+from polydiff.core.fileio import atomic_write_text
 from polydiff.core.samplers import denoiser_evaluations, steps_for_evaluations
 from polydiff.image.autoencoder import reconstruction_error
 from polydiff.image.data import DigitsDataset, ShapesDataset
@@ -392,12 +397,30 @@ def markdown(r: dict) -> str:
     if recipes:
         lines += ["", "Recipes: " + "; ".join(f"`{v}`" for v in recipes.values()) + "."]
     lines.append("")
+    notes = results_dir(bool(r.get("quick"))) / "image.notes.md"
+    if notes.is_file():
+        lines += [notes.read_text()]
     return "\n".join(lines)
+
+
+def rerender(quick: bool = False) -> str:
+    """``image.md`` written again from ``image.json`` (e.g. after editing ``image.notes.md``)."""
+    path = results_dir(quick) / "image.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no image results to render (run the benchmark first)")
+    result = json.loads(path.read_text())
+    missing = [k for k in ("pixel", "latent", "sampler_nfe", "goal") if k not in result]
+    if missing:
+        raise ValueError(f"{path}: {missing} missing (run those parts first)")
+    md = markdown(result)
+    atomic_write_text(path.with_suffix(".md"), md)
+    return md
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="only re-render image.md")
     parser.add_argument("parts", nargs="*", help=f"any of {PARTS} (default: all)")
     parser.add_argument(
         "--pixel-run", type=Path, default=None,
@@ -405,5 +428,8 @@ if __name__ == "__main__":
         "only: its checkpoints are the pixel stages)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.markdown:
+        print(rerender(args.quick))
+        raise SystemExit(0)
     out = run(quick=args.quick, only=tuple(args.parts) or None, pixel_run=args.pixel_run)
     print(out.get("markdown") or "(partial run written)")

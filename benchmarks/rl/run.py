@@ -14,6 +14,10 @@ Goals (checked and reported, :func:`polydiff.rl.experiments.benchmark_goals`):
 Every planner and policy reports its NFE and latency per executed action (ms, median / p95).
 
     python -m benchmarks.rl.run [--quick] [maze] [pendulum] [two_path]
+    python -m benchmarks.rl.run --markdown   # rl.md again from rl.json + rl.notes.md
+
+``results/rl.notes.md`` (hand-written: old vs new numbers and why they changed) is appended to
+the markdown when present.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.common import cpu_timer, results_dir, train_recipe, write_results
+from polydiff.core.fileio import atomic_write_text
 from polydiff.rl.experiments import benchmark_goals, nest_metrics
 from polydiff.train.run import evaluate_run
 
@@ -242,7 +247,26 @@ def markdown(res: dict) -> str:
         "",
         "Goals: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in res["goals"].items()),
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + notes("rl", quick=bool(res.get("quick")))
+
+
+def notes(name: str, *, quick: bool) -> str:
+    """``results/<name>.notes.md`` (hand-written comparisons), to append to the markdown."""
+    path = results_dir(quick) / f"{name}.notes.md"
+    return "\n" + path.read_text() if path.is_file() else ""
+
+
+def rerender(quick: bool = False) -> str:
+    """``rl.md`` written again from ``rl.json`` (e.g. after editing ``rl.notes.md``)."""
+    path = results_dir(quick) / "rl.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no RL results to render (run the benchmark first)")
+    res = json.loads(path.read_text())
+    if not all(p in res for p in PARTS):
+        raise ValueError(f"{path}: parts {[p for p in PARTS if p not in res]} missing")
+    md = markdown(res)
+    atomic_write_text(path.with_suffix(".md"), md)
+    return md
 
 
 def _run_parallel(parts: tuple[str, ...], quick: bool, runs: Path) -> dict[str, dict]:
@@ -288,7 +312,7 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, parallel: bool
     md = ""
     if all(p in res for p in PARTS):
         res["goals"] = benchmark_goals(res["maze"], res["pendulum"], res["two_path"]["policies"])
-        md = markdown(res)
+        md = markdown({**res, "quick": quick})
     partial = "(partial RL run: the markdown needs all three parts)\n"
     write_results("rl", res, md or partial, quick=quick)
     res["markdown"] = md
@@ -298,6 +322,9 @@ def run(quick: bool = False, only: tuple[str, ...] | None = None, parallel: bool
 if __name__ == "__main__":
     args = sys.argv[1:]
     quick_mode = "--quick" in args
+    if "--markdown" in args:
+        print(rerender(quick_mode))
+        sys.exit(0)
     if "--part-json" in args:  # a child of _run_parallel: one part, result to the given file
         target = Path(args[args.index("--part-json") + 1])
         runs_dir = Path(args[args.index("--runs") + 1])

@@ -80,7 +80,7 @@ def test_a_run_written_with_an_old_size_name_opens_and_samples_identically(
     old = _old_style(tiny_run, "tiny")
     capsys.readouterr()
     run = open_run(old)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if "model.size" in line]
     assert len(err) == 1 and "'tiny' is now called 'tiny-c16'" in err[0] and str(old) in err[0]
     assert run.cfg.model.size == "tiny-c16"
     settings = ["sample.n=3", "sampler.steps=3"]
@@ -94,8 +94,8 @@ def test_a_run_written_with_an_old_size_name_opens_and_samples_identically(
     # the run directory itself is not rewritten by opening it
     assert "config_version" not in yaml.safe_load((old / "config.yaml").read_text())
     capsys.readouterr()
-    open_run(tiny_run)  # a current run: nothing to report
-    assert capsys.readouterr().err == ""
+    open_run(tiny_run)  # a current run: no rename to report (ema=auto may name its choice)
+    assert "model.size" not in capsys.readouterr().err
 
 
 def test_unknown_config_versions_are_refused(tiny_run: Path) -> None:
