@@ -6,26 +6,31 @@ probability-flow ODE solution (DOP853, rtol 1e-10) to sigma_min followed by the 
 every sampler ends with. Sigma range: Stable Diffusion's scaled-linear schedule (0.0292 ..
 14.61). Peers: every deterministic k-diffusion sampler on its Karras grid (rho 7) at the largest
 step count within the NFE budget; "k-diffusion best" is the best of them per seed. Ours: each
-candidate sampler on a grid from ``optimize_sigmas`` (its defaults: a pool of 2048 starts of its
-own noise, seed 0, never the evaluation noise; Heun reference on 48 Karras steps; stratified
-hard-sample pattern search on 256 of them per evaluation), evaluated on three evaluation seeds
-of 512 starts each; the spread is the min..max over seeds. "flips" counts evaluation samples
-whose per-sample RMS error exceeds 0.45 (they ended in another mixture component than the
-converged solve): the lumpy part of the error.
+candidate sampler on a grid from ``optimize_sigmas`` with its defaults (a pool of 2048 starts of
+its own noise, seed 0, never the evaluation noise; Heun reference on 48 Karras steps;
+multi-start stratified pattern search), evaluated on three evaluation seeds of 512 starts each;
+the spread is the min..max over seeds. "flips" counts evaluation samples whose per-sample RMS
+error exceeds 0.45 (they ended in another mixture component than the converged solve): the
+lumpy part of the error.
 
-Part 2, the trained digits model (needs a run: ``--digits-run <dir>``, trained with
-``polydiff train experiment=image/digits_cond model.size=tiny trainer.batch_size=64
-trainer.max_steps=1200``; the committed numbers use its 400-step checkpoint): FID and class
-accuracy at 5 / 7 / 10 NFE with CFG through
-``polydiff evaluate``, the old default (dpmpp_2m on the objective's Karras grid) vs the new
-(fitted grid from ``polydiff schedule``), and dpmpp_2m at 50 NFE as the reference.
+Diagnostic (not a result of the procedure): at 5 NFE the iPNDM-3 grid is also searched on the
+evaluation noise itself against the exact solve (the same pattern search, from the fitted grid
+and the best family grids), an estimate of how far any 5-step grid can take that solver.
 
-    python -m benchmarks.samplers.fewstep [--quick] [--digits-run runs/...]
+Part 2, the trained digits model (``--digits-run <dir>``, a run of ``polydiff train
+experiment=image/digits_cond``; the committed numbers use /work/runs/digits_cond_1500, 1500
+steps, copied first because fits and evaluations are written into the run): FID and class
+accuracy at 5 / 7 / 10 NFE with the recipe's CFG through ``polydiff evaluate``, the old default
+(dpmpp_2m on the objective's Karras grid), iPNDM-3 on the same grid, and iPNDM-3 on a grid from
+``polydiff schedule`` (small fit settings: ``DIGITS_FIT``), against dpmpp_2m at 50 NFE.
+
+    python -m benchmarks.samplers.fewstep [--quick] [--digits-run <dir> [--digits-only]]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +41,14 @@ import torch
 from benchmarks.common import write_results
 from peers import k_diffusion_model, load_k_diffusion_sampling, ode_reference
 from polydiff.core.samplers import CountingDenoiser, sample, steps_for_evaluations
-from polydiff.core.schedules import VPSchedule, karras_sigmas, optimize_sigmas
+from polydiff.core.schedules import (
+    VPSchedule,
+    _grid_from_logs,
+    _pattern_search,
+    exponential_sigmas,
+    karras_sigmas,
+    optimize_sigmas,
+)
 from polydiff.core.toy import GaussianMixture
 
 F64 = torch.float64
@@ -56,6 +68,12 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "deis3": ("deis", {"order": 3}),
     "unipc_bh2_2": ("unipc", {"order": 2}),
 }
+
+
+# ``polydiff schedule`` settings for the digits UNet (one fit ~2-6 min on one CPU thread)
+DIGITS_FIT = ["sample.n=32", "+schedule.pool=96", "+schedule.reference_steps=20",
+              "+schedule.rounds=1", "+schedule.sweeps=4", "+schedule.restarts=1",
+              "+schedule.random_starts=8"]  # fmt: skip
 
 
 def sd_range() -> tuple[float, float]:
@@ -92,6 +110,31 @@ def _typical(out: torch.Tensor, ref: torch.Tensor) -> float:
 def _flips(out: torch.Tensor, ref: torch.Tensor, threshold: float = 0.45) -> int:
     """Samples whose per-sample RMS error exceeds ``threshold`` (another mixture component)."""
     return int(((out - ref).square().mean(1).sqrt() > threshold).sum())
+
+
+def oracle_grid(
+    mix: GaussianMixture, starts: dict, grids: list[torch.Tensor], method: str, **opts: Any
+) -> torch.Tensor:
+    """Diagnostic: the grid searched on the evaluation noise itself against the exact solve."""
+    smin, smax = sd_range()
+    x = torch.cat([v[0] for v in starts.values()])
+    ref = torch.cat([v[1] for v in starts.values()])
+
+    def objective(logs: list[float]) -> float:
+        try:
+            out = sample(mix, x, _grid_from_logs(logs, smax), method, **opts)
+        except FloatingPointError:
+            return float("inf")
+        return float((out - ref).square().mean())
+
+    best = (float("inf"), [])
+    for grid in grids:
+        logs = torch.log(grid[1:-1]).tolist()
+        for delta in (0.25, 0.08):
+            logs, err = _pattern_search(objective, logs, math.log(smax), math.log(smin),
+                                        delta=delta, sweeps=6)  # fmt: skip
+        best = min(best, (err, logs))
+    return _grid_from_logs(best[1], smax)
 
 
 def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
@@ -145,6 +188,14 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
                     assert counter.calls <= budget
                     kerrs[seed] = _rms(sample(mix, x, karras, method, **opts), ref)
                 ratios = [errs[s] / best[s] for s in starts]
+                oracle = None
+                if budget == 5 and label == "ipndm3" and not quick:
+                    fams = [karras_sigmas(budget, smin, smax, info["rho"]),
+                            exponential_sigmas(budget, smin, smax)]  # fmt: skip
+                    og = oracle_grid(mix, starts, [grid, *fams], method, **opts)
+                    oracle = {"sigmas": [round(v, 5) for v in og.tolist()],
+                              "ratio": {s: _rms(sample(mix, x, og, method, **opts), ref) / best[s]
+                                        for s, (x, ref) in starts.items()}}  # fmt: skip
                 typ_ratios = [typ[s] / best_typical[s] for s in starts]
                 rows.append({
                     "problem": prob["name"], "nfe": budget, "sampler": label,
@@ -156,7 +207,7 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
                     "typical_error": typ, "k_diffusion_best_typical": best_typical,
                     "typical_ratio_mean": statistics.fmean(typ_ratios),
                     "typical_ratio_min": min(typ_ratios), "typical_ratio_max": max(typ_ratios),
-                    "flips": flips, "k_diffusion_best_flips": best_flips,
+                    "flips": flips, "k_diffusion_best_flips": best_flips, "oracle": oracle,
                 })  # fmt: skip
                 ratio = rows[-1]["ratio_mean"]
                 print(f"  {prob['name'][:12]} nfe {budget} {label}: ratio {ratio:.3f} typical "
@@ -166,34 +217,38 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
 
 
 def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
-    """FID / class accuracy through ``polydiff evaluate`` (old default vs fitted grid)."""
+    """FID / class accuracy through ``polydiff evaluate``: old default vs iPNDM-3 on the Karras
+    grid vs iPNDM-3 on a grid from ``polydiff schedule``, and dpmpp_2m at 50 NFE."""
     from polydiff.train.run import evaluate_run
     from polydiff.train.schedule_fit import schedule_run
 
-    n = 100 if quick else 200
+    n = 100 if quick else 500
     out_root = run_dir / "eval" / "fewstep"
     common = [f"evaluate.n={n}", "evaluate.overwrite=true"]
-    rows = []
+    rows: list[dict[str, Any]] = []
 
-    def evaluate(label: str, nfe: int, overrides: list[str]) -> None:
+    def evaluate(label: str, nfe: int, overrides: list[str], **extra: Any) -> None:
         t0 = time.perf_counter()
         res = evaluate_run(run_dir, [*overrides, *common],
-                           out=out_root / f"{label}-{nfe}.json")  # fmt: skip
+                           out=out_root / f"{label.split()[0]}-{nfe}.json")  # fmt: skip
         rows.append({"setting": label, "nfe": nfe, "overrides": overrides,
                      "metrics": res["metrics"], "checkpoint_step": res.get("checkpoint_step"),
-                     "n": n, "seconds": time.perf_counter() - t0})  # fmt: skip
+                     "n": n, "seconds": time.perf_counter() - t0, **extra})  # fmt: skip
         print(f"  digits {label} {nfe}: {res['metrics']}", flush=True)
         partial = {"mixtures": [], "digits": rows, "partial": True}  # kept if interrupted
         write_results("samplers_fewstep_digits", partial, markdown([], rows), quick=quick)
 
-    for nfe in (5, 10, 7):
+    for nfe in (10, 5, 50, 7):
         evaluate("dpmpp_2m (old default)", nfe, ["sampler=dpmpp_2m", f"sampler.steps={nfe}"])
-        for method, opts in (("ipndm", ["sampler.order=3"]),):
-            fit = schedule_run(run_dir, [f"sampler={method}", f"sampler.steps={nfe}",
-                                         "sample.n=32", *opts])  # fmt: skip
-            evaluate(f"{method} fitted", nfe, [*fit["use"].split(" "), *opts])
-            rows[-1]["sigmas"] = fit["sigmas"]
-    evaluate("dpmpp_2m (old default)", 50, ["sampler=dpmpp_2m", "sampler.steps=50"])
+        if nfe == 50:
+            continue
+        ipndm = ["sampler=ipndm", f"sampler.steps={nfe}", "sampler.order=3"]
+        evaluate("ipndm3_karras (objective grid)", nfe, ipndm)
+        t0 = time.perf_counter()
+        fit = schedule_run(run_dir, [*ipndm, *DIGITS_FIT])
+        evaluate("ipndm3_fitted (polydiff schedule)", nfe, [*fit["use"].split(" "),
+                 "sampler.order=3"], sigmas=fit["sigmas"], fit=fit["fit"],
+                 fit_seconds=time.perf_counter() - t0)  # fmt: skip
     return rows
 
 
@@ -219,10 +274,19 @@ def markdown(mix_rows: list[dict], digit_rows: list[dict]) -> str:
             f"{sum(r.get('k_diffusion_best_flips', {}).values())} / "
             f"{sum(r.get('flips', {}).values())} |"
         )
+    for r in mix_rows:
+        if r.get("oracle"):
+            o = list(r["oracle"]["ratio"].values())
+            lines.append(
+                f"\nDiagnostic, {r['problem'][:28]}, {r['nfe']} NFE {r['sampler']}: a grid "
+                "searched on the evaluation noise itself (not the procedure; how far any grid "
+                f"takes this solver): ratio {statistics.fmean(o):.2f} "
+                f"({min(o):.2f}..{max(o):.2f}), sigmas {r['oracle']['sigmas']}"
+            )
     if digit_rows:
         step, n = digit_rows[0].get("checkpoint_step"), digit_rows[0].get("n")
-        lines += ["", f"Trained digits (UNet-tiny, checkpoint step {step}), CFG, {n} samples, "
-                  "through polydiff evaluate:", "", "| setting | NFE | FID | class acc |",
+        lines += ["", f"Trained digits (digits_cond recipe, checkpoint step {step}), CFG, {n} "
+                  "samples, through polydiff evaluate:", "", "| setting | NFE | FID | class acc |",
                   "|---|---:|---:|---:|"]  # fmt: skip
         for r in digit_rows:
             m = r["metrics"]

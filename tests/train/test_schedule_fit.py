@@ -58,8 +58,10 @@ def test_schedule_run_fits_saves_and_the_sampler_config_uses_it(toy_run, tmp_pat
     assert small["fit"]["pool"] == 32 and len(small["sigmas"]) == 4
     with pytest.raises(ConfigError, match="unknown schedule.pools; valid: pool,"):
         schedule_run(toy_run, ["+schedule.pools=32"])
-    with pytest.raises(ConfigError, match="schedule.pool must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match="schedule.pool must be an integer >= 1, got 0"):
         schedule_run(toy_run, ["+schedule.pool=0"])
+    with pytest.raises(ConfigError, match="schedule.random_starts must be an integer >= 0"):
+        schedule_run(toy_run, ["+schedule.random_starts=-1"])
 
 
 def test_saved_grids_are_validated(tmp_path) -> None:

@@ -619,7 +619,7 @@ def ays_sigmas(n: int, model: str = "sd15") -> torch.Tensor:
 # Fitted grids
 # ---------------------------------------------------------------------------------------------
 
-_FIT_VERSION = 3
+_FIT_VERSION = 4
 _FIT_CACHE: dict[str, torch.Tensor] = {}
 _PROBE_SEED = 20240601
 Cond = Mapping[str, torch.Tensor] | None
@@ -724,6 +724,8 @@ def optimize_sigmas(
     reference_steps: int = 48,
     rounds: int = 2,
     sweeps: int = 8,
+    restarts: int = 3,
+    random_starts: int = 24,
     batch_size: int = 2048,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -742,16 +744,21 @@ def optimize_sigmas(
     2024), made to generalise to fresh noise:
 
     1. reference: a Heun solve of the pool on a ``reference_steps`` Karras grid;
-    2. start: the Karras grid whose ``rho`` (of 1, 2, 3, 5, 7, 10, 15) has the smallest RMS
-       error over the pool (the tuned polynomial family);
+    2. start: of the named families (Karras ``rho`` of 1, 2, 3, 5, 7, 10, 15 and uniform in
+       log-SNR) the grid with the smallest RMS error over the pool;
     3. ``rounds`` of coordinate pattern search on the interior log sigmas, each on a stratified
        subset of ``n_samples``: the ``n_samples // 4`` samples with the largest error under the
        current grid (weight 1) and a random draw from the rest (weighted up to the rest's
        size), an unbiased estimate of the pool's mean square error. The error is lumpy (a few
        starts near a boundary between modes end in another mode and carry most of it); a
-       plain random subset sees too few of them and the fit then trades them away;
-    4. of the fitted grid, the start and the rho-7 Karras grid the one with the smallest RMS
-       error over the whole pool is returned (the fitted one on ties).
+       plain random subset sees too few of them and the fit then trades them away. The
+       search is local and the landscape has several basins (at 5 steps, e.g., one or two
+       steps spent above the mode-decision sigmas), so it starts from many grids: the family
+       grids and ``random_starts`` random ones (log-uniform, sorted) are ranked on the first
+       stratified subset, the best ``4 * restarts`` get two sweeps, and the best ``restarts``
+       of those the full ``rounds`` (successive halving);
+    4. of the fitted grids, the start and the rho-7 Karras grid the one with the smallest RMS
+       error over the whole pool is returned (a fitted one on ties).
 
     ``cond`` holds rows for the pool (cycled if it has fewer) and ``opts`` (sampler options,
     e.g. ``order=3``) go to the sampler; solves run in chunks of ``batch_size``. The result is
@@ -768,6 +775,9 @@ def optimize_sigmas(
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
     if n_samples < 4:
         raise ValueError(f"n_samples must be >= 4, got {n_samples}")
+    if restarts < 1 or random_starts < 0:
+        raise ValueError(f"need restarts >= 1 and random_starts >= 0, got {restarts}, "
+                         f"{random_starts}")  # fmt: skip
     pool = 8 * n_samples if pool is None else pool
     if pool < n_samples:
         raise ValueError(f"pool must be >= n_samples = {n_samples}, got {pool}")
@@ -783,7 +793,8 @@ def optimize_sigmas(
     key = hashlib.sha256(
         json.dumps(
             [_FIT_VERSION, fingerprint, steps, sampler, sigma_min, sigma_max, n_samples, pool,
-             reference_steps, rounds, sweeps, str(dtype), _tensor_digest(noise), cond_key,
+             reference_steps, rounds, sweeps, restarts, random_starts, str(dtype),
+             _tensor_digest(noise), cond_key,
              sorted((k, repr(v)) for k, v in opts.items())]
         ).encode()
     ).hexdigest()  # fmt: skip
@@ -825,20 +836,20 @@ def optimize_sigmas(
     def rms(grid: torch.Tensor) -> float:
         return float(errors(grid).mean().sqrt())
 
-    # 2. the best rho of the Karras family as the start
-    start, start_err = None, math.inf
-    for rho in (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0):
-        grid = karras_sigmas(steps, sigma_min, sigma_max, rho)
-        err = rms(grid)
-        if err < start_err:
-            start, start_err, stats["rho"] = grid, err, rho
-    assert start is not None
-    # 3. pattern search on a stratified subset (hard samples + weighted random rest), re-drawn
-    # under the current grid every round
+    # 2. the best of the named families as the start
     top, bottom = math.log(sigma_max), math.log(sigma_min)
-    logs = torch.log(start[1:-1]).tolist()
+    families = {f"karras rho {rho:g}": karras_sigmas(steps, sigma_min, sigma_max, rho)
+                for rho in (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)}  # fmt: skip
+    families["log-snr uniform"] = exponential_sigmas(steps, sigma_min, sigma_max)
+    family_errors = {name: rms(grid) for name, grid in families.items()}
+    stats["start_family"] = min(family_errors, key=family_errors.__getitem__)
+    start, start_err = families[stats["start_family"]], family_errors[stats["start_family"]]
+    karras_rhos = [n for n in families if n.startswith("karras")]
+    stats["rho"] = float(min(karras_rhos, key=family_errors.__getitem__).split()[-1])
     n_hard = n_samples // 4 if pool > n_samples else n_samples
-    for round_ in range(rounds):
+
+    def stratified(logs: list[float]) -> Callable[[list[float]], float]:
+        """The stratified-subset estimate of the pool's mean square error (step 3)."""
         order = torch.argsort(errors(_grid_from_logs(logs, sigma_max)), descending=True)
         hard, rest = order[:n_hard], order[n_hard:]
         easy = rest[torch.randperm(len(rest), generator=subset_gen)[: n_samples - n_hard]]
@@ -848,20 +859,38 @@ def optimize_sigmas(
             [torch.ones(len(hard), dtype=_F64), torch.full((len(easy),), up, dtype=_F64)]
         )
 
-        def objective(cand: list[float], idx=idx, weights=weights) -> float:
+        def objective(cand: list[float]) -> float:
             return float((weights * errors(_grid_from_logs(cand, sigma_max), idx)).sum() / pool)
 
-        logs, _ = _pattern_search(objective, logs, top, bottom, delta=0.25 / (round_ + 1),
-                                  sweeps=sweeps)  # fmt: skip
-    fitted = _grid_from_logs(logs, sigma_max)
+        return objective
+
+    # 3. rank the family grids and random grids on the first subset, search from the best few
+    first = stratified(torch.log(start[1:-1]).tolist())
+    candidates = [torch.log(grid[1:-1]).tolist() for grid in families.values()]
+    for _ in range(random_starts):
+        logs = torch.empty(steps - 1, dtype=_F64).uniform_(bottom, top, generator=subset_gen)
+        candidates.append(logs.sort(descending=True).values.tolist())
+    # successive halving: two sweeps from the best 4 * restarts, the full rounds from the best
+    short = [_pattern_search(first, logs, top, bottom, delta=0.25, sweeps=2)
+             for logs in sorted(candidates, key=first)[: 4 * restarts]]  # fmt: skip
+    finalists: list[list[float]] = []
+    for logs, _ in sorted(short, key=lambda pair: pair[1])[:restarts]:
+        for round_ in range(rounds):
+            objective = first if round_ == 0 else stratified(logs)
+            logs, _ = _pattern_search(objective, logs, top, bottom, delta=0.25 / (round_ + 1),
+                                      sweeps=sweeps)  # fmt: skip
+        finalists.append(logs)
+    fitted_errors = [rms(_grid_from_logs(logs, sigma_max)) for logs in finalists]
+    best = min(range(len(finalists)), key=fitted_errors.__getitem__)
+    fitted = _grid_from_logs(finalists[best], sigma_max)
     # 4. the best of fitted / start / Karras rho 7 over the whole pool
     karras = karras_sigmas(steps, sigma_min, sigma_max)
-    pooled = {"fitted": rms(fitted), "start": start_err, "karras": rms(karras)}
+    pooled = {"fitted": fitted_errors[best], "start": start_err, "karras": rms(karras)}
     kept = min(pooled, key=lambda name: (pooled[name], name != "fitted"))
     result = {"fitted": fitted, "start": start, "karras": karras}[kept]
     stats.update(
         start_error=start_err, fitted_error=pooled["fitted"], karras_error=pooled["karras"],
-        kept=kept, evaluations=evaluations, pool=pool,
+        kept=kept, evaluations=evaluations, pool=pool, restart_errors=fitted_errors,
     )  # fmt: skip
     if cache:
         _FIT_CACHE[key] = result.clone()

@@ -10,9 +10,11 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
 
 (:func:`fitted_sigmas` checks that the file holds a grid of the requested number of steps).
 The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
-``reference_steps``, ``rounds``, ``sweeps``, ``batch_size``: see ``optimize_sigmas``); an
-expensive network wants a smaller pool and reference than the defaults, e.g. ``sample.n=32
-+schedule.pool=128 +schedule.reference_steps=24``.
+``reference_steps``, ``rounds``, ``sweeps``, ``restarts``, ``random_starts``, ``batch_size``:
+see ``optimize_sigmas``); an expensive network wants a smaller search than the defaults, e.g.
+(the digits UNet, 2-6 min per grid on one CPU thread) ``sample.n=32 +schedule.pool=96
++schedule.reference_steps=20 +schedule.rounds=1 +schedule.sweeps=4 +schedule.restarts=1
++schedule.random_starts=8``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from .run import job_dir, open_run
 
 __all__ = ["FIT_KEYS", "load_sigmas", "fitted_sigmas", "schedule_run"]
 
-FIT_KEYS = ("pool", "reference_steps", "rounds", "sweeps", "batch_size")
+FIT_KEYS = (
+    "pool",
+    "reference_steps",
+    "rounds",
+    "sweeps",
+    "restarts",
+    "random_starts",
+    "batch_size",
+)
 
 
 def load_sigmas(path: str | Path) -> torch.Tensor:
@@ -97,8 +107,9 @@ def schedule_run(
     for key, value in fit_opts.items():
         if key not in FIT_KEYS:
             raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(FIT_KEYS)}")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"schedule.{key} must be a positive integer, got {value!r}")
+        least = 0 if key == "random_starts" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"schedule.{key} must be an integer >= {least}, got {value!r}")
     gen = torch.Generator().manual_seed(seed)
     cond = call_hook(run.hooks, "sample_cond", n, gen)
     denoiser = run.denoiser()
