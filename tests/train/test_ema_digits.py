@@ -5,10 +5,10 @@ Before issue #14, ``polydiff train experiment=image/digits_cond model.size=tiny
 trainer.batch_size=64 trainer.max_steps=1500`` then ``polydiff evaluate`` gave class accuracy
 0.47 with the default 0.999 EMA (22% of it still the step-1 weights) vs 0.998 with
 ``sample.ema=false``. The recipe now keeps the trainer's default EMAs and samples with
-``auto`` (the lowest fixed-noise loss among raw / EMAs / post-hoc EMAs, chosen per
-checkpoint). Measured (benchmarks/results/train_ema.md, seed 0, n=500): 300 steps auto
-(sigma_rel 0.05) class accuracy 0.328, FID 8.22 vs raw 0.374, 8.98. Slow: 300 / 1500 CPU
-steps of a small U-Net plus two 500-sample evaluations.
+``auto``: after training, raw / stored / post-hoc EMA weights are evaluated on 256 samples
+(seed 104729, not the evaluation's) and the best by FID is kept
+(``polydiff.train.ema_sweep.select_ema_by_metric``; benchmarks/results/train_ema.md).
+Slow: 300 / 1500 CPU steps of a small U-Net, the choice, two 500-sample evaluations.
 """
 
 from __future__ import annotations

@@ -110,6 +110,9 @@ def test_argmax_for_a_higher_is_better_metric_and_the_loss_fallback(run, tmp_pat
     assert "fixed-noise loss" in lines[0] and not path.exists()
     loss = read_state(latest_checkpoint(other / "checkpoints"))["ema_auto"]
     assert loss["weights"] in lines[0]
+    # open_run does not repeat it (its JSON records the criterion used)
+    assert select_ema_by_metric(other, object(), log=lines.append, announce_fallback=False) is None
+    assert len(lines) == 1
 
 
 def test_stale_and_damaged_records(run, tmp_path):

@@ -13,7 +13,9 @@
     polydiff show run=<dir>                                            # what a run holds
 
 Shorthands (sample/evaluate/modality commands): ``steps=`` -> ``sampler.steps=``, ``n=`` ->
-``sample.n=`` / ``evaluate.n=``, ``seed=``, ``ema=`` (true, false, a decay or sigma_rel:<x>),
+``sample.n=`` / ``evaluate.n=``, ``seed=``, ``ema=`` (auto, the default: the raw or EMA weights
+best by the modality's metric, chosen after training; true: the first EMA; false: raw weights;
+a decay such as 0.999; sigma_rel:<x>: a post-hoc power EMA),
 ``out=`` (output path), ``overwrite=true`` (replace an existing output). ``run=latest`` is the
 newest run under ``runs_root`` (``run=latest:<experiment name>`` within one experiment).
 Every sampler of ``polydiff.core.samplers.SAMPLERS`` is a ``sampler=<name>`` choice with its

@@ -25,7 +25,11 @@ constant-LR run are noisier than any average of its end). Following EDM2's advic
 length is chosen after training, the trainer scores the raw weights, every stored EMA and
 post-hoc power EMAs of several widths at each checkpoint on the objective's loss with fixed
 data and noise (:class:`HeldOutLoss`, :func:`choose_weights`) and stores the winner in
-``state.json`` (``ema_auto``); sampling with ``ema=auto`` uses it and records it.
+``state.json`` (``ema_auto``). That loss need not track sample quality (measured: every EMA of
+a 1500-step toy run had a lower loss and a worse SWD than the raw weights), so at the end of
+training the final checkpoint's candidates are also evaluated with the modality's own metric
+(``polydiff.train.ema_sweep.select_ema_by_metric``); sampling with ``ema=auto`` uses that
+choice when there is one, else the loss choice, and records which.
 """
 
 from __future__ import annotations

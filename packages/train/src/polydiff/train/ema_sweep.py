@@ -41,6 +41,7 @@ from .hooks import primary_metric
 __all__ = [
     "AUTO_METRIC_SEED",
     "METRIC_SIGMA_RELS",
+    "MIN_METRIC_N",
     "auto_metric_n",
     "main",
     "select_ema_by_metric",
@@ -53,6 +54,8 @@ DEFAULT_SIGMA_RELS = (0.02, 0.05, 0.1, 0.15, 0.2)
 METRIC_SIGMA_RELS = (0.025, 0.15, 0.25)
 # the selection sample's seed: not sample.seed (0) nor evaluate.seed (1), the defaults
 AUTO_METRIC_SEED = 104729
+# fewer samples than this cannot rank weights (smoke runs): the loss choice stands
+MIN_METRIC_N = 32
 
 
 def _log(msg: str) -> None:
@@ -97,7 +100,7 @@ def sweep_ema(
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items())
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in result["metrics"].items())
         print(f"ema={spec:<16} {result['weights']:<40} {shown}", flush=True)
     out = {"run": str(run_dir), "checkpoint": str(ckpt), "step": step, "rows": rows}
     if write:
@@ -157,10 +160,13 @@ def select_ema_by_metric(
     *,
     config_dir: str | Path | None = None,
     log: Callable[[str], None] = _log,
+    announce_fallback: bool = True,
 ) -> dict[str, Any] | None:
     """The ``ema=auto`` record of the run's newest checkpoint chosen by the modality's metric
     (stored, or evaluated now); None when the loss choice stands (no metric declared,
-    ``trainer.ema_auto_n=0``, or no EMA), which is said in one ``log`` line.
+    ``trainer.ema_auto_n=0``, too few samples, or no EMA), which is said in one ``log`` line
+    unless ``announce_fallback`` is false (``open_run``: the sample / evaluate JSON records
+    the criterion of the choice it used).
 
     Candidates: the raw weights, every stored EMA and post-hoc power EMAs at
     :data:`METRIC_SIGMA_RELS`; those with bit-identical weights are evaluated once. Each is
@@ -181,13 +187,16 @@ def select_ema_by_metric(
         return None  # raw weights only
     declared = primary_metric(hooks)
     n = auto_metric_n(state.get("trainer") or {})
-    if declared is None or n == 0:
-        why = (
-            f"its hooks ({type(hooks).__name__ if hooks is not None else 'none'}) declare no "
-            "primary metric"
-            if declared is None
-            else "trainer.ema_auto_n=0"
-        )
+    if declared is None or n < MIN_METRIC_N:
+        if declared is None:
+            name = type(hooks).__name__ if hooks is not None else "none"
+            why = f"its hooks ({name}) declare no primary metric"
+        elif n == 0:
+            why = "trainer.ema_auto_n=0"
+        else:
+            why = f"only {n} samples (the items it trained on) < {MIN_METRIC_N}"
+        if not announce_fallback:
+            return None
         log(
             f"polydiff: ema=auto for {ckpt}: {why}, so the weights are chosen by the fixed-noise "
             f"loss ({loss_choice})"
@@ -213,13 +222,21 @@ def select_ema_by_metric(
     specs = [s for s, _ in distinct]
     distinct.clear()
     t0 = time.perf_counter()
-    sweep = sweep_ema(
-        run_dir,
-        overrides=[f"evaluate.n={n}", f"evaluate.seed={AUTO_METRIC_SEED}"],
-        specs=specs,
-        write=False,
-        config_dir=config_dir,
-    )
+    try:
+        sweep = sweep_ema(
+            run_dir,
+            overrides=[f"evaluate.n={n}", f"evaluate.seed={AUTO_METRIC_SEED}"],
+            specs=specs,
+            write=False,
+            config_dir=config_dir,
+        )
+    except (ConfigError, ValueError, RuntimeError, ArithmeticError) as err:
+        log(
+            f"polydiff: ema=auto for {ckpt}: evaluating the candidates failed "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}), so the "
+            f"fixed-noise loss choice stands ({loss_choice})"
+        )
+        return None
     seconds = time.perf_counter() - t0
     scores: dict[str, float | None] = {}
     for row in sweep["rows"]:

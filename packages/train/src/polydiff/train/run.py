@@ -407,6 +407,7 @@ def open_run(
     model = instantiate(cfg.model, "model")
     objective = instantiate(cfg.objective, "objective")
     hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
+    sampler = with_objective_grid(build_sampler(cfg.sampler), objective)  # checked before auto
     choice = _ema_choice(ckpt, ema, cfg, model, objective, hooks, config_dir)
     weights, which = load_weights(ckpt, choice["choice"] if choice else ema)  # verified, finite
     state = read_state(ckpt)
@@ -423,7 +424,7 @@ def open_run(
         model=model,
         objective=objective,
         hooks=hooks,
-        sampler=with_objective_grid(build_sampler(cfg.sampler), objective),
+        sampler=sampler,
         sample_shape=shape,
         checkpoint=ckpt,
         weights=which,
@@ -449,7 +450,9 @@ def _ema_choice(
     run_dir = ckpt.parent.parent
     latest = latest_checkpoint(run_dir / "checkpoints")
     if latest is not None and ckpt.resolve() == latest.resolve():
-        by_metric = select_ema_by_metric(run_dir, hooks, config_dir=config_dir)
+        by_metric = select_ema_by_metric(
+            run_dir, hooks, config_dir=config_dir, announce_fallback=False
+        )
         if by_metric is not None:
             return by_metric
     state = read_state(ckpt)
