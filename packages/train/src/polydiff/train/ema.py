@@ -274,8 +274,9 @@ class EMABank(nn.Module):
 EMASpec = bool | float | str | None
 
 _SPEC_HELP = (
-    "expected auto (the weights with the lowest held-out loss), true (the first EMA), false "
-    "(raw weights), a decay such as 0.999, or sigma_rel:<width> such as sigma_rel:0.05"
+    "expected auto (the raw / EMA weights best by the modality's metric), true (the first "
+    "EMA), false (raw weights), a decay such as 0.999, or sigma_rel:<width> such as "
+    "sigma_rel:0.05"
 )
 
 
