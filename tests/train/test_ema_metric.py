@@ -22,7 +22,7 @@ from polydiff.train.ema_sweep import (
 from polydiff.train.hooks import primary_metric
 from polydiff.train.run import evaluate_run, open_run, sample_run, train
 
-N = 48
+N = 96  # the items trained on (12 x 8): ToyHooks' SWD asks for 2000, ema_auto_n for 48
 RUN = [
     "experiment=toy/gmm",
     "trainer=tiny",
@@ -30,7 +30,8 @@ RUN = [
     "trainer.ckpt_every=6",
     "trainer.ema_decays=[0.9]",
     "trainer.ema_sigma_rels=[0.05,0.1]",
-    f"trainer.ema_auto_n={N}",
+    "trainer.batch_size=8",
+    "trainer.ema_auto_n=48",
     "trainer.num_threads=1",
     "model.hidden=32",
     "sampler.steps=4",
@@ -140,3 +141,6 @@ def test_primary_metric_declarations_and_budget():
     assert auto_metric_n({"ema_auto_n": 256, "max_steps": 3, "batch_size": 10}) == 30
     assert auto_metric_n({"max_steps": 1000, "batch_size": 64}) == 256
     assert auto_metric_n({"ema_auto_n": 0, "max_steps": 1000, "batch_size": 64}) == 0
+    # a metric that needs more samples gets them (the toy's SWD: 2000), unless turned off
+    assert auto_metric_n({"ema_auto_n": 256, "max_steps": 1000, "batch_size": 64}, 2000) == 2000
+    assert auto_metric_n({"ema_auto_n": 0, "max_steps": 1000, "batch_size": 64}, 2000) == 0

@@ -133,6 +133,11 @@ class ToyHooks:
                 out["class_accuracy"] = float(right.double().mean())
         return out
 
+    # SWD of 256 points vs 256 reference points is mostly their sampling noise (0.2-0.3 against
+    # 0.06-0.11 at 2000): it ranked an over-dispersed EMA above the raw weights of a 1500-step
+    # run (benchmarks/results/train_ema.md); 2000 points cost ~1 s per candidate
+    primary_metric_n = 2000
+
     def primary_metric(self) -> tuple[str, str]:
         """SWD ranks weights (``sample.ema=auto``): a distance between distributions, it
         penalises over- and under-dispersed samples alike (the exact log-likelihood rewards

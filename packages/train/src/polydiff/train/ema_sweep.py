@@ -111,13 +111,15 @@ def sweep_ema(
 
 
 # --------------------------------------------------------------------------- ema=auto by metric
-def auto_metric_n(trainer: dict[str, Any]) -> int:
+def auto_metric_n(trainer: dict[str, Any], needs: int = 0) -> int:
     """Samples per candidate of the metric choice: ``trainer.ema_auto_n`` (256 for runs trained
-    before it existed; 0 turns the metric choice off), never more than the items the run
-    trained on (``max_steps x batch_size x grad_accum``)."""
+    before it existed; 0 turns the metric choice off) or more when the metric ``needs`` more
+    to rank weights (``hooks.primary_metric_n``), never more than the items the run trained on
+    (``max_steps x batch_size x grad_accum``)."""
     n = trainer.get("ema_auto_n", 256)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"trainer.ema_auto_n={n!r}: expected an integer >= 0")
+    n = max(n, int(needs)) if n else 0
     seen = int(trainer.get("max_steps") or 1) * int(trainer.get("batch_size") or 1)
     return min(n, seen * int(trainer.get("grad_accum") or 1))
 
@@ -186,7 +188,7 @@ def select_ema_by_metric(
     if not (state.get("ema_decays") or state.get("ema_sigma_rels")):
         return None  # raw weights only
     declared = primary_metric(hooks)
-    n = auto_metric_n(state.get("trainer") or {})
+    n = auto_metric_n(state.get("trainer") or {}, getattr(hooks, "primary_metric_n", 0))
     if declared is None or n < MIN_METRIC_N:
         if declared is None:
             name = type(hooks).__name__ if hooks is not None else "none"

@@ -22,6 +22,8 @@ A data config may carry ``hooks: {_target_: ...}`` building an object with any o
 - ``primary_metric() -> (name, "min" | "max") | None``: the one metric of ``evaluate`` that
   ranks weights of the same run (``sample.ema=auto`` picks raw / EMA weights by it, see
   ``polydiff.train.ema_sweep.select_ema_by_metric``); None or missing: chosen by the loss.
+  An attribute ``primary_metric_n`` raises the samples per candidate (``trainer.ema_auto_n``)
+  to what the metric needs to rank weights.
 """
 
 from __future__ import annotations
