@@ -32,6 +32,11 @@ from polydiff.train.run import evaluate_run
 
 NAME = "train_ema"
 KIND = "metric"  # entries of the metric choice (earlier entries, of the loss choice, are dropped)
+# earlier settings of the metric choice kept for comparison: kind -> section title
+ABLATIONS = {
+    "metric_n256": "toy/gmm with the choice on 256 samples (before ToyHooks.primary_metric_n "
+    "= 2000), runs under runs/bench/train_ema_s5",
+}
 # per recipe: the metrics shown, each with its direction (+1: higher is better)
 METRICS = {
     "toy/gmm": {"swd": -1, "log_likelihood": +1, "near_mode_fraction": +1},
@@ -127,13 +132,19 @@ def markdown(entries: list[dict[str, Any]]) -> str:
         "is better; s.e. over training seeds x evaluation seeds.",
         "",
     ]
-    for recipe in sorted({e["recipe"] for e in entries}):
+    sections = [(r, KIND, r) for r in sorted({e["recipe"] for e in entries if e["kind"] == KIND})]
+    for kind, title in ABLATIONS.items():
+        sections += [
+            (r, kind, title) for r in sorted({e["recipe"] for e in entries if e["kind"] == kind})
+        ]
+    for recipe, kind, title in sections:
         ms = METRICS[recipe]
         mine = sorted(
-            (e for e in entries if e["recipe"] == recipe), key=lambda e: (e["steps"], e["seed"])
+            (e for e in entries if e["recipe"] == recipe and e["kind"] == kind),
+            key=lambda e: (e["steps"], e["seed"]),
         )
         lines += [
-            f"## {recipe}",
+            f"## {title}",
             "",
             "Summary (mean delta +- s.e.; 'worse' = below -2 s.e.)",
             "",
@@ -204,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             entries = [
                 e
                 for e in entries
-                if e.get("kind") == KIND and (e["recipe"], e["steps"], e["seed"]) != key
+                if e.get("kind") in (KIND, *ABLATIONS)
+                and (e.get("kind"), e["recipe"], e["steps"], e["seed"]) != (KIND, *key)
             ]
             entries.append(entry)
             write_results(NAME, {"entries": entries}, markdown(entries), quick=args.quick)
