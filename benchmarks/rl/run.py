@@ -178,6 +178,14 @@ def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}"
 
 
+def _evaluated_rl(rl: dict, overrides: list[str]) -> dict:
+    """The recipe's ``rl`` node with the evaluation's ``rl.<key>=<value>`` overrides applied
+    (the settings the rollouts ran with, e.g. ``rl.n_candidates=8`` over the recipe's 4)."""
+    dotted = [o.removeprefix("rl.") for o in overrides if o.startswith("rl.")]
+    merged = OmegaConf.merge(OmegaConf.create(rl), OmegaConf.from_dotlist(dotted))
+    return OmegaConf.to_container(merged)
+
+
 def _recipe_line(recipes: list[dict]) -> str:
     return "; ".join(
         f"`polydiff train experiment={r['experiment']} {' '.join(r['train_overrides'])}` "
@@ -206,15 +214,16 @@ def markdown(res: dict) -> str:
     lines.append(_row("maze Diffuser", m["diffuser"], f"{m['success_vs_expert']:.2f} x expert"))
     lines.append(_row("maze expert", m["expert"]))
     lines.append(_row("maze random", m["random"]))
-    prl = p["recipes"][0]["rl"]
+    prl = _evaluated_rl(p["recipes"][0]["rl"], p["evaluate_overrides"])
     steps = p["recipes"][0]["sampler"]["steps"]
+    method = p["recipes"][0]["sampler"]["method"]  # Euler on the EDM grid = DDIM's update
     for k in ["unguided", "guided"] + sorted(k for k in p if k.startswith("guided_scale_")):
         if k == "unguided":
             how = "1 plan"
         else:
             scale = prl["guide_scale"] if k == "guided" else float(k.rsplit("_", 1)[1])
             how = f"scale {scale:g}, best of {prl['n_candidates']} by V"
-        how += f", replan every {prl['execute']}, {steps} DDIM steps"
+        how += f", replan every {prl['execute']}, {steps} {method} steps"
         if prl["inverse_dynamics"]:
             how += ", inverse dynamics"
         lines.append(
@@ -226,7 +235,7 @@ def markdown(res: dict) -> str:
         lines.append(_row(f"two-path {name}", r, f"left {r['left']:.2f} / right {r['right']:.2f}"))
     corr = p.get("value_heldout_corr", {})
     pair = p["paired"]
-    mrl = m["recipes"][0]["rl"]
+    mrl = _evaluated_rl(m["recipes"][0]["rl"], m["evaluate_overrides"])
     replan = (
         f"every {mrl['replan_every']} steps" if mrl["replan_every"] else "when the plan is used up"
     )
