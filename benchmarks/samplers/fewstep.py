@@ -70,8 +70,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-# ``polydiff schedule`` settings for the digits UNet (one fit ~2-6 min on one CPU thread)
-DIGITS_FIT = ["sample.n=32", "+schedule.pool=96", "+schedule.reference_steps=20",
+# ``polydiff schedule`` settings for the digits UNet (one fit ~1-5 min on one CPU thread)
+DIGITS_FIT = ["sample.n=24", "+schedule.pool=72", "+schedule.reference_steps=20",
               "+schedule.rounds=1", "+schedule.sweeps=4", "+schedule.restarts=1",
               "+schedule.random_starts=8"]  # fmt: skip
 
@@ -222,7 +222,7 @@ def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
     from polydiff.train.run import evaluate_run
     from polydiff.train.schedule_fit import schedule_run
 
-    n = 100 if quick else 500
+    n = 100 if quick else 400
     out_root = run_dir / "eval" / "fewstep"
     common = [f"evaluate.n={n}", "evaluate.overwrite=true"]
     rows: list[dict[str, Any]] = []

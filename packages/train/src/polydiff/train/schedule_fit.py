@@ -12,7 +12,7 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
 The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
 ``reference_steps``, ``rounds``, ``sweeps``, ``restarts``, ``random_starts``, ``batch_size``:
 see ``optimize_sigmas``); an expensive network wants a smaller search than the defaults, e.g.
-(the digits UNet, 2-6 min per grid on one CPU thread) ``sample.n=32 +schedule.pool=96
+(the digits UNet, 1-5 min per grid on one CPU thread) ``sample.n=24 +schedule.pool=72
 +schedule.reference_steps=20 +schedule.rounds=1 +schedule.sweeps=4 +schedule.restarts=1
 +schedule.random_starts=8``.
 """
