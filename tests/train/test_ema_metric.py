@@ -57,10 +57,11 @@ def _record(run: Path) -> tuple[Path, dict]:
     return path, json.loads(path.read_text())
 
 
-def test_training_stores_the_metric_argmin_over_candidates_with_raw_among_them(run):
+def test_training_stores_the_metric_argmax_over_candidates_with_raw_among_them(run):
     path, rec = _record(run)
     state = read_state(latest_checkpoint(run / "checkpoints"))
-    assert rec["metric"] == "swd" and rec["direction"] == "min" and rec["n"] == N
+    # ToyHooks: the exact mean log-likelihood of the samples, higher is better
+    assert rec["metric"] == "log_likelihood" and rec["direction"] == "max" and rec["n"] == N
     assert rec["seed"] == AUTO_METRIC_SEED and rec["step"] == state["step"] == 12
     # every candidate: raw, the stored EMAs, the post-hoc widths (twins evaluated once)
     wanted = {"false", "0.9", "sigma_rel:0.05", "sigma_rel:0.1"}
@@ -68,7 +69,7 @@ def test_training_stores_the_metric_argmin_over_candidates_with_raw_among_them(r
     assert set(rec["scores"]) | set(rec["same_as"]) == wanted
     assert "false" in rec["scores"]
     finite = {k: v for k, v in rec["scores"].items() if v is not None}
-    assert rec["choice"] == min(finite, key=finite.get)
+    assert rec["choice"] == max(finite, key=finite.get)
     # the scores are what polydiff evaluate reports for each candidate on the selection sample
     for spec in ("false", rec["choice"]):
         again = evaluate_run(
@@ -76,7 +77,7 @@ def test_training_stores_the_metric_argmin_over_candidates_with_raw_among_them(r
             [f"evaluate.n={N}", f"evaluate.seed={AUTO_METRIC_SEED}", f"sample.ema={spec}"],
             out=run / "check" / f"{spec}.json",
         )
-        assert again["metrics"]["swd"] == pytest.approx(rec["scores"][spec], rel=1e-6)
+        assert again["metrics"]["log_likelihood"] == pytest.approx(rec["scores"][spec], rel=1e-6)
     # the loss choice of the checkpoint is kept alongside
     assert rec["loss_choice"] == state["ema_auto"]
 
@@ -84,7 +85,7 @@ def test_training_stores_the_metric_argmin_over_candidates_with_raw_among_them(r
 def test_sample_and_evaluate_with_auto_use_the_stored_metric_choice(run):
     _, rec = _record(run)
     opened = open_run(run)  # sample.ema defaults to auto
-    assert opened.weights == rec["weights"] and opened.ema_choice["metric"] == "swd"
+    assert opened.weights == rec["weights"] and opened.ema_choice["metric"] == "log_likelihood"
     out = sample_run(run, ["sample.n=8"])
     saved = json.loads((out / "sample.json").read_text())
     assert saved["ema"] == "auto" and saved["weights"] == rec["weights"]
@@ -93,16 +94,19 @@ def test_sample_and_evaluate_with_auto_use_the_stored_metric_choice(run):
     assert compose([]).evaluate.seed != AUTO_METRIC_SEED != compose([]).sample.seed
 
 
-def test_argmax_for_a_higher_is_better_metric_and_the_loss_fallback(run, tmp_path):
+def test_argmin_for_a_lower_is_better_metric_and_the_loss_fallback(run, tmp_path):
     other = tmp_path / "copy"
     shutil.copytree(run, other)
     path, _ = _record(other)
-    path.unlink()
-    rec = select_ema_by_metric(other, _Declares(("log_likelihood", "max")), log=lambda m: None)
+    # a record of another metric is not used: the candidates are ranked again
+    rec = select_ema_by_metric(other, _Declares(("swd", "min")), log=lambda m: None)
+    assert rec["metric"] == "swd"
     finite = {k: v for k, v in rec["scores"].items() if v is not None}
-    assert rec["choice"] == max(finite, key=finite.get)
-    assert "higher is better" in rec["criterion"]
-    assert stored_metric_choice(other, latest_checkpoint(other / "checkpoints")) == rec
+    assert rec["choice"] == min(finite, key=finite.get)
+    assert "lower is better" in rec["criterion"]
+    ckpt = latest_checkpoint(other / "checkpoints")
+    assert stored_metric_choice(other, ckpt, "swd") == rec
+    assert stored_metric_choice(other, ckpt, "log_likelihood") is None
     # hooks without a metric: the loss choice, said in one named line
     path.unlink()
     lines: list[str] = []

@@ -132,10 +132,13 @@ def _state_digest(ckpt: Path) -> str:
     return str(verify_checkpoint(ckpt)["files"]["state.json"]["sha256"])
 
 
-def stored_metric_choice(run_dir: str | Path, ckpt: str | Path) -> dict[str, Any] | None:
+def stored_metric_choice(
+    run_dir: str | Path, ckpt: str | Path, metric: str | None = None
+) -> dict[str, Any] | None:
     """The metric choice recorded for checkpoint ``ckpt`` of ``run_dir``, or None when there is
-    none or it belongs to another checkpoint of that step (a re-trained run: its ``state.json``
-    SHA-256 differs). A damaged record is an error naming the file."""
+    none, it belongs to another checkpoint of that step (a re-trained run: its ``state.json``
+    SHA-256 differs) or it ranked by another metric than ``metric`` (when given). A damaged
+    record is an error naming the file."""
     ckpt = Path(ckpt)
     step = int(read_state(ckpt)["step"])
     path = _record_path(Path(run_dir), step)
@@ -144,6 +147,8 @@ def stored_metric_choice(run_dir: str | Path, ckpt: str | Path) -> dict[str, Any
     try:
         rec = json.loads(path.read_text())
         if rec["state_sha256"] != _state_digest(ckpt):
+            return None
+        if metric is not None and rec["metric"] != metric:
             return None
         parse_ema_spec(rec["choice"])
         if not isinstance(rec["weights"], str) or not isinstance(rec["criterion"], str):
@@ -180,14 +185,15 @@ def select_ema_by_metric(
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         return None
-    stored = stored_metric_choice(run_dir, ckpt)
-    if stored is not None:
-        return stored
     state = read_state(ckpt)
     loss_choice = (state.get("ema_auto") or {}).get("weights", "none stored")
     if not (state.get("ema_decays") or state.get("ema_sigma_rels")):
         return None  # raw weights only
     declared = primary_metric(hooks)
+    if declared is not None:
+        stored = stored_metric_choice(run_dir, ckpt, declared[0])
+        if stored is not None:
+            return stored
     n = auto_metric_n(state.get("trainer") or {}, getattr(hooks, "primary_metric_n", 0))
     if declared is None or n < MIN_METRIC_N:
         if declared is None:
