@@ -11,13 +11,14 @@
 
 Sizes (parameters at 3 input channels / 1 SDF channel):
 
-=========  ==================================  ======================================
-size       point transformer                   voxel U-Net
-=========  ==================================  ======================================
-tiny       hidden 64, depth 2, 2 heads         16 ch, mult (1, 2), 1 block, mid attn
-small      hidden 128, depth 4, 4 heads        32 ch, mult (1, 2, 2), 1 block, mid attn
-base       hidden 256, depth 6, 8 heads        64 ch, mult (1, 2, 2), 2 blocks, mid attn
-=========  ==================================  ======================================
+===========  ==================================  ======================================
+size         point transformer                   voxel U-Net
+===========  ==================================  ======================================
+tiny         hidden 64, depth 2, 2 heads         16 ch, mult (1, 2), 1 block, mid attn
+points-w128  hidden 128, depth 2, 4 heads        (points only)
+small        hidden 128, depth 4, 4 heads        32 ch, mult (1, 2, 2), 1 block, mid attn
+base         hidden 256, depth 6, 8 heads        64 ch, mult (1, 2, 2), 2 blocks, mid attn
+===========  ==================================  ======================================
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = ["POINT_SIZES", "VOXEL_SIZES", "point_transformer", "voxel_unet"]
 
 POINT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden=64, depth=2, heads=2),
+    "points-w128": dict(hidden=128, depth=2, heads=4),  # the points_class recipe's
     "small": dict(hidden=128, depth=4, heads=4),
     "base": dict(hidden=256, depth=6, heads=8),
 }
