@@ -29,6 +29,7 @@ def toy_run(tmp_path_factory):
             "trainer.lr_warmup_steps=20",
             "trainer.progress=false",
             "trainer.ckpt_every=0",
+            "trainer.ema_auto_n=0",  # explicit weights below: no metric choice after training
         ],
         run_dir=tmp_path_factory.mktemp("toy") / "run",
     )
