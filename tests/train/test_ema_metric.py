@@ -148,3 +148,44 @@ def test_primary_metric_declarations_and_budget():
     # a metric that needs more samples gets them (the toy's SWD: 2000), unless turned off
     assert auto_metric_n({"ema_auto_n": 256, "max_steps": 1000, "batch_size": 64}, 2000) == 2000
     assert auto_metric_n({"ema_auto_n": 0, "max_steps": 1000, "batch_size": 64}, 2000) == 0
+
+
+def test_guard_metrics_keep_an_ema_that_trades_one_metric_for_another_out():
+    """The digits 300-step case: every EMA has a better FID but a lower class accuracy than the
+    raw weights; with class accuracy as a guard the raw weights stay the default."""
+    from polydiff.train.ema_sweep import rank_candidates
+
+    rows = [
+        {"ema": "false", "weights": "model", "metrics": {"fid": 8.8, "class_accuracy": 0.375}},
+        {"ema": "0.999", "weights": "ema", "metrics": {"fid": 8.1, "class_accuracy": 0.32}},
+        {"ema": "sigma_rel:0.1", "weights": "p", "metrics": {"fid": 8.6, "class_accuracy": 0.38}},
+    ]
+    best, scores, excluded = rank_candidates(rows, "fid", -1)
+    assert best == "0.999" and scores["false"] == 8.8 and excluded == {}
+    best, _, excluded = rank_candidates(rows, "fid", -1, [("class_accuracy", 1)])
+    assert best == "sigma_rel:0.1" and list(excluded) == ["0.999"]
+    assert "class_accuracy 0.32 worse than the raw weights' 0.375" in excluded["0.999"]
+    rows[2]["metrics"]["class_accuracy"] = 0.37
+    assert rank_candidates(rows, "fid", -1, [("class_accuracy", 1)])[0] == "false"
+    # a guard the evaluation does not report (unconditional model) is ignored
+    assert rank_candidates(rows, "fid", -1, [("precision", 1)])[0] == "0.999"
+    with pytest.raises(ValueError, match="finite fid"):
+        rank_candidates([{"ema": "false", "metrics": {"fid": float("nan")}}], "fid", -1)
+
+
+def test_a_record_ranked_without_the_current_guards_is_ranked_again_from_its_rows(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    path, rec = _record(copy)
+    ckpt = latest_checkpoint(copy / "checkpoints")
+    rows = rec["rows"]
+    worst = min(rows, key=lambda r: r["metrics"]["log_likelihood"])["ema"]
+    # a guard on which only the raw weights and the worst candidate pass
+    for r in rows:
+        r["metrics"]["guard"] = 1.0 if r["ema"] in ("false", worst) else 0.0
+    path.write_text(json.dumps(rec))
+    again = stored_metric_choice(copy, ckpt, "log_likelihood", [("guard", 1)])
+    assert again["choice"] == "false"  # raw beats (or is) the worst candidate
+    assert again["guards"] == [["guard", "max"]]
+    assert set(again["excluded"]) == {r["ema"] for r in rows} - {"false", worst}
+    assert json.loads(path.read_text())["choice"] == again["choice"]  # rewritten

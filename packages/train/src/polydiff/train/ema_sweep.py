@@ -36,7 +36,7 @@ from polydiff.core.fileio import atomic_write_text
 from .checkpoint import CheckpointError, latest_checkpoint, read_state, verify_checkpoint
 from .config import ConfigError
 from .ema import WeightSource, auto_candidates, parse_ema_spec, same_weights
-from .hooks import primary_metric
+from .hooks import guard_metrics, primary_metric
 
 __all__ = [
     "AUTO_METRIC_SEED",
@@ -133,7 +133,10 @@ def _state_digest(ckpt: Path) -> str:
 
 
 def stored_metric_choice(
-    run_dir: str | Path, ckpt: str | Path, metric: str | None = None
+    run_dir: str | Path,
+    ckpt: str | Path,
+    metric: str | None = None,
+    guards: Sequence[tuple[str, int]] | None = None,
 ) -> dict[str, Any] | None:
     """The metric choice recorded for checkpoint ``ckpt`` of ``run_dir``, or None when there is
     none, it belongs to another checkpoint of that step (a re-trained run: its ``state.json``
@@ -150,6 +153,19 @@ def stored_metric_choice(
             return None
         if metric is not None and rec["metric"] != metric:
             return None
+        if guards is not None and _guard_names(rec.get("guards", [])) != _guard_names(guards):
+            # ranked with other guards: rank the recorded rows again (no evaluation)
+            direction = -1 if rec["direction"] == "min" else 1
+            best, scores, excluded = rank_candidates(rec["rows"], rec["metric"], direction, guards)
+            weights = next(r["weights"] for r in rec["rows"] if r["ema"] == best)
+            rec.update(
+                choice=best,
+                weights=weights,
+                scores=scores,
+                excluded=excluded,
+                guards=[[g, "min" if d < 0 else "max"] for g, d in guards],
+            )
+            atomic_write_text(path, json.dumps(rec, indent=1, allow_nan=False))
         parse_ema_spec(rec["choice"])
         if not isinstance(rec["weights"], str) or not isinstance(rec["criterion"], str):
             raise TypeError("weights and criterion must be strings")
@@ -159,6 +175,46 @@ def stored_metric_choice(
             "choose again"
         ) from None
     return rec
+
+
+def _guard_names(guards: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [
+        [str(g[0]), g[1] if isinstance(g[1], str) else ("min" if g[1] < 0 else "max")]
+        for g in guards
+    ]
+
+
+def rank_candidates(
+    rows: Sequence[dict[str, Any]],
+    name: str,
+    direction: int,
+    guards: Sequence[tuple[str, int]] = (),
+) -> tuple[str, dict[str, float | None], dict[str, str]]:
+    """The best candidate of ``rows`` (``sweep_ema`` rows, the raw weights ``"false"`` first)
+    by metric ``name`` (``direction`` +1: higher is better), among those no worse than the raw
+    weights on every guard metric; ties go to the earlier row. Returns ``(choice, scores,
+    excluded)`` with ``excluded``: candidate -> the guard it failed. Raises ValueError when no
+    row has a finite ``name``."""
+    scores: dict[str, float | None] = {}
+    for row in rows:
+        value = row["metrics"].get(name)
+        scores[row["ema"]] = value if value is not None and math.isfinite(value) else None
+    raw = next((r["metrics"] for r in rows if r["ema"] == "false"), {})
+    excluded: dict[str, str] = {}
+    for row in rows:
+        for guard, sign in guards:
+            mine, ref = row["metrics"].get(guard), raw.get(guard)
+            if mine is None or ref is None or not (math.isfinite(mine) and math.isfinite(ref)):
+                continue
+            if sign * (mine - ref) < 0:
+                excluded[row["ema"]] = f"{guard} {mine:.4g} worse than the raw weights' {ref:.4g}"
+                break
+    order = [r["ema"] for r in rows]
+    finite = {k: v for k, v in scores.items() if v is not None and k not in excluded}
+    if not finite:
+        raise ValueError(f"no candidate has a finite {name}")
+    best = max(finite, key=lambda k: (direction * finite[k], -order.index(k)))
+    return best, scores, excluded
 
 
 def select_ema_by_metric(
@@ -179,7 +235,9 @@ def select_ema_by_metric(
     :data:`METRIC_SIGMA_RELS`; those with bit-identical weights are evaluated once. Each is
     scored by :func:`sweep_ema` (``polydiff evaluate`` with ``evaluate.n=<ema_auto_n>
     evaluate.seed=<AUTO_METRIC_SEED>``); the best finite score wins, ties going to the earlier
-    candidate (the raw weights first).
+    candidate (the raw weights first). A candidate worse than the raw weights on any of the
+    hooks' ``guard_metrics`` (e.g. class accuracy while FID ranks) is not chosen, so the default
+    never trades one of the modality's metrics for another (:func:`rank_candidates`).
     """
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
@@ -191,7 +249,7 @@ def select_ema_by_metric(
         return None  # raw weights only
     declared = primary_metric(hooks)
     if declared is not None:
-        stored = stored_metric_choice(run_dir, ckpt, declared[0])
+        stored = stored_metric_choice(run_dir, ckpt, declared[0], guard_metrics(hooks))
         if stored is not None:
             return stored
     n = auto_metric_n(state.get("trainer") or {}, getattr(hooks, "primary_metric_n", 0))
@@ -246,19 +304,16 @@ def select_ema_by_metric(
         )
         return None
     seconds = time.perf_counter() - t0
-    scores: dict[str, float | None] = {}
-    for row in sweep["rows"]:
-        value = row["metrics"].get(name)
-        scores[row["ema"]] = value if value is not None and math.isfinite(value) else None
-    finite = {k: v for k, v in scores.items() if v is not None}
-    if not finite:
+    guards = guard_metrics(hooks)
+    try:
+        best, scores, excluded = rank_candidates(sweep["rows"], name, direction, guards)
+    except ValueError:
         log(
             f"polydiff: ema=auto for {ckpt}: no candidate has a finite {name} (evaluate gave "
             f"{sorted(sweep['rows'][0]['metrics'])}), so the fixed-noise loss choice stands "
             f"({loss_choice})"
         )
         return None
-    best = max(finite, key=lambda k: (direction * finite[k], -specs.index(k)))
     weights = next(r["weights"] for r in sweep["rows"] if r["ema"] == best)
     better = "lower" if direction < 0 else "higher"
     record = {
@@ -275,6 +330,8 @@ def select_ema_by_metric(
         "checkpoint": str(ckpt),
         "state_sha256": _state_digest(ckpt),
         "scores": scores,
+        "guards": [[g, "min" if d < 0 else "max"] for g, d in guards],
+        "excluded": excluded,
         "same_as": same_as,
         "rows": sweep["rows"],
         "loss_choice": state.get("ema_auto"),
@@ -284,8 +341,9 @@ def select_ema_by_metric(
     )
     log(
         f"polydiff: ema=auto for {ckpt}: {weights} by {name} ({better} is better: "
-        f"{finite[best]:.4g}; raw weights {_fmt(scores.get('false'))}) over {len(specs)} "
+        f"{scores[best]:.4g}; raw weights {_fmt(scores.get('false'))}) over {len(specs)} "
         f"distinct candidates x {n} samples in {seconds:.1f} s"
+        + (f"; not worse than raw on {', '.join(g for g, _ in guards)}" if guards else "")
     )
     return record
 

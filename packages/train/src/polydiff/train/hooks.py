@@ -22,6 +22,8 @@ A data config may carry ``hooks: {_target_: ...}`` building an object with any o
 - ``primary_metric() -> (name, "min" | "max") | None``: the one metric of ``evaluate`` that
   ranks weights of the same run (``sample.ema=auto`` picks raw / EMA weights by it, see
   ``polydiff.train.ema_sweep.select_ema_by_metric``); None or missing: chosen by the loss.
+- ``guard_metrics() -> [(name, "min" | "max"), ...]``: metrics an EMA candidate may not be worse
+  on than the raw weights to be chosen (e.g. class accuracy next to FID); missing: none.
   An attribute ``primary_metric_n`` raises the samples per candidate (``trainer.ema_auto_n``)
   to what the metric needs to rank weights.
 """
@@ -46,6 +48,7 @@ __all__ = [
     "call_hook",
     "call_evaluate",
     "draw",
+    "guard_metrics",
     "primary_metric",
     "write_outputs",
     "write_samples_npz",
@@ -107,6 +110,23 @@ def primary_metric(hooks: Any) -> tuple[str, int] | None:
             "(metric name, 'min' or 'max') or None"
         )
     return declared[0], (-1 if declared[1] == "min" else 1)
+
+
+def guard_metrics(hooks: Any) -> list[tuple[str, int]]:
+    """``[(name, direction), ...]`` of the metrics ``hooks`` declares as guards for ranking
+    weights (an EMA may not be worse than the raw weights on any of them), or ``[]``."""
+    fn = getattr(hooks, "guard_metrics", None) if hooks is not None else None
+    declared = fn() if callable(fn) else None
+    out = []
+    for item in declared or ():
+        ok = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+        if not ok or item[1] not in ("min", "max"):
+            raise TypeError(
+                f"{type(hooks).__name__}.guard_metrics() returned {declared!r}; expected a list "
+                "of (metric name, 'min' or 'max')"
+            )
+        out.append((item[0], -1 if item[1] == "min" else 1))
+    return out
 
 
 def write_samples_npz(
