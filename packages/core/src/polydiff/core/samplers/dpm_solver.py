@@ -24,7 +24,7 @@ from polydiff.core.samplers._base import (
     brownian_pair,
     ddim_step,
 )
-from polydiff.core.samplers.karras import _report
+from polydiff.core.samplers.karras import _ancestral_loop, _report
 from polydiff.core.utils import Cond
 
 __all__ = ["dpmpp_2m", "dpmpp_2m_sde", "dpmpp_2s_ancestral", "dpmpp_3m_sde", "dpmpp_sde"]
@@ -43,19 +43,28 @@ def dpmpp_2s_ancestral(
 ) -> torch.Tensor:
     """Ancestral sampling with DPM-Solver++(2S) single-step (midpoint in lambda) updates."""
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    for i in range(len(grid) - 1):
-        s = grid[i]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        s_down, s_up = ancestral_step(s, grid[i + 1], eta)
-        if s_down == 0:
-            x = denoised
-        else:
-            s_mid = math.sqrt(s * s_down)  # lambda midpoint (r = 1/2)
-            x_mid = ddim_step(x, denoised, s, s_mid)
-            x = ddim_step(x, model(x_mid, s_mid, i), s, s_down)
-        x = add_noise(x, s_noise * s_up, generator)
-    return x
+    return _ancestral_loop(
+        model,
+        grid,
+        x,
+        _dpmpp_2s_step,
+        callback=callback,
+        generator=generator,
+        eta=eta,
+        s_noise=s_noise,
+    )
+
+
+def _dpmpp_2s_step(
+    model: Model, x: torch.Tensor, denoised: torch.Tensor, s: float, s_down: float, i: int
+) -> torch.Tensor:
+    """DPM-Solver++(2S) step ``s -> s_down``: DDIM to the lambda midpoint (r = 1/2), then the
+    full step with the denoiser there; to 0 the clean denoise."""
+    if s_down == 0:
+        return denoised
+    s_mid = math.sqrt(s * s_down)
+    x_mid = ddim_step(x, denoised, s, s_mid)
+    return ddim_step(x, model(x_mid, s_mid, i), s, s_down)
 
 
 def dpmpp_sde(

@@ -2,12 +2,14 @@
 
 Euler / Heun / DPM-2 (with EDM churn), their ancestral variants, linear multistep, and DDIM /
 DDPM written in sigma space (Karras et al. 2022, sec. 3: DDIM with eta=0 *is* the Euler step).
-Every function owns its loop; multistep history lives in local variables.
+The one-step samplers share two loops (EDM's churn loop, the ancestral loop) and differ in
+their step function; multistep history lives in local variables.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,6 +35,71 @@ def _report(callback: Callback | None, x, i, sigma, sigma_hat, denoised) -> None
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
 
+def _churn_loop(
+    model: Model,
+    grid: list[float],
+    x: torch.Tensor,
+    step: Callable[..., torch.Tensor],
+    *,
+    callback: Callback | None,
+    generator: Generator,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+) -> torch.Tensor:
+    """EDM's loop (Karras et al. 2022, Alg. 2): churn sigma_i up to sigma_hat (lines 4-6),
+    denoise there, then ``step(model, x, denoised, sigma_hat, sigma_next, i)`` (lines 7-11)."""
+    n = len(grid) - 1
+    for i in range(n):
+        x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
+        denoised = model(x, s_hat, i)
+        _report(callback, x, i, grid[i], s_hat, denoised)
+        x = step(model, x, denoised, s_hat, grid[i + 1], i)
+    return x
+
+
+def _ancestral_loop(
+    model: Model,
+    grid: list[float],
+    x: torch.Tensor,
+    step: Callable[..., torch.Tensor],
+    *,
+    callback: Callback | None,
+    generator: Generator,
+    eta: float,
+    s_noise: float,
+) -> torch.Tensor:
+    """Ancestral sampling: denoise at sigma_i, ``step(model, x, denoised, sigma_i, sigma_down,
+    i)``, then add fresh noise ``s_noise * sigma_up`` (:func:`ancestral_step` splits the step)."""
+    for i in range(len(grid) - 1):
+        s = grid[i]
+        denoised = model(x, s, i)
+        _report(callback, x, i, s, s, denoised)
+        s_down, s_up = ancestral_step(s, grid[i + 1], eta)
+        x = add_noise(step(model, x, denoised, s, s_down, i), s_noise * s_up, generator)
+    return x
+
+
+def _euler_step(
+    model: Model, x: torch.Tensor, denoised: torch.Tensor, s: float, s_to: float, i: int
+) -> torch.Tensor:
+    """One Euler step ``s -> s_to`` of the probability-flow ODE (= the DDIM step)."""
+    return ddim_step(x, denoised, s, s_to)  # = x + (s_to - s) * d
+
+
+def _heun_step(
+    model: Model, x: torch.Tensor, denoised: torch.Tensor, s_hat: float, s_next: float, i: int
+) -> torch.Tensor:
+    """Heun's step ``s_hat -> s_next`` (Karras et al. 2022, Alg. 2 lines 7-11)."""
+    d = (x - denoised) / s_hat
+    x_euler = x + d * (s_next - s_hat)
+    if s_next == 0:  # line 8: the last step is Euler (a clean denoise)
+        return x_euler
+    d_next = (x_euler - model(x_euler, s_next, i)) / s_next  # lines 9-11: trapezoidal correction
+    return x + (d + d_next) * ((s_next - s_hat) / 2)
+
+
 def euler(
     denoiser: Model,
     x: torch.Tensor,
@@ -48,13 +115,8 @@ def euler(
 ) -> torch.Tensor:
     """Euler steps with optional churn (Karras et al. 2022, Alg. 2 with the Euler step only)."""
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    n = len(grid) - 1
-    for i in range(n):
-        x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = model(x, s_hat, i)
-        _report(callback, x, i, grid[i], s_hat, denoised)
-        x = ddim_step(x, denoised, s_hat, grid[i + 1])  # = x + (s_next - s_hat) * d
-    return x
+    opts = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    return _churn_loop(model, grid, x, _euler_step, callback=callback, generator=generator, **opts)
 
 
 def heun(
@@ -76,20 +138,8 @@ def heun(
     ``s_churn=0`` (default) this is the deterministic Heun ODE solver (Alg. 1).
     """
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    n = len(grid) - 1
-    for i in range(n):
-        x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = model(x, s_hat, i)
-        _report(callback, x, i, grid[i], s_hat, denoised)
-        s_next = grid[i + 1]
-        d = (x - denoised) / s_hat
-        x_euler = x + d * (s_next - s_hat)
-        if s_next == 0:  # Alg. 2 line 8: the last step is Euler (a clean denoise)
-            x = x_euler
-        else:  # lines 9-11: trapezoidal correction
-            d_next = (x_euler - model(x_euler, s_next, i)) / s_next
-            x = x + (d + d_next) * ((s_next - s_hat) / 2)
-    return x
+    opts = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    return _churn_loop(model, grid, x, _heun_step, callback=callback, generator=generator, **opts)
 
 
 def dpm2(
@@ -107,13 +157,10 @@ def dpm2(
 ) -> torch.Tensor:
     """DPM-Solver-2-style midpoint steps (geometric midpoint in sigma) with EDM churn."""
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    n = len(grid) - 1
-    for i in range(n):
-        x, s_hat = churn(x, grid[i], n, s_churn, s_tmin, s_tmax, s_noise, generator)
-        denoised = model(x, s_hat, i)
-        _report(callback, x, i, grid[i], s_hat, denoised)
-        x = _midpoint_step(model, x, denoised, s_hat, grid[i + 1], i)
-    return x
+    opts = dict(s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    return _churn_loop(
+        model, grid, x, _midpoint_step, callback=callback, generator=generator, **opts
+    )
 
 
 def _midpoint_step(
@@ -141,13 +188,16 @@ def euler_ancestral(
 ) -> torch.Tensor:
     """Ancestral sampling with Euler steps: Euler to sigma_down, then fresh noise sigma_up."""
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    for i in range(len(grid) - 1):
-        s = grid[i]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        s_down, s_up = ancestral_step(s, grid[i + 1], eta)
-        x = add_noise(ddim_step(x, denoised, s, s_down), s_noise * s_up, generator)
-    return x
+    return _ancestral_loop(
+        model,
+        grid,
+        x,
+        _euler_step,
+        callback=callback,
+        generator=generator,
+        eta=eta,
+        s_noise=s_noise,
+    )
 
 
 def ddim(
@@ -206,13 +256,16 @@ def dpm2_ancestral(
 ) -> torch.Tensor:
     """Ancestral sampling with DPM-2 midpoint steps to sigma_down, then fresh noise sigma_up."""
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
-    for i in range(len(grid) - 1):
-        s = grid[i]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
-        s_down, s_up = ancestral_step(s, grid[i + 1], eta)
-        x = add_noise(_midpoint_step(model, x, denoised, s, s_down, i), s_noise * s_up, generator)
-    return x
+    return _ancestral_loop(
+        model,
+        grid,
+        x,
+        _midpoint_step,
+        callback=callback,
+        generator=generator,
+        eta=eta,
+        s_noise=s_noise,
+    )
 
 
 def lms_coefficients(nodes: list[float], s_from: float, s_to: float) -> list[float]:
