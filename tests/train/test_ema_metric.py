@@ -189,3 +189,22 @@ def test_a_record_ranked_without_the_current_guards_is_ranked_again_from_its_row
     assert again["guards"] == [["guard", "max"]]
     assert set(again["excluded"]) == {r["ema"] for r in rows} - {"false", worst}
     assert json.loads(path.read_text())["choice"] == again["choice"]  # rewritten
+
+
+def test_a_run_directory_that_cannot_be_written_still_samples(run, tmp_path, monkeypatch):
+    """Runs are shared read-only: the choice is made and used, one line says it was not saved."""
+    import polydiff.train.ema_sweep as ema_sweep
+
+    other = tmp_path / "copy"
+    shutil.copytree(run, other)
+    path, rec = _record(other)
+    path.unlink()
+
+    def read_only(*_a, **_k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(ema_sweep, "atomic_write_text", read_only)
+    lines: list[str] = []
+    again = select_ema_by_metric(other, _Declares(("log_likelihood", "max")), log=lines.append)
+    assert again["choice"] in again["scores"] and not path.exists()
+    assert any("could not save the choice" in m and "Read-only" in m for m in lines)

@@ -165,7 +165,7 @@ def stored_metric_choice(
                 excluded=excluded,
                 guards=[[g, "min" if d < 0 else "max"] for g, d in guards],
             )
-            atomic_write_text(path, json.dumps(rec, indent=1, allow_nan=False))
+            _write_record(path, rec)
         parse_ema_spec(rec["choice"])
         if not isinstance(rec["weights"], str) or not isinstance(rec["criterion"], str):
             raise TypeError("weights and criterion must be strings")
@@ -336,9 +336,7 @@ def select_ema_by_metric(
         "rows": sweep["rows"],
         "loss_choice": state.get("ema_auto"),
     }
-    atomic_write_text(
-        _record_path(run_dir, state["step"]), json.dumps(record, indent=1, allow_nan=False)
-    )
+    _write_record(_record_path(run_dir, state["step"]), record, log)
     log(
         f"polydiff: ema=auto for {ckpt}: {weights} by {name} ({better} is better: "
         f"{scores[best]:.4g}; raw weights {_fmt(scores.get('false'))}) over {len(specs)} "
@@ -346,6 +344,18 @@ def select_ema_by_metric(
         + (f"; not worse than raw on {', '.join(g for g, _ in guards)}" if guards else "")
     )
     return record
+
+
+def _write_record(path: Path, record: dict[str, Any], log: Callable[[str], None] = _log) -> None:
+    """Write an ``ema=auto`` record; a run directory that cannot be written (read-only, shared)
+    keeps working: the choice is used for this call and one line says it was not saved."""
+    try:
+        atomic_write_text(path, json.dumps(record, indent=1, allow_nan=False))
+    except OSError as err:
+        log(
+            f"polydiff: ema=auto: could not save the choice to {path} ({err.strerror or err}); "
+            "it is used for this call and made again next time"
+        )
 
 
 def _fmt(value: float | None) -> str:
