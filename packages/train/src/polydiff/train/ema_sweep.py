@@ -153,7 +153,7 @@ def stored_metric_choice(
             return None
         if metric is not None and rec["metric"] != metric:
             return None
-        if guards is not None and _guard_names(rec.get("guards", [])) != _guard_names(guards):
+        if guards is not None and rec.get("guards", []) != _guards_record(guards):
             # ranked with other guards: rank the recorded rows again (no evaluation)
             direction = -1 if rec["direction"] == "min" else 1
             best, scores, excluded = rank_candidates(rec["rows"], rec["metric"], direction, guards)
@@ -163,7 +163,7 @@ def stored_metric_choice(
                 weights=weights,
                 scores=scores,
                 excluded=excluded,
-                guards=[[g, "min" if d < 0 else "max"] for g, d in guards],
+                guards=_guards_record(guards),
             )
             _write_record(path, rec)
         parse_ema_spec(rec["choice"])
@@ -177,11 +177,9 @@ def stored_metric_choice(
     return rec
 
 
-def _guard_names(guards: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    return [
-        [str(g[0]), g[1] if isinstance(g[1], str) else ("min" if g[1] < 0 else "max")]
-        for g in guards
-    ]
+def _guards_record(guards: Sequence[tuple[str, int]]) -> list[list[str]]:
+    """Guards ``(name, direction)`` as a record stores them (JSON): ``[[name, "min"|"max"]]``."""
+    return [[name, "min" if sign < 0 else "max"] for name, sign in guards]
 
 
 def rank_candidates(
@@ -330,7 +328,7 @@ def select_ema_by_metric(
         "checkpoint": str(ckpt),
         "state_sha256": _state_digest(ckpt),
         "scores": scores,
-        "guards": [[g, "min" if d < 0 else "max"] for g, d in guards],
+        "guards": _guards_record(guards),
         "excluded": excluded,
         "same_as": same_as,
         "rows": sweep["rows"],

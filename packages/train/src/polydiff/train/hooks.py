@@ -96,37 +96,37 @@ def call_hook(hooks: Any, name: str, *args: Any) -> Any:
     return (fn or getattr(_DEFAULT, name))(*args)
 
 
+def _declared(hooks: Any, method: str) -> Any:
+    fn = getattr(hooks, method, None) if hooks is not None else None
+    return fn() if callable(fn) else None
+
+
+def _metric_spec(hooks: Any, method: str, declared: Any, item: Any) -> tuple[str, int]:
+    """``(name, "min" | "max")`` -> ``(name, -1 | +1)``; anything else is named in a TypeError."""
+    ok = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+    if not ok or item[1] not in ("min", "max"):
+        expected = "a list of " if method == "guard_metrics" else ""
+        raise TypeError(
+            f"{type(hooks).__name__}.{method}() returned {declared!r}; expected {expected}"
+            "(metric name, 'min' or 'max')" + (" or None" if not expected else "")
+        )
+    return item[0], (-1 if item[1] == "min" else 1)
+
+
 def primary_metric(hooks: Any) -> tuple[str, int] | None:
     """``(name, direction)`` of the metric ``hooks`` declares for ranking weights (direction
     ``-1``: lower is better, ``+1``: higher), or None when it declares none."""
-    fn = getattr(hooks, "primary_metric", None) if hooks is not None else None
-    declared = fn() if callable(fn) else None
+    declared = _declared(hooks, "primary_metric")
     if declared is None:
         return None
-    ok = isinstance(declared, (tuple, list)) and len(declared) == 2
-    if not ok or not isinstance(declared[0], str) or declared[1] not in ("min", "max"):
-        raise TypeError(
-            f"{type(hooks).__name__}.primary_metric() returned {declared!r}; expected "
-            "(metric name, 'min' or 'max') or None"
-        )
-    return declared[0], (-1 if declared[1] == "min" else 1)
+    return _metric_spec(hooks, "primary_metric", declared, declared)
 
 
 def guard_metrics(hooks: Any) -> list[tuple[str, int]]:
     """``[(name, direction), ...]`` of the metrics ``hooks`` declares as guards for ranking
     weights (an EMA may not be worse than the raw weights on any of them), or ``[]``."""
-    fn = getattr(hooks, "guard_metrics", None) if hooks is not None else None
-    declared = fn() if callable(fn) else None
-    out = []
-    for item in declared or ():
-        ok = isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
-        if not ok or item[1] not in ("min", "max"):
-            raise TypeError(
-                f"{type(hooks).__name__}.guard_metrics() returned {declared!r}; expected a list "
-                "of (metric name, 'min' or 'max')"
-            )
-        out.append((item[0], -1 if item[1] == "min" else 1))
-    return out
+    declared = _declared(hooks, "guard_metrics")
+    return [_metric_spec(hooks, "guard_metrics", declared, item) for item in declared or ()]
 
 
 def write_samples_npz(
