@@ -1,34 +1,55 @@
-"""Video benchmark (issue 16): bouncing digits class-to-video with / without temporal attention,
-image-to-video by temporal inpainting, 3x-length extension, and the cost of factorised vs full
-3-D attention.
+"""Video benchmark (issue 16) on bouncing digits, in parts run one at a time.
 
-Every trained number comes from the recipe path: ``train_recipe("video/digits_cond", overrides)``
-then :func:`polydiff.train.run.evaluate_run`, i.e.::
+Every trained number comes from the one recipe path: :func:`benchmarks.common.train_recipe`
+(``polydiff train experiment=video/<name> <overrides>``, run directories under
+``runs/bench_video/<part>``; a finished run there is reused) and
+:func:`polydiff.train.run.evaluate_run` (``polydiff evaluate run=<dir>``), i.e. the metrics of
+the recipe's ``VideoHooks``. The tasks that ``evaluate`` does not cover (image-to-video by
+inpainting, 3x extension) run :mod:`polydiff.video.pipeline` on those runs and are scored by
+the same :class:`~polydiff.video.metrics.VideoEvaluator` the hooks use.
 
-    polydiff train experiment=video/digits_cond <OVERRIDES> && polydiff evaluate run=<dir>
+Parts (``--part``, several allowed, run in the order given; each merges into
+``results/video.json`` / ``.md``):
 
-(``OVERRIDES`` are written into the results). Image-to-video and extension run
-:mod:`polydiff.video.pipeline` on the same trained run. The recipe sizes are cut to fit the
-shared 2-core machine (16x16 canvas, 8x8 digits, tiny network, few steps): the goals of the
-issue are stated next to what these budgets reach.
+- ``cond``: ``video/digits_cond`` (class-to-video, CFG 2, DPM++(2M) 20 NFE): per-frame class
+  accuracy, identity consistency, physics residual vs real clips;
+- ``ablation``: the same recipe at equal steps with ``model.temporal=false`` (no temporal
+  attention: every frame denoised alone);
+- ``i2v``: image-to-video by temporal inpainting (:func:`polydiff.core.editing.inpaint`) on the
+  ``cond`` run from held-out first frames and their class: first-frame MAE, class accuracy;
+- ``prediction``: ``video/prediction`` (MCVD-style masked training, one model for generation,
+  prediction and interpolation): PSNR / SSIM best-of-5 vs copy-last-frame and linear
+  extrapolation;
+- ``extension``: 3x-length clips by autoregressive extension with reconstruction guidance
+  (:func:`polydiff.core.guidance.reconstruction_guidance`) on the ``cond`` run (and by MCVD
+  conditioning on the ``prediction`` run when it exists): physics of the long clips vs short;
+- ``cost``: time and peak memory of one factorised space-time block vs full 3-D attention at
+  8 / 16 / 32 frames (no training);
+- ``joint``: ``data.dataset.image_fraction=0.25`` (joint image-video training, Ho et al. 2022
+  sec. 3.1) at the steps and batch size of ``cond`` (equal compute), evaluated like ``cond``.
 
-    python -m benchmarks.video.run [--quick]
+    python -m benchmarks.video.run --part cond [ablation ...] [--quick]
+
+The sizes are cut to fit one ~25-minute single-thread slot of the shared 2-core machine per
+trained model (16x16 canvas, 8x8 digits, tiny network); the issue's goals are reported next to
+what these budgets reach.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import cpu_timer, peak_rss_mb, train_recipe, write_results
+from benchmarks.common import cpu_timer, peak_rss_mb, results_dir, train_recipe, write_results
 from polydiff.nn import SpaceTimeBlock
 from polydiff.nn.attention import Attention
 from polydiff.train.run import evaluate_run, open_run
@@ -36,107 +57,242 @@ from polydiff.video.data import BouncingDigits
 from polydiff.video.metrics import VideoEvaluator, physics_residual
 from polydiff.video.pipeline import extend, image_to_video
 
-EXPERIMENT = "video/digits_cond"
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = ROOT / "runs" / "bench_video"
+PARTS = ("cond", "ablation", "i2v", "prediction", "extension", "cost", "joint")
 
-
-def recipe_overrides(quick: bool) -> list[str]:
-    steps = 10 if quick else 150
-    return [
-        "data.image_size=16",
-        "data.digit_size=8",
-        "data.dataset.n=2000",
-        "model.size=tiny",
-        f"trainer.max_steps={steps}",
+# Full sizes: 16x16 canvas, 8x8 digits, 8 frames, tiny VideoUNet, batch 16 (single thread on
+# a shared 2-core machine: ~0.7 CPU s per step, measured). Quick: a smoke run of every part.
+SIZE = ["data.image_size=16", "data.digit_size=8", "model.size=tiny"]
+QUIET = ["trainer.progress=false", "trainer.num_threads=1", "trainer.log_every=25"]
+TRAIN: dict[bool, list[str]] = {
+    False: [
+        "data.dataset.n=4000",
+        "trainer.max_steps=600",
         "trainer.batch_size=16",
+        "trainer.lr_warmup_steps=50",
+        "trainer.ckpt_every=100",
+    ],
+    True: [
+        "data.dataset.n=64",
+        "trainer.max_steps=4",
+        "trainer.batch_size=4",
+        "trainer.lr_warmup_steps=1",
         "trainer.ckpt_every=0",
-        "trainer.log_every=50",
-        "trainer.progress=false",
-        "trainer.lr_warmup_steps=20",
-        "trainer.num_threads=1",
-    ]
+        "trainer.ema_auto_items=4",
+        # a small feature net (its own cache entry): the smoke run checks the code path only
+        "+data.hooks.feature_steps=20",
+        "+data.hooks.clip_steps=20",
+    ],
+}
+EVAL: dict[bool, dict[str, list[str]]] = {
+    False: {
+        "cond": ["evaluate.n=200", "sampler.steps=20"],
+        "prediction": ["evaluate.n=200", "sampler.steps=20"],  # 20 clips x 5 x (pred, interp)
+    },
+    True: {"cond": ["evaluate.n=10", "sampler.steps=3"], "prediction": ["evaluate.n=20",
+                                                                         "sampler.steps=3"]},
+}  # fmt: skip
+TASK_N = {False: 40, True: 4}  # clips for image-to-video and extension
+TASK_STEPS = {False: 20, True: 3}
+# part -> (experiment, extra overrides, which evaluation)
+RECIPES: dict[str, tuple[str, list[str], str]] = {
+    "cond": ("video/digits_cond", [], "cond"),
+    "ablation": ("video/digits_cond", ["model.temporal=false"], "cond"),
+    "joint": ("video/digits_cond", ["data.dataset.image_fraction=0.25"], "cond"),
+    "prediction": ("video/prediction", [], "prediction"),
+}
 
 
-def eval_overrides(quick: bool) -> list[str]:
-    return [f"evaluate.n={10 if quick else 80}", "sampler.steps=20"]
+def _runs(quick: bool) -> Path:
+    return RUNS / "quick" if quick else RUNS
 
 
-def _train_and_evaluate(tag: str, extra: list[str], quick: bool, root: Path) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    overrides = [*recipe_overrides(quick), *extra]
-    with cpu_timer() as t:
-        run = train_recipe(EXPERIMENT, overrides, run_dir=root / tag)
-    with cpu_timer() as e:
-        result = evaluate_run(run, eval_overrides(quick))
+def _train_cost(run_dir: Path) -> dict[str, Any]:
+    """Steps, measured seconds per step and final loss from the run's ``metrics.jsonl``."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    if len(rows) < 2:
+        return {"steps": rows[-1]["step"] if rows else 0}
+    rate = (rows[-1]["time"] - rows[0]["time"]) / max(rows[-1]["step"] - rows[0]["step"], 1)
     return {
-        "command": f"polydiff train experiment={EXPERIMENT} {' '.join(overrides)} && "
-        f"polydiff evaluate run=<dir> {' '.join(eval_overrides(quick))}",
-        "train_cpu_s": round(t["cpu"], 1),
-        "evaluate_cpu_s": round(e["cpu"], 1),
-        "metrics": result["metrics"],
-        "run": str(run),
+        "steps": rows[-1]["step"],
+        "wall_s_per_step": round(rate, 3),
+        "final_loss": round(float(np.mean([r["loss"] for r in rows[-4:]])), 4),
     }
 
 
-def _tasks_on_run(run_dir: Path, quick: bool) -> dict[str, Any]:
-    """Image-to-video by temporal inpainting and 3x extension on the trained class model."""
-    run = open_run(run_dir, ["sampler.steps=20"])
-    c, f, h, w = run.sample_shape
-    n = 4 if quick else 20
-    ev = VideoEvaluator(None, f, h, 8)
-    held = BouncingDigits(n, f, h, 8, 1, split="test", seed=4242)
-    labels = torch.as_tensor(held.labels[:, 0])
-    clips = image_to_video(
-        run, held.videos[:, :, 0], method="inpaint", cond={"class": labels}, seed=1
+def _evaluate(run_dir: Path, overrides: list[str], tag: str) -> dict[str, Any]:
+    """``polydiff evaluate run=<dir> <overrides>`` into ``<run>/eval/bench_<tag>.json``; an
+    existing file of that name (an earlier call of this part) is read instead."""
+    out = run_dir / "eval" / f"bench_{tag}.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    return evaluate_run(run_dir, [*overrides, f"evaluate.out={out}"])
+
+
+def _command(experiment: str, train: list[str], evaluate: list[str], run_dir: Path) -> str:
+    return (
+        f"polydiff train experiment={experiment} {' '.join(train)} run_dir={run_dir} && "
+        f"polydiff evaluate run={run_dir} {' '.join(evaluate)}"
     )
-    i2v = ev.evaluate(clips, labels)
-    i2v["first_frame_mae"] = float((clips[:, :, 0] - held.videos[:, :, 0]).abs().mean() / 2)
-    long = extend(run, n, 3 * f, overlap=2, cond={"class": torch.arange(n) % 10},
-                  guidance_scale=1.0, seed=2)  # fmt: skip
-    short = physics_residual(long[:, :, :f])
-    real_long = physics_residual(BouncingDigits(n, 3 * f, h, 8, 1, split="test", seed=7).videos)
-    full = physics_residual(long)
+
+
+def part_recipe(part: str, quick: bool) -> dict[str, Any]:
+    """Train (or reuse) the part's recipe and evaluate it through the hooks."""
+    experiment, extra, which = RECIPES[part]
+    train = [*SIZE, *TRAIN[quick], *QUIET, *extra]
+    run_dir = _runs(quick) / part
+    with cpu_timer() as t:
+        train_recipe(experiment, train, run_dir=run_dir)
+    evaluate = EVAL[quick][which]
+    with cpu_timer() as e:
+        result = _evaluate(run_dir, evaluate, which)
+    rel = run_dir.relative_to(ROOT)
     return {
-        "image_to_video_inpaint": i2v,
-        "extension_3x": {
-            "frames": 3 * f,
-            "physics_residual": _finite(np.nanmean(full)),
-            "physics_residual_first_window": _finite(np.nanmean(short)),
-            "physics_residual_real_3x": _finite(np.nanmean(real_long)),
-        },
+        "command": _command(experiment, train, evaluate, rel),
+        "run": str(rel),
+        "train": {**_train_cost(run_dir), "cpu_s_this_call": round(t["cpu"], 1)},
+        "evaluate_cpu_s_this_call": round(e["cpu"], 1),
+        "weights": result.get("weights"),
+        "metrics": result["metrics"],
     }
 
 
-def attention_cost(frames_list=(8, 16, 32), channels: int = 32, side: int = 8) -> list[dict]:
-    """Forward time of one factorised space-time block vs one full 3-D self-attention over all
-    F*H*W tokens, and the size of their attention logits (elements, computed)."""
+def _need_run(part: str, quick: bool) -> Path:
+    run_dir = _runs(quick) / part
+    if not (run_dir / "checkpoints").is_dir():
+        raise SystemExit(
+            f"benchmarks.video: {run_dir} holds no trained run; run --part {part} first"
+        )
+    return run_dir
+
+
+def _evaluator(run: Any) -> VideoEvaluator:
+    """The evaluator the run's hooks use (same held-out spec and feature net)."""
+    h = run.hooks
+    return VideoEvaluator(h.cache_dir, h.frames, h.size, h.digit_size,
+                          feature_steps=h.feature_steps, clip_steps=h.clip_steps)  # fmt: skip
+
+
+def part_i2v(quick: bool) -> dict[str, Any]:
+    """Image-to-video by temporal inpainting on the ``cond`` run: held-out first frames (test
+    split, digits never trained on) and their class; first-frame MAE in [0, 1] pixels."""
+    run_dir = _need_run("cond", quick)
+    steps = TASK_STEPS[quick]
+    run = open_run(run_dir, [f"sampler.steps={steps}"])
+    n = TASK_N[quick]
+    held = run.hooks.heldout(n)
+    labels = torch.as_tensor(held.labels[:, 0])
+    with cpu_timer() as t:
+        clips = image_to_video(
+            run, held.videos[:, :, 0], method="inpaint", cond={"class": labels}, seed=1
+        )
+    metrics = _evaluator(run).evaluate(clips, labels)
+    metrics["first_frame_mae"] = float((clips[:, :, 0] - held.videos[:, :, 0]).abs().mean() / 2)
+    rel = run_dir.relative_to(ROOT)
+    return {
+        "command": f"polydiff.video.pipeline.image_to_video(open_run('{rel}', "
+        f"['sampler.steps={steps}']), <{n} held-out first frames>, method='inpaint', "
+        "cond={'class': <their labels>}, seed=1)",
+        "method": "inpaint (polydiff.core.editing.inpaint, DDIM eta 0 on the run's sigmas, CFG)",
+        "n": n,
+        "cpu_s": round(t["cpu"], 1),
+        "metrics": metrics,
+    }
+
+
+def _extension_on(run_dir: Path, quick: bool, classes: bool) -> dict[str, Any]:
+    steps = TASK_STEPS[quick]
+    run = open_run(run_dir, [f"sampler.steps={steps}"])
+    c, f, h, w = run.sample_shape
+    n = TASK_N[quick]
+    cond = {"class": torch.arange(n) % 10} if classes else None
+    with cpu_timer() as t:
+        long = extend(run, n, 3 * f, overlap=2, cond=cond, guidance_scale=1.0, seed=2)
+    ev = _evaluator(run)
+    _, frame_classes, _ = ev.predict(long)
+    real_long = BouncingDigits(n, 3 * f, h, run.hooks.digit_size, 1, split="test", seed=7)
+    out = {
+        "frames": 3 * f,
+        "overlap": 2,
+        "n": n,
+        "cpu_s": round(t["cpu"], 1),
+        "physics_residual": _finite(np.nanmean(physics_residual(long))),
+        "physics_residual_first_window": _finite(np.nanmean(physics_residual(long[:, :, :f]))),
+        "physics_residual_real_3x": _finite(np.nanmean(physics_residual(real_long.videos))),
+        "identity_consistency": float(
+            (frame_classes == frame_classes[:, :1]).all(1).double().mean()
+        ),
+    }
+    if classes:
+        out["class_accuracy"] = float((frame_classes == cond["class"][:, None]).double().mean())
+    rel = run_dir.relative_to(ROOT)
+    out["command"] = (
+        f"polydiff.video.pipeline.extend(open_run('{rel}', ['sampler.steps={steps}']), {n}, "
+        f"{3 * f}, overlap=2, cond={'<class arange(n) % 10>' if classes else None}, "
+        "guidance_scale=1.0, seed=2)"
+    )
+    return out
+
+
+def part_extension(quick: bool) -> dict[str, Any]:
+    """3x-length extension: on the ``cond`` run by replacement + reconstruction guidance (Ho et
+    al. 2022 sec. 3.1), on the ``prediction`` run (if trained) by MCVD conditioning."""
+    out = {"reconstruction_guidance": _extension_on(_need_run("cond", quick), quick, True)}
+    pred = _runs(quick) / "prediction"
+    if (pred / "checkpoints").is_dir():
+        out["mcvd"] = _extension_on(pred, quick, False)
+    return out
+
+
+def _peak_bytes(fn: Any) -> int:
+    """Peak of the CPU tensor memory allocated inside ``fn()``: the torch profiler's memory
+    timeline (every allocation and free, by category), summed over categories."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:  # fmt: skip
+        fn()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated for CUDA; CPU has no other
+        path = Path(tmp) / "memory.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max((sum(row) for row in sizes), default=0)
+
+
+def part_cost(quick: bool, channels: int = 32, side: int = 8, batch: int = 2) -> dict[str, Any]:
+    """Forward time and peak memory of one factorised space-time block (spatial attention per
+    frame + temporal attention per pixel, :class:`polydiff.nn.SpaceTimeBlock`) vs one full 3-D
+    self-attention over all F*H*W tokens, and the attention-logit elements each implies."""
     torch.manual_seed(0)
     block = SpaceTimeBlock(channels, num_heads=4, norm_groups=8).eval()
     full = Attention(channels, heads=4).eval()
-    out = []
-    for f in frames_list:
-        h = torch.randn(2 * f, channels, side, side)
-        tokens = h.view(2, f, channels, side * side).permute(0, 1, 3, 2).reshape(2, -1, channels)
-        times = {}
+    rows = []
+    for f in (8, 16) if quick else (8, 16, 32):
+        h = torch.randn(batch * f, channels, side, side)  # (B F, C, H, W)
+        tokens = h.view(batch, f, channels, side * side).permute(0, 1, 3, 2)
+        tokens = tokens.reshape(batch, f * side * side, channels)  # (B, F H W, C)
+        fns = {"factorised": lambda h=h, f=f: block(h, f), "full_3d": lambda t=tokens: full(t)}
+        row: dict[str, Any] = {"frames": f}
         with torch.no_grad():
-            for name, fn in (
-                ("factorised", lambda h=h, f=f: block(h, f)),
-                ("full_3d", lambda tokens=tokens: full(tokens)),
-            ):
+            for name, fn in fns.items():
                 fn()
+                reps = 2 if quick else 5
                 t0 = time.perf_counter()
-                for _ in range(3):
+                for _ in range(reps):
                     fn()
-                times[name] = (time.perf_counter() - t0) / 3
+                row[f"{name}_s"] = round((time.perf_counter() - t0) / reps, 5)
+                row[f"{name}_peak_mb"] = round(_peak_bytes(fn) / 2**20, 2)
         n = side * side
-        out.append({
-            "frames": f,
-            "factorised_s": round(times["factorised"], 4),
-            "full_3d_s": round(times["full_3d"], 4),
-            "ratio_full_over_factorised": round(times["full_3d"] / times["factorised"], 2),
-            "logits_factorised": 2 * 4 * (f * n * n + n * f * f),
-            "logits_full_3d": 2 * 4 * (f * n) ** 2,
-        })  # fmt: skip
-    return out
+        row["ratio_time_full_over_factorised"] = round(row["full_3d_s"] / row["factorised_s"], 2)
+        row["logits_factorised"] = batch * 4 * (f * n * n + n * f * f)
+        row["logits_full_3d"] = batch * 4 * (f * n) ** 2
+        rows.append(row)
+    return {
+        "setting": f"batch {batch}, {channels} channels, {side}x{side} pixels, 4 heads, forward, "
+        f"1 thread (peak: live tensor memory during the call, torch profiler)",
+        "rows": rows,
+    }
 
 
 def _finite(x: float) -> float | None:
@@ -148,90 +304,183 @@ def _fmt(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.3f}"
 
 
-def _markdown(res: dict) -> str:
-    t, a = res["temporal"]["metrics"], res["no_temporal"]["metrics"]
-    rows = ["| metric | temporal attention | no temporal attention (ablation) | goal |",
-            "|---|---|---|---|"]  # fmt: skip
-    for key, goal in (
-        ("class_accuracy", ">= 0.95"),
-        ("identity_consistency", ">= 0.95"),
-        ("physics_residual", "<= 1.5 x real"),
-        ("physics_residual_real", "(floor)"),
-        ("frame_fid", ""),
-    ):
-        rows.append(f"| {key} | {_fmt(t.get(key))} | {_fmt(a.get(key))} | {goal} |")
-    i2v, ext = res["tasks"]["image_to_video_inpaint"], res["tasks"]["extension_3x"]
-    lines = [
-        "# video (bouncing digits, 16x16, 8 frames, tiny VideoUNet)",
-        "",
-        f"Command: `{res['temporal']['command']}` (ablation adds `model.temporal=false`).",
-        "",
-        *rows,
-        "",
-        f"Image-to-video (temporal inpainting): first-frame MAE {_fmt(i2v['first_frame_mae'])} "
-        f"(goal <= 0.02), class accuracy {_fmt(i2v.get('class_accuracy'))}.",
-        f"3x extension ({ext['frames']} frames): physics residual {_fmt(ext['physics_residual'])} "
-        f"vs first window {_fmt(ext['physics_residual_first_window'])} (goal <= 2x), real 3x "
-        f"clips {_fmt(ext['physics_residual_real_3x'])}.",
-        "",
-        "| frames | factorised s | full 3-D s | ratio | logits factorised | logits full |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in res["attention_cost"]:
-        lines.append(
-            f"| {r['frames']} | {r['factorised_s']} | {r['full_3d_s']} | "
-            f"{r['ratio_full_over_factorised']} | {r['logits_factorised']} | "
-            f"{r['logits_full_3d']} |"
+def _goals(parts: dict[str, Any]) -> dict[str, bool]:
+    """Each goal of the issue whose part has been run: met or not."""
+    goals: dict[str, bool] = {}
+    inf = float("inf")
+    if "cond" in parts:
+        m = parts["cond"]["metrics"]
+        goals["class_accuracy>=0.95"] = m.get("class_accuracy", 0) >= 0.95
+        goals["identity_consistency>=0.95"] = m.get("identity_consistency", 0) >= 0.95
+        goals["physics<=1.5x_real"] = m.get("physics_residual", inf) <= 1.5 * m.get(
+            "physics_residual_real", 0
         )
-    lines += ["", "Goals and whether they are met: see `goals` in video.json."]
+        if "ablation" in parts:
+            a = parts["ablation"]["metrics"]
+            goals["ablation_worse_on_physics"] = a.get("physics_residual", -inf) > m.get(
+                "physics_residual", inf
+            )
+    if "i2v" in parts:
+        m = parts["i2v"]["metrics"]
+        goals["i2v_first_frame_mae<=0.02"] = m["first_frame_mae"] <= 0.02
+        goals["i2v_class_accuracy>=0.95"] = m.get("class_accuracy", 0) >= 0.95
+    if "prediction" in parts:
+        m = parts["prediction"]["metrics"]
+        psnr = m.get("predict_psnr_best_of_5", -inf)
+        goals["prediction_psnr>copy_last"] = psnr > m.get("predict_copy_last_psnr", inf)
+        goals["prediction_psnr>linear"] = psnr > m.get("predict_linear_psnr", inf)
+    if "extension" in parts:
+        e = parts["extension"]["reconstruction_guidance"]
+        long, short = e["physics_residual"], e["physics_residual_first_window"]
+        goals["extension_physics<=2x_short"] = (
+            long is not None and short is not None and long <= 2 * short
+        )
+    return goals
+
+
+def _markdown(res: dict[str, Any]) -> str:
+    parts = res["parts"]
+    lines = [
+        "# video (bouncing digits, 16x16, 8x8 digits, 8 frames, tiny VideoUNet)",
+        "",
+        "Parts: `python -m benchmarks.video.run --part <name>`; every trained model through "
+        "`polydiff train experiment=... && polydiff evaluate run=<dir>` (commands below).",
+        "",
+    ]
+    recipe_parts = [p for p in ("cond", "ablation", "joint") if p in parts]
+    if recipe_parts:
+        head = {"cond": "temporal attention", "ablation": "no temporal attention",
+                "joint": "joint image-video"}  # fmt: skip
+        lines += [
+            "| metric | " + " | ".join(head[p] for p in recipe_parts) + " | goal |",
+            "|---|" + "---|" * len(recipe_parts) + "---|",
+        ]
+        for key, goal in (
+            ("class_accuracy", ">= 0.95"),
+            ("class_accuracy_real", "(ceiling)"),
+            ("identity_consistency", ">= 0.95"),
+            ("identity_consistency_real", "(ceiling)"),
+            ("physics_residual", "<= 1.5 x real"),
+            ("physics_residual_real", "(floor)"),
+            ("physics_empty_fraction", ""),
+            ("frame_fid", ""),
+            ("frame_fid_real", "(floor)"),
+            ("clip_fd_builtin", ""),
+            ("clip_fd_builtin_real", "(floor)"),
+        ):
+            vals = " | ".join(_fmt(parts[p]["metrics"].get(key)) for p in recipe_parts)
+            lines.append(f"| {key} | {vals} | {goal} |")
+        steps = " | ".join(str(parts[p]["train"].get("steps")) for p in recipe_parts)
+        lines += [f"| training steps | {steps} | |", ""]
+        for p in recipe_parts:
+            lines.append(f"- {p}: `{parts[p]['command']}`")
+        lines.append("")
+    if "i2v" in parts:
+        m = parts["i2v"]["metrics"]
+        lines += [
+            f"Image-to-video by temporal inpainting on the cond run ({parts['i2v']['n']} "
+            f"held-out first frames): first-frame MAE {_fmt(m['first_frame_mae'])} (goal <= "
+            f"0.02), class accuracy {_fmt(m.get('class_accuracy'))} (goal: kept), identity "
+            f"consistency {_fmt(m.get('identity_consistency'))}, physics residual "
+            f"{_fmt(m.get('physics_residual'))} (real {_fmt(m.get('physics_residual_real'))}).",
+            f"`{parts['i2v']['command']}`",
+            "",
+        ]
+    if "prediction" in parts:
+        p = parts["prediction"]
+        m = p["metrics"]
+        lines += [
+            "Prediction (2 known frames -> 6) and interpolation (2 + 2 known -> 4), MCVD "
+            "masked training, best of 5 samples per held-out clip:",
+            "",
+            "| task | PSNR best-of-5 | copy last frame | linear extrapolation | SSIM best-of-5 "
+            "| SSIM copy last | SSIM linear |",
+            # baselines are defined for prediction only (n/a for interpolation)
+            "|---|---|---|---|---|---|---|",
+        ]
+        for task in ("predict", "interpolate"):
+            cells = [
+                m.get(f"{task}_{name}")
+                for name in ("psnr_best_of_5", "copy_last_psnr", "linear_psnr", "ssim_best_of_5",
+                             "copy_last_ssim", "linear_ssim")
+            ]  # fmt: skip
+            lines.append(f"| {task} | " + " | ".join(_fmt(c) for c in cells) + " |")
+        lines += [
+            "",
+            f"Steps {p['train'].get('steps')}; `{p['command']}`",
+            "",
+        ]
+    if "extension" in parts:
+        for kind in ("reconstruction_guidance", "mcvd"):
+            e = parts["extension"].get(kind)
+            if e is None:
+                continue
+            lines += [
+                f"3x extension ({kind}, {e['frames']} frames, {e['n']} clips): physics residual "
+                f"{_fmt(e['physics_residual'])} vs its first window "
+                f"{_fmt(e['physics_residual_first_window'])} (goal <= 2x), real 3x clips "
+                f"{_fmt(e['physics_residual_real_3x'])}; identity consistency over all frames "
+                f"{_fmt(e['identity_consistency'])}"
+                + (f", class accuracy {_fmt(e['class_accuracy'])}" if "class_accuracy" in e else "")
+                + ".",
+                f"`{e['command']}`",
+                "",
+            ]
+    if "cost" in parts:
+        c = parts["cost"]
+        lines += [
+            f"Cost ({c['setting']}):",
+            "",
+            "| frames | factorised s | full 3-D s | ratio | factorised peak MB | full 3-D peak MB "
+            "| logits factorised | logits full |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in c["rows"]:
+            lines.append(
+                f"| {r['frames']} | {r['factorised_s']} | {r['full_3d_s']} | "
+                f"{r['ratio_time_full_over_factorised']} | {r['factorised_peak_mb']} | "
+                f"{r['full_3d_peak_mb']} | {r['logits_factorised']} | {r['logits_full_3d']} |"
+            )
+        lines.append("")
+    goals = res.get("goals", {})
+    if goals:
+        lines += ["Goals:", ""]
+        lines += [f"- {k}: {'met' if v else 'NOT met'}" for k, v in goals.items()]
     return "\n".join(lines) + "\n"
 
 
-def _goals(res: dict) -> dict[str, bool]:
-    t, a = res["temporal"]["metrics"], res["no_temporal"]["metrics"]
-    ext = res["tasks"]["extension_3x"]
-    inf = float("inf")
-    ext_long, ext_short = ext["physics_residual"], ext["physics_residual_first_window"]
-    return {
-        "class_accuracy>=0.95": t.get("class_accuracy", 0) >= 0.95,
-        "identity_consistency>=0.95": t.get("identity_consistency", 0) >= 0.95,
-        "physics<=1.5x_real": t.get("physics_residual", inf) <= 1.5 * t["physics_residual_real"],
-        "ablation_worse_on_physics": a.get("physics_residual", -inf)
-        > t.get("physics_residual", inf),
-        "i2v_first_frame_mae<=0.02": res["tasks"]["image_to_video_inpaint"]["first_frame_mae"]
-        <= 0.02,
-        "extension_physics<=2x_short": ext_long is not None
-        and ext_short is not None
-        and ext_long <= 2 * ext_short,
-    }
-
-
-def run(quick: bool = False) -> dict:
-    """Train the two recipes, evaluate them, run the tasks and the cost table; write results."""
+def run(parts: tuple[str, ...], quick: bool = False) -> dict[str, Any]:
+    """Run ``parts`` one after the other; merge them into ``results/video.json`` / ``.md``."""
     torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    # finished runs there are reused (train_recipe resumes), so a re-run only redoes what failed
-    root = Path("runs") / "bench" / ("video-quick" if quick else "video")
-    parts = {"temporal": [], "no_temporal": ["model.temporal=false"]}
-    # the two recipes train side by side in 1-thread processes (the machine is shared)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
-        futures = {
-            tag: pool.submit(_train_and_evaluate, tag, extra, quick, root)
-            for tag, extra in parts.items()
-        }
-        res: dict[str, Any] = {tag: f.result() for tag, f in futures.items()}
-    res["tasks"] = _tasks_on_run(Path(res["temporal"]["run"]), quick)
-    res["attention_cost"] = attention_cost((8, 16) if quick else (8, 16, 32))
-    res["goals"] = _goals(res)
-    res["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    res["wall_s"] = round(time.perf_counter() - t0, 1)
-    write_results("video", res, _markdown(res), quick=quick)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"benchmarks.video: unknown part(s) {unknown}; expected some of {PARTS}")
+    previous = results_dir(quick) / "video.json"
+    old = json.loads(previous.read_text()).get("parts", {}) if previous.is_file() else {}
+    done: dict[str, Any] = {}
+    for part in parts:
+        t0 = time.perf_counter()
+        if part in RECIPES:
+            done[part] = part_recipe(part, quick)
+        elif part == "i2v":
+            done[part] = part_i2v(quick)
+        elif part == "extension":
+            done[part] = part_extension(quick)
+        else:
+            done[part] = part_cost(quick)
+        done[part]["wall_s"] = round(time.perf_counter() - t0, 1)
+        done[part]["date"] = time.strftime("%Y-%m-%d %H:%M")
+        merged = {**old, **done}
+        res = {"parts": merged, "goals": _goals(merged), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        write_results("video", res, _markdown(res), quick=quick)  # after every part
     return res
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="+", required=True, choices=PARTS)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(json.dumps(run(args.quick), indent=1, default=str))
+    out = run(tuple(args.part), args.quick)
+    print(json.dumps({p: out["parts"][p] for p in args.part}, indent=1, default=str))
+    print(json.dumps(out["goals"], indent=1))
