@@ -86,7 +86,7 @@ def test_registry_has_exactly_the_issue_names() -> None:
     assert set(SAMPLERS) == {
         "ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpm2", "dpm2_ancestral", "lms",
         "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "unipc",
-        "adaptive", "langevin", "pc", "ipndm", "deis",
+        "adaptive", "langevin", "pc", "ipndm", "deis", "fitted",
     }  # fmt: skip
     assert set(SAMPLERS) >= DETERMINISTIC
     for fn in SAMPLERS.values():

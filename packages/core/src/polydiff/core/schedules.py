@@ -15,7 +15,9 @@ ending in 0 that a sampler walks along.
   :func:`polyexponential_sigmas`, :func:`vp_sigmas` (uniform in VP time), :func:`flow_sigmas`,
   :func:`ays_sigmas` (Align Your Steps' published grids, log-linearly interpolated);
 - fitted grids: :func:`optimize_sigmas` fits a grid to a denoiser and sampler on its own noise
-  against a fine solve (cached by a fingerprint of the denoiser's outputs).
+  against a fine solve (cached by a fingerprint of the denoiser's outputs);
+- fitted solvers: :func:`optimize_solver` fits a grid and the weights of the ``fitted``
+  multistep sampler jointly by gradient descent (:class:`FittedSolver`, saved as JSON).
 
 All bookkeeping is float64; callers cast to their working dtype.
 """
@@ -26,6 +28,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -902,6 +905,330 @@ def optimize_sigmas(
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# Fitted solvers (grid + multistep weights)
+# ---------------------------------------------------------------------------------------------
+
+_SOLVER_FORMAT = "polydiff-fitted-solver"
+_SOLVER_VERSION = 1
+_SOLVER_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None and other non-JSON leaves as strings."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class FittedSolver:
+    """A few-step solver fitted to one denoiser: the grid and the per-step weights of the
+    ``fitted`` sampler (``sample(denoiser, x, solver.sigmas, "fitted", **solver.options)``).
+
+    ``sigmas``: ``steps + 1`` strictly decreasing float64 values from ``sigma_max`` to 0;
+    ``coefficients[i]``: step ``i``'s weights on the newest derivatives (on the newest denoiser
+    outputs for the step into 0), see :func:`polydiff.core.samplers.multistep.fitted`; ``order``:
+    the iPNDM order it started from; ``info``: the fit's statistics (JSON values). Saved as plain
+    JSON (:meth:`save` / :meth:`load`): nothing in the file is executed.
+    """
+
+    sigmas: torch.Tensor
+    coefficients: tuple[tuple[float, ...], ...]
+    order: int = 3
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from polydiff.core.samplers._base import as_grid
+        from polydiff.core.samplers.multistep import check_coefficients
+
+        grid = as_grid(self.sigmas, strict=True, name="sigmas")
+        if grid[-1] != 0:
+            raise ValueError(f"a fitted solver's sigmas must end in 0, got {grid[-1]}")
+        rows = check_coefficients(self.coefficients, len(grid) - 1)
+        object.__setattr__(self, "sigmas", torch.tensor(grid, dtype=_F64))
+        object.__setattr__(self, "coefficients", tuple(tuple(r) for r in rows))
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The ``fitted`` sampler's options: ``{"coefficients": [[...], ...]}``."""
+        return {"coefficients": [list(row) for row in self.coefficients]}
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"format": _SOLVER_FORMAT, "version": _SOLVER_VERSION, "order": self.order}
+        return {**head, "sigmas": self.sigmas.tolist(), **self.options, "info": dict(self.info)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "fitted solver") -> FittedSolver:
+        """Validate a :meth:`to_dict` record; raises ValueError naming ``source`` and the key."""
+        if not isinstance(data, dict) or data.get("format") != _SOLVER_FORMAT:
+            raise ValueError(f"{source}: not a fitted solver (expected a JSON object with "
+                             f"format={_SOLVER_FORMAT!r})")  # fmt: skip
+        if data.get("version") != _SOLVER_VERSION:
+            raise ValueError(f"{source}: fitted solver version {data.get('version')!r}, this "
+                             f"polydiff reads version {_SOLVER_VERSION}")  # fmt: skip
+        sigmas, rows = data.get("sigmas"), data.get("coefficients")
+        numbers = (int, float)
+        if not isinstance(sigmas, list) or not all(
+            isinstance(v, numbers) and not isinstance(v, bool) for v in sigmas
+        ):
+            raise ValueError(f"{source}: 'sigmas' must be a list of numbers")
+        if not isinstance(rows, list) or not all(
+            isinstance(r, list) and all(isinstance(v, numbers) and not isinstance(v, bool)
+                                        for v in r) for r in rows
+        ):  # fmt: skip
+            raise ValueError(f"{source}: 'coefficients' must be a list of lists of numbers")
+        order, info = data.get("order", 3), data.get("info", {})
+        if order not in (1, 2, 3, 4) or not isinstance(info, dict):
+            raise ValueError(f"{source}: 'order' must be 1-4 and 'info' an object")
+        try:
+            return cls(torch.tensor(sigmas, dtype=_F64), tuple(tuple(r) for r in rows), order,
+                       info)  # fmt: skip
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the solver as JSON, atomically."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedSolver:
+        """Read a solver written by :meth:`save` (plain JSON, validated)."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"fitted solver file {path} not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a JSON fitted solver ({err})") from None
+        return cls.from_dict(data, str(path))
+
+
+def optimize_solver(
+    denoiser: Callable[..., torch.Tensor],
+    steps: int,
+    *,
+    shape: tuple[int, ...],
+    sigma_min: float,
+    sigma_max: float,
+    order: int = 3,
+    history: int | None = None,
+    n_samples: int = 256,
+    pool: int | None = None,
+    cond: Cond = None,
+    generator: torch.Generator | None = None,
+    reference_steps: int = 48,
+    iterations: int = 300,
+    lr: float = 0.01,
+    holdout: float = 0.25,
+    check_every: int = 10,
+    grid: torch.Tensor | None = None,
+    grid_options: Mapping[str, Any] | None = None,
+    batch_size: int = 2048,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    info: dict[str, Any] | None = None,
+) -> FittedSolver:
+    """A ``steps``-step solver (grid and multistep weights) fitted to ``denoiser`` (issue #20).
+
+    The ``fitted`` sampler's weights and the interior log sigmas are fitted jointly by gradient
+    descent through the few-step solve, the endpoints of a fine solve as targets (S4S, Frankel
+    et al. 2025, eq. 5; LD3, Tong et al. 2024; Bespoke solvers, Shaul et al. 2023), on the
+    fit's own noise only:
+
+    1. start: the iPNDM-``order`` weights (:func:`ipndm_coefficients`, zeros for the older
+       derivatives up to ``history``, default all) on ``grid``, by default the grid
+       :func:`optimize_sigmas` fits for ``ipndm`` (same pool, ``generator``, ``n_samples``,
+       ``reference_steps``; more of its settings in ``grid_options``): the fit starts from the
+       best fitted-grid iPNDM solve;
+    2. reference: a Heun solve of the pool (``pool`` draws of per-sample ``shape``, default
+       ``8 * n_samples``) on a ``reference_steps`` Karras grid;
+    3. Adam (``lr``, cosine decay to a tenth) on the mean square error to the reference over
+       the pool minus a held-out ``holdout`` fraction, ``iterations`` full-batch steps (chunks
+       of ``batch_size``); the sigmas stay strictly decreasing in ``[sigma_min, sigma_max]``;
+    4. every ``check_every`` iterations the held-out error is measured; the parameters with
+       the smallest one are returned, the start included, so the result is never worse than
+       the start on noise the descent did not see.
+
+    Gradients are taken with ``torch.autograd.grad`` with respect to the solver's parameters
+    only (a network's own ``.grad`` is never touched). Cached like :func:`optimize_sigmas`
+    (memory, and ``cache_dir`` as JSON): the same denoiser and arguments cost three probe
+    evaluations. ``info`` receives the held-out errors (``start_error``, ``fitted_error``,
+    RMS), ``best_iteration``, the start grid's fit statistics (``grid_fit``) and ``cached``.
+    """
+    from polydiff.core.samplers import sample  # samplers import this module (DEIS)
+    from polydiff.core.samplers._base import bind
+    from polydiff.core.samplers.multistep import fitted_solve, ipndm_coefficients
+
+    _check_n(steps, "steps")
+    _check_sigma_range(sigma_min, sigma_max)
+    if order not in (1, 2, 3, 4):
+        raise ValueError(f"order must be 1, 2, 3 or 4, got {order}")
+    history = steps if history is None else history
+    if not isinstance(history, int) or history < 1:
+        raise ValueError(f"history must be a positive int, got {history!r}")
+    if n_samples < 4:
+        raise ValueError(f"n_samples must be >= 4, got {n_samples}")
+    pool = 8 * n_samples if pool is None else pool
+    if pool < n_samples:
+        raise ValueError(f"pool must be >= n_samples = {n_samples}, got {pool}")
+    if not 0 < holdout < 1 or iterations < 0 or not lr > 0 or check_every < 1:
+        raise ValueError(f"need 0 < holdout < 1, iterations >= 0, lr > 0, check_every >= 1; "
+                         f"got {holdout}, {iterations}, {lr}, {check_every}")  # fmt: skip
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    start_state = gen.get_state()
+    if grid is None:
+        grid_gen = torch.Generator().manual_seed(0)
+        grid_gen.set_state(start_state)
+        grid_info: dict[str, Any] = {}
+        grid = optimize_sigmas(
+            denoiser, steps, shape=shape, sampler="ipndm", sigma_min=sigma_min,
+            sigma_max=sigma_max, n_samples=n_samples, pool=pool, cond=cond, generator=grid_gen,
+            reference_steps=reference_steps, batch_size=batch_size, dtype=dtype, device=device,
+            cache=cache, cache_dir=cache_dir, info=grid_info, order=order,
+            **dict(grid_options or {}),
+        )  # fmt: skip
+    else:
+        grid_info = {"given": True}
+    grid = torch.as_tensor(grid, dtype=_F64).cpu().clone()
+    if (len(grid) != steps + 1 or not math.isclose(float(grid[0]), sigma_max, rel_tol=1e-9)
+            or float(grid[-1]) != 0):  # fmt: skip
+        raise ValueError(f"grid must hold {steps + 1} sigmas from sigma_max={sigma_max} to 0, "
+                         f"got {grid.tolist()}")  # fmt: skip
+    grid[0] = sigma_max
+    noise = torch.randn((pool, *shape), generator=gen, dtype=torch.float64)
+    noise = noise.to(device=device, dtype=dtype)
+    fingerprint = denoiser_fingerprint(
+        denoiser, shape, sigma_min=sigma_min, sigma_max=sigma_max, cond=cond, dtype=dtype,
+        device=device,
+    )  # fmt: skip
+    cond_key = None if cond is None else {k: _tensor_digest(v) for k, v in sorted(cond.items())}
+    key = hashlib.sha256(
+        json.dumps(
+            [_SOLVER_VERSION, fingerprint, steps, order, history, sigma_min, sigma_max, pool,
+             reference_steps, iterations, lr, holdout, check_every, str(dtype),
+             _tensor_digest(noise), _tensor_digest(grid), cond_key]
+        ).encode()
+    ).hexdigest()  # fmt: skip
+    cache_file = Path(cache_dir) / f"solver-{key[:32]}.json" if cache_dir is not None else None
+    if cache and key not in _SOLVER_CACHE and cache_file is not None and cache_file.is_file():
+        _SOLVER_CACHE[key] = json.loads(cache_file.read_text())
+    if cache and key in _SOLVER_CACHE:
+        solver = FittedSolver.from_dict(_SOLVER_CACHE[key], str(cache_file or "solver cache"))
+        if info is not None:
+            info.update({**solver.info, "cached": True})
+        return solver
+
+    def chunks(idx: torch.Tensor) -> list[tuple[torch.Tensor, Cond]]:
+        return [(noise[c.to(noise.device)] * sigma_max, _cond_take(cond, c))
+                for c in idx.split(batch_size)]  # fmt: skip
+
+    everyone = torch.arange(pool)
+    with torch.no_grad():
+        karras = karras_sigmas(reference_steps, sigma_min, sigma_max)
+        reference = torch.cat([sample(denoiser, x, karras, "heun", cond=c).double()
+                               for x, c in chunks(everyone)])  # fmt: skip
+    n_val = min(pool - 1, max(1, round(holdout * pool)))
+    train_idx, val_idx = everyone[: pool - n_val], everyone[pool - n_val :]
+    numel = reference[0].numel()
+
+    # parameters: interior log sigmas and every row of weights (iPNDM's, zero-padded)
+    logs = torch.log(grid[1:-1]).clone().requires_grad_(True)
+    start_rows = ipndm_coefficients(steps, order)
+    rows = [torch.tensor(r + [0.0] * (min(i + 1, history) - len(r)), dtype=_F64)
+            for i, r in enumerate(start_rows)]  # fmt: skip
+    rows = [r.requires_grad_(True) for r in rows]
+    params = [logs, *rows]
+    top, bottom, gap = math.log(sigma_max), math.log(sigma_min), 1e-3
+
+    def solve(x: torch.Tensor, c: Cond) -> torch.Tensor:
+        sig = torch.cat([logs.new_tensor([sigma_max]), logs.exp(), logs.new_zeros(1)])
+        model = bind(denoiser, x, c)
+        grid_ = list(sig.unbind())
+        return fitted_solve(lambda y, s, i: model(y, s.expand(len(y)), i), x, grid_,
+                            [list(r.unbind()) for r in rows])  # fmt: skip
+
+    def sum_sq(idx: torch.Tensor, grad: bool) -> tuple[float, list[torch.Tensor] | None]:
+        total, grads = 0.0, None
+        for (x, c), sel in zip(chunks(idx), idx.split(batch_size)):
+            with torch.set_grad_enabled(grad):
+                err = (solve(x, c).double() - reference[sel.to(reference.device)]).square().sum()
+            if grad:
+                g = torch.autograd.grad(err, params)
+                grads = list(g) if grads is None else [a + b for a, b in zip(grads, g)]
+            total += float(err.detach())
+        return total, grads
+
+    def snapshot() -> tuple[torch.Tensor, list[list[float]]]:
+        sig = torch.cat([grid[:1], logs.detach().exp(), grid[-1:]])
+        return sig, [r.detach().tolist() for r in rows]
+
+    def val_error() -> float:
+        try:
+            err = sum_sq(val_idx, False)[0] / (n_val * numel)
+        except FloatingPointError:
+            return math.inf
+        return math.sqrt(err) if math.isfinite(err) else math.inf
+
+    start_error = val_error()
+    best = (start_error, 0, (grid, [r.tolist() for r in rows]))  # the start exactly
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
+    )
+    n_train, stopped = len(train_idx), None
+    for it in range(1, iterations + 1):
+        try:
+            loss, grads = sum_sq(train_idx, True)
+        except FloatingPointError as err:
+            stopped = f"iteration {it}: {err}"
+            break
+        if not math.isfinite(loss) or grads is None:
+            stopped = f"iteration {it}: non-finite loss"
+            break
+        for p, g in zip(params, grads):
+            p.grad = g / (n_train * numel)
+        opt.step()
+        sched.step()
+        with torch.no_grad():  # keep the interior sigmas strictly decreasing inside the range
+            logs.clamp_(bottom, top - gap)
+            for k in range(1, len(logs)):
+                logs[k] = torch.minimum(logs[k], logs[k - 1] - gap)
+            logs.clamp_(min=bottom)
+        if it % check_every == 0 or it == iterations:
+            err = val_error()
+            if err < best[0]:
+                best = (err, it, snapshot())
+    fitted_error, best_it, (sigmas, coefs) = best
+    stats = {
+        "start_error": start_error, "fitted_error": fitted_error, "best_iteration": best_it,
+        "iterations": iterations, "holdout": n_val, "pool": pool, "history": history,
+        "stopped": stopped, "grid_fit": {k: v for k, v in grid_info.items() if k != "key"},
+    }  # fmt: skip
+    stats = _json_safe(stats)
+    solver = FittedSolver(sigmas, tuple(tuple(r) for r in coefs), order, stats)
+    if cache:
+        _SOLVER_CACHE[key] = solver.to_dict()
+        if cache_file is not None:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            solver.save(cache_file)
+    if info is not None:
+        info.update({**stats, "cached": False})
+    return solver
+
+
 __all__ = [
     "AYS_SIGMAS",
     "SPACINGS",
@@ -909,6 +1236,7 @@ __all__ = [
     "ContinuousVPSchedule",
     "CosineVPSchedule",
     "EDMSchedule",
+    "FittedSolver",
     "FlowSchedule",
     "LinearVPSchedule",
     "NoiseSchedule",
@@ -920,6 +1248,7 @@ __all__ = [
     "flow_sigmas",
     "karras_sigmas",
     "optimize_sigmas",
+    "optimize_solver",
     "polyexponential_sigmas",
     "shift_time",
     "uniform_logsnr_sigmas",

@@ -21,8 +21,8 @@ Contract shared by every sampler (checked by ``tests/core/test_samplers_contract
 - grad mode is the caller's: wrap in ``torch.no_grad()`` for inference.
 
 Families: ``karras`` (Euler / Heun / DPM-2 with EDM churn ``s_churn, s_tmin, s_tmax, s_noise``,
-ancestral variants, LMS, DDIM / DDPM in sigma space), ``multistep`` (iPNDM, DEIS tAB),
-``dpm_solver`` (DPM-Solver++ 2S / SDE /
+ancestral variants, LMS, DDIM / DDPM in sigma space), ``multistep`` (iPNDM, DEIS tAB, the
+fitted multistep solver), ``dpm_solver`` (DPM-Solver++ 2S / SDE /
 2M / 2M-SDE / 3M-SDE), ``unipc``, ``adaptive`` (error-controlled embedded solvers) and
 ``score_sde`` (annealed Langevin, predictor-corrector).
 
@@ -68,7 +68,7 @@ from polydiff.core.samplers.karras import (
     heun,
     lms,
 )
-from polydiff.core.samplers.multistep import deis, ipndm
+from polydiff.core.samplers.multistep import deis, fitted, ipndm
 from polydiff.core.samplers.score_sde import langevin, pc
 from polydiff.core.samplers.unipc import unipc
 from polydiff.core.utils import Cond
@@ -95,6 +95,7 @@ __all__ = [
     "denoiser_evaluations",
     "euler",
     "euler_ancestral",
+    "fitted",
     "heun",
     "ipndm",
     "langevin",
@@ -126,6 +127,7 @@ SAMPLERS: dict[str, Sampler] = {
     "unipc": unipc,
     "ipndm": ipndm,
     "deis": deis,
+    "fitted": fitted,
     "adaptive": adaptive,
     "langevin": langevin,
     "pc": pc,
@@ -133,7 +135,19 @@ SAMPLERS: dict[str, Sampler] = {
 
 # samplers that draw no noise with their default options (ODE solvers)
 DETERMINISTIC = frozenset(
-    {"ddim", "euler", "heun", "dpm2", "lms", "dpmpp_2m", "unipc", "ipndm", "deis", "adaptive"}
+    {
+        "ddim",
+        "euler",
+        "heun",
+        "dpm2",
+        "lms",
+        "dpmpp_2m",
+        "unipc",
+        "ipndm",
+        "deis",
+        "fitted",
+        "adaptive",
+    }
 )
 
 # samplers whose default options couple the rows of a batch, and the options that decouple them
@@ -198,6 +212,7 @@ EVALUATIONS: dict[str, Callable[..., int]] = {
     "unipc": _one_per_step,
     "ipndm": _one_per_step,
     "deis": _one_per_step,
+    "fitted": _one_per_step,
     "adaptive": _adaptive,
     "langevin": _langevin,
     "pc": _pc,

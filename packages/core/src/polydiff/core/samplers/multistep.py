@@ -13,11 +13,18 @@ step) and warm up with lower orders; the final step into sigma 0 is a clean deno
   "rhoAB"), and ``x_next = x + sum_j C_j d_j`` with ``C_j = int_sigma^sigma_next l_j(t(s)) ds``
   (Gauss-Legendre, exact to float64 for these smooth integrands). Order ``order`` on smooth
   grids (after the warm-up).
+- :func:`fitted`: a linear multistep method with per-step weights (S4S, Frankel et al. 2025;
+  LD3, Tong et al. 2024): the iPNDM update with its own weights on each step's derivative
+  history, and a final step that combines the last denoiser outputs. The weights come from
+  :func:`polydiff.core.schedules.optimize_solver` (fitted jointly with the grid); without them
+  it is iPNDM exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +34,16 @@ from polydiff.core.samplers.karras import _report
 from polydiff.core.schedules import LinearVPSchedule
 from polydiff.core.utils import Cond
 
-__all__ = ["IPNDM_COEFFICIENTS", "deis", "deis_coefficients", "ipndm"]
+__all__ = [
+    "IPNDM_COEFFICIENTS",
+    "check_coefficients",
+    "deis",
+    "deis_coefficients",
+    "fitted",
+    "fitted_solve",
+    "ipndm",
+    "ipndm_coefficients",
+]
 
 # Adams-Bashforth weights on equal steps, newest derivative first (Hairer et al., III.1)
 IPNDM_COEFFICIENTS: dict[int, tuple[float, ...]] = {
@@ -143,3 +159,89 @@ def deis(
 
     grid = as_grid(sigmas)
     return _adams(denoiser, x, sigmas, cond, callback, order, step)
+
+
+def ipndm_coefficients(steps: int, order: int = 3) -> list[list[float]]:
+    """The per-step weights with which :func:`fitted` is iPNDM of ``order`` on a ``steps``-step
+    grid ending in 0: warm-up rows ``IPNDM_COEFFICIENTS[min(order, i + 1)]``, and ``[1.0]`` for
+    the final step (its clean denoise)."""
+    _check_order("ipndm", order)
+    rows = [list(IPNDM_COEFFICIENTS[min(order, i + 1)]) for i in range(steps - 1)]
+    return [*rows, [1.0]]
+
+
+def check_coefficients(coefficients: Sequence[Sequence[float]], steps: int) -> list[list[float]]:
+    """``coefficients`` as lists of floats, checked against a ``steps``-step grid: one row per
+    step, row ``i`` with 1 to ``i + 1`` finite weights. Raises ValueError naming the row."""
+    rows = [list(row) for row in coefficients]
+    if len(rows) != steps:
+        raise ValueError(
+            f"fitted: {len(rows)} coefficient rows for a grid of {steps} steps; fit a solver "
+            f"for this step count (optimize_solver / polydiff schedule sampler=fitted)"
+        )
+    for i, row in enumerate(rows):
+        if not 1 <= len(row) <= i + 1:
+            raise ValueError(f"fitted: coefficients[{i}] must hold 1 to {i + 1} weights, got "
+                             f"{len(row)}")  # fmt: skip
+        if not all(isinstance(c, (int, float)) and math.isfinite(c) for c in row):
+            raise ValueError(f"fitted: coefficients[{i}] must be finite numbers, got {row}")
+    return [[float(c) for c in row] for row in rows]
+
+
+def fitted_solve(
+    model: Callable[[torch.Tensor, Any, int], torch.Tensor],
+    x: torch.Tensor,
+    grid: Sequence[Any],
+    coefficients: Sequence[Sequence[Any]],
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """The linear multistep update of :func:`fitted`, on float sigmas or on 0-d tensors that
+    carry gradients (the fit differentiates through it).
+
+    A step into ``sigma_next > 0``: ``x += (sigma_next - sigma) sum_j c_ij d_{i-j}`` with
+    ``d = (x - D) / sigma`` newest first (iPNDM's form); a step into 0: ``x = sum_j c_ij
+    D_{i-j}``, a combination of the newest denoiser outputs (the clean denoise is ``[1]``).
+    """
+    ds: list[torch.Tensor] = []  # derivatives, newest first
+    dens: list[torch.Tensor] = []  # denoiser outputs, newest first
+    for i, row in enumerate(coefficients):
+        s, s_next = grid[i], grid[i + 1]
+        denoised = model(x, s, i)
+        _report(callback, x, i, s, s, denoised)
+        if bool(s_next == 0):
+            dens = [denoised, *dens[: len(row) - 1]]
+            x = sum(c * d for c, d in zip(row, dens))
+            continue
+        dens = [denoised, *dens[: len(coefficients) - 1]]
+        ds = [(x - denoised) / s, *ds[: len(coefficients) - 1]]
+        x = x + sum(c * d for c, d in zip(row, ds)) * (s_next - s)
+    return x
+
+
+def fitted(
+    denoiser: Model,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    cond: Cond = None,
+    generator: Generator = None,
+    callback: Callback | None = None,
+    coefficients: Sequence[Sequence[float]] | None = None,
+    order: int = 3,
+) -> torch.Tensor:
+    """Fitted linear multistep solver (S4S, Frankel et al. 2025; LD3, Tong et al. 2024).
+
+    ``coefficients[i]`` weighs step ``i``'s derivative history (newest first) as iPNDM does,
+    or, for a step into sigma 0, the newest denoiser outputs. ``None`` gives iPNDM of ``order``
+    (:func:`ipndm_coefficients`): the same result as ``ipndm(..., order=order)``. Fit them with
+    the grid by :func:`polydiff.core.schedules.optimize_solver`.
+    """
+    grid, model = as_grid(sigmas), bind(denoiser, x, cond)
+    steps = len(grid) - 1
+    if coefficients is None:
+        rows = ipndm_coefficients(steps, order)
+        if grid[-1] > 0:  # no final denoise: the last row is a plain iPNDM step
+            rows[-1] = list(IPNDM_COEFFICIENTS[min(order, steps)])
+    else:
+        rows = check_coefficients(coefficients, steps)
+    return fitted_solve(model, x, grid, rows, callback)
