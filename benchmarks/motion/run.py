@@ -8,7 +8,8 @@ the real and nearest-caption retrieval rows, MultiModality). Every row is reprod
 
     polydiff train experiment=motion/<name> <TRAIN> && polydiff evaluate run=<dir> <EVAL>
 
-with the ``TRAIN`` / ``EVAL`` overrides printed in the results. Parts (one slot each):
+with the ``TRAIN`` / ``EVAL`` overrides printed in the results (``TRAIN`` is empty for the
+recipe itself: its training settings live in the config). Parts:
 
 - ``base``: text2motion at 50 NFE (DPM-Solver++(2M), CFG 2.5) with replications and
   MultiModality, then 20 and 10 NFE on the same model;
@@ -16,10 +17,16 @@ with the ``TRAIN`` / ``EVAL`` overrides printed in the results. Parts (one slot 
   0.20 s vs 0.19 s at batch 32 on one thread), 50 NFE, to see whether the geometric losses help
   foot skating and FID.
 
+``--tag T`` stores a part as ``<part>_T`` (run directory ``<experiment>_T``), e.g. the
+equal-compute geo ablation at the session-4 budget: ``--part geo --tag 2000 --set
+$(S4_BUDGET)`` next to the 2000-step base run. A run interrupted between jobs is continued by
+the same command (``polydiff train`` resumes from the run directory's newest checkpoint).
+
 Goals (issue 19, at 50 NFE): R-precision top-3 >= 0.9 x real; FID below the retrieval
 baseline's; foot skating ratio within 0.05 of real; Diversity within 10% of real.
 
-    python -m benchmarks.motion.run [--part base|geo|all] [--quick] [--set <train overrides>]
+    python -m benchmarks.motion.run [--part base|geo|all] [--quick] [--tag T] [--no-scaling]
+        [--set <train overrides>]
 """
 
 from __future__ import annotations
@@ -36,13 +43,18 @@ from polydiff.train.checkpoint import list_checkpoints
 from polydiff.train.run import evaluate_run, open_run
 
 QUIET = ["trainer.progress=false"]
-# a 200-step probe (lr 1e-3 vs 3e-3, batch 32) ran at 0.5 s / step wall on the loaded machine
+# the session-4 training budget (2000 steps at batch 32, cosine lr 3e-3): the base_2000 row and
+# the equal-compute geo ablation (--tag 2000 --set ...)
+S4_BUDGET = [
+    "trainer.max_steps=2000", "trainer.ckpt_every=1000", "trainer.batch_size=32",
+    "trainer.lr_warmup_steps=100", "trainer.lr_schedule=cosine", "trainer.optimizer.lr=3e-3",
+    "trainer.ema_snapshot_every=0", "trainer.keep_last=3",
+]  # fmt: skip
 SIZES: dict[bool, dict[str, Any]] = {
     False: {
-        "train": ["trainer.max_steps=2000", "trainer.ckpt_every=1000", "trainer.batch_size=32",
-                  "trainer.lr_warmup_steps=100"],  # lr: the probe's choice (--set)
+        "train": [],  # the recipe's own settings (configs/experiment/motion/text2motion.yaml)
         # smaller than the protocol (20 replications, MultiModality 100 x 30): named in results
-        "eval": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=24",
+        "eval": ["evaluate.n=320", "evaluate.replications=3", "evaluate.mm_prompts=16",
                  "evaluate.mm_repeats=30", "evaluate.mm_times=10"],
         "eval_nfe": ["evaluate.n=320", "evaluate.replications=1", "evaluate.mm_prompts=0"],
         # the geo part fits its slot without MultiModality
@@ -92,31 +104,36 @@ def _evaluate(run_dir, overrides: list[str], out) -> tuple[dict, float]:
     return res, t["cpu"]
 
 
-def run_part(part: str, quick: bool, extra: Sequence[str] = ()) -> dict[str, Any]:
+def run_part(
+    part: str, quick: bool, extra: Sequence[str] = (), tag: str = "", scaling: bool = True
+) -> dict[str, Any]:
     """Train one recipe (plus ``extra`` training overrides) and evaluate it; returns the part's
-    rows and settings."""
+    rows and settings (``scaling``: also every kept checkpoint, one replication)."""
     size = dict(SIZES[quick])
     size["train"] = [*size["train"], *extra]
     experiment = {"base": "motion/text2motion", "geo": "motion/text2motion_geo"}[part]
     out_root = results_dir(quick) / "motion_runs"
+    key = f"{part}_{tag}" if tag else part
     t0 = time.time()
+    leaf = experiment.split("/")[1] + (f"_{tag}" if tag else "")
     with cpu_timer() as t_train:
-        run_dir = train_recipe(experiment, [*QUIET, *size["train"]],
-                               run_dir=out_root / experiment.split("/")[1])  # fmt: skip
+        run_dir = train_recipe(experiment, [*QUIET, *size["train"]], run_dir=out_root / leaf)
     ev = size["eval"] if part == "base" else size["eval_geo"]
-    res, eval_cpu = _evaluate(run_dir, ev, out_root / f"eval-{part}-50nfe.json")
+    res, eval_cpu = _evaluate(run_dir, ev, out_root / f"eval-{key}-50nfe.json")
     m = res["metrics"]
     rows = {"real": _row(m, suffix="_real"), "retrieval": _row(m, prefix="retrieval_"),
-            f"{part}: 50 NFE, CFG 2.5": _row(m)}  # fmt: skip
+            f"{key}: 50 NFE, CFG 2.5": _row(m)}  # fmt: skip
     evals = {"50": " ".join(ev)}
-    with cpu_timer() as t_scaling:
-        scaling = checkpoint_scaling(run_dir, size["eval_nfe"])
-    eval_cpu += t_scaling["cpu"]
+    scaled = {}
+    if scaling:
+        with cpu_timer() as t_scaling:
+            scaled = checkpoint_scaling(run_dir, size["eval_nfe"])
+        eval_cpu += t_scaling["cpu"]
     if part == "base":
         for steps in (20, 10):
             ov = [f"sampler.steps={steps}", *size["eval_nfe"]]
-            r, cpu = _evaluate(run_dir, ov, out_root / f"eval-{part}-{steps}nfe.json")
-            rows[f"{part}: {steps} NFE, CFG 2.5"] = _row(r["metrics"])
+            r, cpu = _evaluate(run_dir, ov, out_root / f"eval-{key}-{steps}nfe.json")
+            rows[f"{key}: {steps} NFE, CFG 2.5"] = _row(r["metrics"])
             evals[str(steps)] = " ".join(ov)
             eval_cpu += cpu
     log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -134,8 +151,8 @@ def run_part(part: str, quick: bool, extra: Sequence[str] = ()) -> dict[str, Any
         "checkpoint_step": res.get("checkpoint_step"),
         "weights": res.get("weights"),
         "rows": rows,
-        "checkpoint_scaling": scaling,
-        "goals": _goals(rows[f"{part}: 50 NFE, CFG 2.5"], rows["real"], rows["retrieval"]),
+        "checkpoint_scaling": scaled,
+        "goals": _goals(rows[f"{key}: 50 NFE, CFG 2.5"], rows["real"], rows["retrieval"]),
         "loss_curve": losses[:: max(1, len(losses) // 24)],
         "train_cpu_s": round(t_train["cpu"], 1),
         "eval_cpu_s": round(eval_cpu, 1),
@@ -173,16 +190,18 @@ def _markdown(parts: dict[str, dict]) -> str:
                "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for row, vals in p["rows"].items():
             md.append(f"| {row} | " + " | ".join(fmt(vals.get(c)) for c in COLUMNS) + " |")
-        md += ["", "By checkpoint (50 NFE, one replication): " + "; ".join(
-            f"step {k}: R-prec top3 {v['r_precision_top3'][0]:.3f}, FID {v['fid'][0]:.2f}, "
-            f"skating {v['foot_skating_ratio'][0]:.3f}"
-            for k, v in p.get("checkpoint_scaling", {}).items())]  # fmt: skip
+        if p.get("checkpoint_scaling"):
+            md += ["", "By checkpoint (50 NFE, one replication): " + "; ".join(
+                f"step {k}: R-prec top3 {v['r_precision_top3'][0]:.3f}, FID {v['fid'][0]:.2f}, "
+                f"skating {v['foot_skating_ratio'][0]:.3f}"
+                for k, v in p["checkpoint_scaling"].items())]  # fmt: skip
         md += ["", "Goals at 50 NFE: " + ", ".join(
             f"{k}: {'met' if v else 'NOT met'}" for k, v in p["goals"].items()), ""]  # fmt: skip
-    if {"base", "geo"} <= set(parts):
-        b = parts["base"]["rows"]["base: 50 NFE, CFG 2.5"]
-        g = parts["geo"]["rows"]["geo: 50 NFE, CFG 2.5"]
-        md += ["### geometric losses at equal compute (same steps, same per-step cost)", "",
+    for key in sorted(k for k in parts if k.startswith("base") and "geo" + k[4:] in parts):
+        b = parts[key]["rows"][f"{key}: 50 NFE, CFG 2.5"]
+        g = parts["geo" + key[4:]]["rows"][f"geo{key[4:]}: 50 NFE, CFG 2.5"]
+        md += [f"### geometric losses at equal compute ({key} vs geo{key[4:]}: same steps, same "
+               "per-step cost)", "",
                f"FID {b['fid'][0]:.2f} -> {g['fid'][0]:.2f}; foot skating "
                f"{b['foot_skating_ratio'][0]:.3f} -> {g['foot_skating_ratio'][0]:.3f}; "
                f"R-precision top-3 {b['r_precision_top3'][0]:.3f} -> "
@@ -190,14 +209,21 @@ def _markdown(parts: dict[str, dict]) -> str:
     return "\n".join(md)
 
 
-def run(part: str = "all", quick: bool = False, extra: Sequence[str] = ()) -> dict:
-    """Run ``part`` (``base``, ``geo`` or ``all``) and merge it into the results file."""
+def run(
+    part: str = "all",
+    quick: bool = False,
+    extra: Sequence[str] = (),
+    tag: str = "",
+    scaling: bool = True,
+) -> dict:
+    """Run ``part`` (``base``, ``geo`` or ``all``) and merge it into the results file (as
+    ``<part>_<tag>`` when ``tag`` is given)."""
     path = results_dir(quick) / "motion.json"
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
     parts = dict(previous)
     for name in ("base", "geo") if part == "all" else (part,):
-        parts[name] = run_part(name, quick, extra)
-    for p in parts.values():  # a part measured before the scaling rows existed
+        parts[f"{name}_{tag}" if tag else name] = run_part(name, quick, extra, tag, scaling)
+    for p in parts.values() if scaling else ():  # parts measured before the scaling rows existed
         if "checkpoint_scaling" not in p:
             with cpu_timer() as t:
                 p["checkpoint_scaling"] = checkpoint_scaling(p["run_dir"], SIZES[quick]["eval_nfe"])
@@ -214,5 +240,9 @@ if __name__ == "__main__":
     parser.add_argument("--part", default="all", choices=("base", "geo", "all"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], help="extra training overrides")
+    parser.add_argument("--tag", default="", help="store the part as <part>_<tag>")
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip the per-checkpoint rows (one slot less)"
+    )
     args = parser.parse_args()
-    print(run(args.part, args.quick, args.set)["markdown"])
+    print(run(args.part, args.quick, args.set, args.tag, not args.no_scaling)["markdown"])
