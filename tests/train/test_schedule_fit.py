@@ -101,3 +101,30 @@ def test_generate_sample_i_is_the_same_whatever_n_and_batch_size(method: str) ->
     torch.testing.assert_close(generate(ring, (2,), 1, spec, seeds=[11])[0], by_seed[1])
     with pytest.raises(ValueError, match="2 per-sample seeds/generators for n=3"):
         generate(ring, (2,), 3, spec, seeds=[1, 2])
+
+
+@pytest.mark.slow  # trains the 30-step toy run (shared) and fits a small solver (~10 s)
+def test_schedule_run_fits_a_solver_and_the_sampler_config_uses_it(toy_run, tmp_path) -> None:
+    small = ["sample.n=16", "+schedule.pool=64", "+schedule.reference_steps=8",
+             "+schedule.rounds=1", "+schedule.sweeps=2", "+schedule.restarts=1",
+             "+schedule.random_starts=2", "+schedule.iterations=6",
+             "+schedule.lr=0.02"]  # fmt: skip
+    record = schedule_run(toy_run, ["sampler=fitted", "sampler.steps=3", "sampler.order=2",
+                                    *small], out=tmp_path / "solver.json")  # fmt: skip
+    assert record["sampler"] == "fitted" and record["nfe"] == 3 and len(record["sigmas"]) == 4
+    assert [len(r) for r in record["coefficients"]] == [1, 2, 3]
+    assert record["fit"]["iterations"] == 6 and "sampler.coefficients=[[" in record["use"]
+    run = open_run(toy_run, record["use"].split(" "))
+    assert (
+        run.sampler.method == "fitted"
+        and run.sampler.options["coefficients"] == (record["coefficients"])
+    )
+    torch.testing.assert_close(run.sampler.sigmas(), torch.tensor(record["sigmas"]).double())
+    out = generate(run.denoiser(), run.sample_shape, 4, run.sampler, seeds=[1, 2, 3, 4])
+    assert out.shape == (4, *run.sample_shape) and torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="unknown schedule.iterations; valid: pool,"):
+        schedule_run(toy_run, ["sampler=ipndm", "+schedule.iterations=3"])
+    with pytest.raises(ConfigError, match=r"schedule.holdout must be a number in \(0, 1\)"):
+        schedule_run(toy_run, ["sampler=fitted", "+schedule.holdout=1.5"])
+    with pytest.raises(ConfigError, match="fits the coefficients: drop sampler.coefficients"):
+        schedule_run(toy_run, ["sampler=fitted", "sampler.coefficients=[[1.0]]"])

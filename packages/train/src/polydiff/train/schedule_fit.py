@@ -9,6 +9,12 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
     sampler.schedule={_target_:polydiff.train.schedule_fit.fitted_sigmas,_partial_:true,path:<json>}
 
 (:func:`fitted_sigmas` checks that the file holds a grid of the requested number of steps).
+
+``sampler=fitted`` fits a whole solver instead (:func:`polydiff.core.schedules.optimize_solver`:
+the grid and the ``fitted`` sampler's per-step weights, starting from iPNDM of
+``sampler.order`` on the fitted iPNDM grid); the record then also holds ``coefficients`` and its
+``use`` passes them inline (``sampler.coefficients=[[...],...]``). Its own settings are
+``+schedule.iterations``, ``lr``, ``holdout``, ``history`` (``SOLVER_KEYS``) besides the grid's.
 The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
 ``reference_steps``, ``rounds``, ``sweeps``, ``restarts``, ``random_starts``, ``batch_size``:
 see ``optimize_sigmas``); an expensive network wants a smaller search than the defaults, e.g.
@@ -30,13 +36,13 @@ import torch
 from polydiff.core.fileio import atomic_write_text
 from polydiff.core.samplers import denoiser_evaluations
 from polydiff.core.samplers._base import as_grid
-from polydiff.core.schedules import optimize_sigmas
+from polydiff.core.schedules import optimize_sigmas, optimize_solver
 
 from .config import ConfigError
 from .hooks import call_hook
 from .run import job_dir, open_run
 
-__all__ = ["FIT_KEYS", "load_sigmas", "fitted_sigmas", "schedule_run"]
+__all__ = ["FIT_KEYS", "SOLVER_KEYS", "load_sigmas", "fitted_sigmas", "schedule_run"]
 
 FIT_KEYS = (
     "pool",
@@ -47,6 +53,10 @@ FIT_KEYS = (
     "random_starts",
     "batch_size",
 )
+# extra settings of a solver fit (sampler=fitted): optimize_solver's own
+SOLVER_KEYS = ("iterations", "lr", "holdout", "history")
+# the grid fit's settings that optimize_solver passes on as grid_options
+_GRID_ONLY = ("rounds", "sweeps", "restarts", "random_starts")
 
 
 def load_sigmas(path: str | Path) -> torch.Tensor:
@@ -104,22 +114,44 @@ def schedule_run(
     sigma_min, sigma_max = min(positive), max(positive)
     n, seed = int(run.cfg.sample.n), int(run.cfg.sample.seed)
     fit_opts = dict(run.cfg.get("schedule") or {})
+    solver = spec.method == "fitted"
+    valid = (*FIT_KEYS, *SOLVER_KEYS) if solver else FIT_KEYS
     for key, value in fit_opts.items():
-        if key not in FIT_KEYS:
-            raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(FIT_KEYS)}")
-        least = 0 if key == "random_starts" else 1
+        if key not in valid:
+            raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(valid)}")
+        if key in ("lr", "holdout"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            if not ok or (key == "holdout" and value >= 1):
+                upper = "1" if key == "holdout" else "inf"
+                raise ConfigError(f"schedule.{key} must be a number in (0, {upper}), got {value!r}")
+            continue
+        least = 0 if key in ("random_starts", "iterations") else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ConfigError(f"schedule.{key} must be an integer >= {least}, got {value!r}")
+    if solver and (set(spec.options) - {"order"}):
+        raise ConfigError("polydiff schedule sampler=fitted fits the coefficients: drop "
+                          f"sampler.{sorted(set(spec.options) - {'order'})[0]}")  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     cond = call_hook(run.hooks, "sample_cond", n, gen)
     denoiser = run.denoiser()
     info: dict[str, Any] = {}
     cache_dir = run.run_dir / "schedules" / "cache"
-    grid = optimize_sigmas(
-        denoiser, spec.steps, shape=run.sample_shape, sampler=spec.method,
-        sigma_min=sigma_min, sigma_max=sigma_max, n_samples=n, cond=cond, generator=gen,
-        cache_dir=cache_dir, info=info, **fit_opts, **spec.options,
-    )  # fmt: skip
+    coefficients = None
+    if solver:
+        grid_options = {k: fit_opts[k] for k in _GRID_ONLY if k in fit_opts}
+        solver_opts = {k: v for k, v in fit_opts.items() if k not in _GRID_ONLY}
+        fitted = optimize_solver(
+            denoiser, spec.steps, shape=run.sample_shape, sigma_min=sigma_min,
+            sigma_max=sigma_max, n_samples=n, cond=cond, generator=gen, cache_dir=cache_dir,
+            info=info, grid_options=grid_options, **solver_opts, **spec.options,
+        )  # fmt: skip
+        grid, coefficients = fitted.sigmas, fitted.options["coefficients"]
+    else:
+        grid = optimize_sigmas(
+            denoiser, spec.steps, shape=run.sample_shape, sampler=spec.method,
+            sigma_min=sigma_min, sigma_max=sigma_max, n_samples=n, cond=cond, generator=gen,
+            cache_dir=cache_dir, info=info, **fit_opts, **spec.options,
+        )  # fmt: skip
     settings = {
         "sampler": spec.method,
         "steps": spec.steps,
@@ -135,17 +167,21 @@ def schedule_run(
     }
     path = Path(out) if out else job_dir(run.run_dir / "schedules", f"{spec.method}-{spec.steps}",
                                          settings).with_suffix(".json")  # fmt: skip
+    use = (
+        f"sampler={spec.method} sampler.steps={spec.steps} "
+        "sampler.schedule={_target_:polydiff.train.schedule_fit.fitted_sigmas,"
+        f"_partial_:true,path:{path}}}"
+    )
+    if coefficients is not None:
+        use += f" sampler.coefficients={json.dumps(coefficients, separators=(',', ':'))}"
     record = {
         "run": str(run.run_dir),
         **settings,
         "sigmas": grid.tolist(),
+        **({} if coefficients is None else {"coefficients": coefficients}),
         "nfe": denoiser_evaluations(spec.method, grid, **spec.options),
         "fit": {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)},
-        "use": (
-            f"sampler={spec.method} sampler.steps={spec.steps} "
-            "sampler.schedule={_target_:polydiff.train.schedule_fit.fitted_sigmas,"
-            f"_partial_:true,path:{path}}}"
-        ),
+        "use": use,
     }
     atomic_write_text(path, json.dumps(record, indent=1, default=str, allow_nan=False))
     return {**record, "path": str(path)}
