@@ -117,3 +117,33 @@ def test_sizes_ablation_and_frames_independent_equal_the_per_frame_network():
         torch.testing.assert_close(net(x, t, cond), ablation(x, t, cond))
     with pytest.raises(KeyError, match="unknown video U-Net size 'huge'"):
         video_unet("huge")
+
+
+def test_tasks_go_through_the_core(runs, monkeypatch):
+    """Inpainting, reconstruction guidance and sampling are the core's functions, called."""
+    import polydiff.core.editing
+    import polydiff.core.guidance
+    import polydiff.train.sampling
+    import polydiff.video.pipeline as pipeline
+
+    core = {
+        "inpaint": polydiff.core.editing.inpaint,
+        "reconstruction_guidance": polydiff.core.guidance.reconstruction_guidance,
+        "generate_samples": polydiff.train.sampling.generate,
+    }
+    calls = dict.fromkeys(core, 0)
+    for name, fn in core.items():
+        assert getattr(pipeline, name) is fn
+
+        def counted(*args, _name=name, _fn=fn, **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, counted)
+    frame, y = _clips()[:, :, 0], {"class": torch.tensor([1, 2])}
+    image_to_video(runs["image_to_video"], frame, cond=y)  # concat: the core sampler
+    assert calls == {"inpaint": 0, "reconstruction_guidance": 0, "generate_samples": 1}
+    image_to_video(runs["digits_cond"], frame, method="inpaint", cond=y)
+    assert calls == {"inpaint": 1, "reconstruction_guidance": 0, "generate_samples": 1}
+    extend(runs["digits_cond"], 2, 6, overlap=2, cond=y, guidance_scale=1.0)  # 1 + 1 windows
+    assert calls == {"inpaint": 2, "reconstruction_guidance": 1, "generate_samples": 2}
