@@ -48,6 +48,7 @@ from polydiff.core.schedules import (
     exponential_sigmas,
     karras_sigmas,
     optimize_sigmas,
+    optimize_solver,
 )
 from polydiff.core.toy import GaussianMixture
 
@@ -62,18 +63,28 @@ K_SAMPLERS = {
     "sample_lms": "lms",
     "sample_dpmpp_2m": "dpmpp_2m",
 }
-# our candidates on fitted grids: label -> (method, options)
+# our candidates on fitted grids: label -> (method, options); "fitted" is a fitted solver
+# (optimize_solver: grid and weights, from iPNDM-3 on its own fitted grid) with SOLVER_FIT[nfe]
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "ipndm3": ("ipndm", {"order": 3}),
     "deis3": ("deis", {"order": 3}),
     "unipc_bh2_2": ("unipc", {"order": 2}),
+    "fitted_solver": ("fitted", {"order": 3}),
 }
+# the rare mode flips need a large pool (8192 starts at 5 NFE, where they carry the error);
+# 150 full-batch Adam steps (the held-out optimum came at 40-120 in trials)
+SOLVER_FIT: dict[int, dict[str, Any]] = {5: {"pool": 8192, "iterations": 150},
+                                         10: {"pool": 4096, "iterations": 150}}  # fmt: skip
+SOLVER_ONLY = ("ipndm3", "fitted_solver")  # --solver: its start and itself, no diagnostic
 
 
 # ``polydiff schedule`` settings for the digits UNet (one fit ~1-5 min on one CPU thread)
 DIGITS_FIT = ["sample.n=24", "+schedule.pool=72", "+schedule.reference_steps=20",
               "+schedule.rounds=1", "+schedule.sweeps=4", "+schedule.restarts=1",
               "+schedule.random_starts=8"]  # fmt: skip
+# the solver fit on top (its start grid is the one above, found in the run's fit cache): a few
+# Adam steps, each a backward pass through NFE guided UNet calls on the pool
+DIGITS_SOLVER_FIT = ["+schedule.iterations=20", "+schedule.lr=0.03", "+schedule.check_every=2"]
 
 
 def sd_range() -> tuple[float, float]:
@@ -137,7 +148,7 @@ def oracle_grid(
     return _grid_from_logs(best[1], smax)
 
 
-def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
+def bench_mixtures(quick: bool, labels: tuple[str, ...] = tuple(CANDIDATES)) -> list[dict]:
     k = load_k_diffusion_sampling()
     smin, smax = sd_range()
     n_eval = 128 if quick else 512
@@ -169,14 +180,25 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
             best_flips = {seed: flip_counts[min(peers, key=lambda f: peers[f][seed])][seed]
                           for seed in starts}  # fmt: skip
             best_typical = {seed: min(p[seed] for p in typical.values()) for seed in starts}
-            for label, (method, opts) in CANDIDATES.items():
+            for label in labels:
+                method, opts = CANDIDATES[label]
                 t0 = time.perf_counter()
                 info: dict[str, Any] = {}
                 size = {"n_samples": 64, "pool": 256} if quick else {}
-                grid = optimize_sigmas(
-                    mix, budget, shape=(64,), sampler=method, sigma_min=smin, sigma_max=smax,
-                    dtype=F64, info=info, **size, **opts,
-                )  # fmt: skip
+                quick_solver = {"iterations": 10} if quick else {}
+                if method == "fitted":
+                    solver = optimize_solver(
+                        mix, budget, shape=(64,), sigma_min=smin, sigma_max=smax, dtype=F64,
+                        info=info, **{**SOLVER_FIT.get(budget, {}), **size, **quick_solver},
+                        **opts,
+                    )  # fmt: skip
+                    grid, opts = solver.sigmas, solver.options
+                    info["coefficients"] = opts["coefficients"]
+                else:
+                    grid = optimize_sigmas(
+                        mix, budget, shape=(64,), sampler=method, sigma_min=smin,
+                        sigma_max=smax, dtype=F64, info=info, **size, **opts,
+                    )  # fmt: skip
                 fit_seconds = time.perf_counter() - t0
                 karras = karras_sigmas(budget, smin, smax)
                 errs, kerrs, typ, flips = {}, {}, {}, {}
@@ -186,10 +208,11 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
                     errs[seed], typ[seed] = _rms(out, ref), _typical(out, ref)
                     flips[seed] = _flips(out, ref)
                     assert counter.calls <= budget
-                    kerrs[seed] = _rms(sample(mix, x, karras, method, **opts), ref)
+                    start = {"order": 3} if method == "fitted" else opts  # its start weights
+                    kerrs[seed] = _rms(sample(mix, x, karras, method, **start), ref)
                 ratios = [errs[s] / best[s] for s in starts]
                 oracle = None
-                if budget == 5 and label == "ipndm3" and not quick:
+                if budget == 5 and label == "ipndm3" and not quick and "deis3" in labels:
                     fams = [karras_sigmas(budget, smin, smax, info["rho"]),
                             exponential_sigmas(budget, smin, smax)]  # fmt: skip
                     og = oracle_grid(mix, starts, [grid, *fams], method, **opts)
@@ -216,9 +239,10 @@ def bench_mixtures(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
-    """FID / class accuracy through ``polydiff evaluate``: old default vs iPNDM-3 on the Karras
-    grid vs iPNDM-3 on a grid from ``polydiff schedule``, and dpmpp_2m at 50 NFE."""
+def bench_digits(run_dir: Path, quick: bool, karras_rows: bool = False) -> list[dict[str, Any]]:
+    """FID / class accuracy through ``polydiff evaluate``: old default vs iPNDM-3 on a grid from
+    ``polydiff schedule`` vs a fitted solver from ``polydiff schedule sampler=fitted`` (and
+    iPNDM-3 on the Karras grid with ``karras_rows``), and dpmpp_2m at 50 NFE."""
     from polydiff.train.run import evaluate_run
     from polydiff.train.schedule_fit import schedule_run
 
@@ -236,18 +260,26 @@ def bench_digits(run_dir: Path, quick: bool) -> list[dict[str, Any]]:
                      "n": n, "seconds": time.perf_counter() - t0, **extra})  # fmt: skip
         print(f"  digits {label} {nfe}: {res['metrics']}", flush=True)
         partial = {"mixtures": [], "digits": rows, "partial": True}  # kept if interrupted
-        write_results("samplers_fewstep_digits", partial, markdown([], rows), quick=quick)
+        name = "samplers_fewstep_digits" if karras_rows else "samplers_fewstep_solver_digits"
+        write_results(name, partial, markdown([], rows), quick=quick)
 
-    for nfe in (10, 5, 50, 7):
+    for nfe in (5, 50, 10, 7):
         evaluate("dpmpp_2m (old default)", nfe, ["sampler=dpmpp_2m", f"sampler.steps={nfe}"])
         if nfe == 50:
             continue
         ipndm = ["sampler=ipndm", f"sampler.steps={nfe}", "sampler.order=3"]
-        evaluate("ipndm3_karras (objective grid)", nfe, ipndm)
+        if karras_rows:
+            evaluate("ipndm3_karras (objective grid)", nfe, ipndm)
         t0 = time.perf_counter()
         fit = schedule_run(run_dir, [*ipndm, *DIGITS_FIT])
         evaluate("ipndm3_fitted (polydiff schedule)", nfe, [*fit["use"].split(" "),
                  "sampler.order=3"], sigmas=fit["sigmas"], fit=fit["fit"],
+                 fit_seconds=time.perf_counter() - t0)  # fmt: skip
+        t0 = time.perf_counter()
+        solver = ["sampler=fitted", f"sampler.steps={nfe}", "sampler.order=3"]
+        fit = schedule_run(run_dir, [*solver, *DIGITS_FIT, *DIGITS_SOLVER_FIT])
+        evaluate("fitted_solver (polydiff schedule)", nfe, fit["use"].split(" "),
+                 sigmas=fit["sigmas"], coefficients=fit["coefficients"], fit=fit["fit"],
                  fit_seconds=time.perf_counter() - t0)  # fmt: skip
     return rows
 
@@ -301,21 +333,29 @@ def markdown(mix_rows: list[dict], digit_rows: list[dict]) -> str:
 
 
 def run(
-    quick: bool = False, digits_run: str | None = None, mixtures: bool = True
+    quick: bool = False,
+    digits_run: str | None = None,
+    mixtures: bool = True,
+    solver_only: bool = False,
 ) -> dict[str, Any]:
-    """Both parts (``samplers_fewstep``), or only the digits part (``samplers_fewstep_digits``)."""
+    """Both parts (``samplers_fewstep``), or only the digits part (``samplers_fewstep_digits``);
+    ``solver_only``: the mixtures for iPNDM-3 and the fitted solver (``samplers_fewstep_solver``)
+    and the digits part without the Karras-grid iPNDM rows (``samplers_fewstep_solver_digits``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        mix_rows = bench_mixtures(quick) if mixtures else []
-        digit_rows = bench_digits(Path(digits_run), quick) if digits_run else []
+        labels = SOLVER_ONLY if solver_only else tuple(CANDIDATES)
+        mix_rows = bench_mixtures(quick, labels) if mixtures else []
+        digit_rows = (bench_digits(Path(digits_run), quick, karras_rows=not solver_only)
+                      if digits_run else [])  # fmt: skip
         result = {"mixtures": mix_rows, "digits": digit_rows,
                   "seconds": time.perf_counter() - start}  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     text = markdown(mix_rows, digit_rows)
-    name = "samplers_fewstep" if mixtures else "samplers_fewstep_digits"
+    name = "samplers_fewstep" + ("_solver" if solver_only else "")
+    name += "" if mixtures else "_digits"
     write_results(name, result, text, quick=quick)
     return {**result, "markdown": text}
 
@@ -325,5 +365,7 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--digits-run", default=None)
     parser.add_argument("--digits-only", action="store_true")
+    parser.add_argument("--solver", action="store_true", help="iPNDM-3 and the fitted solver")
     args = parser.parse_args()
-    print(run(args.quick, args.digits_run, mixtures=not args.digits_only)["markdown"])
+    out = run(args.quick, args.digits_run, mixtures=not args.digits_only, solver_only=args.solver)
+    print(out["markdown"])

@@ -14,7 +14,8 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
 the grid and the ``fitted`` sampler's per-step weights, starting from iPNDM of
 ``sampler.order`` on the fitted iPNDM grid); the record then also holds ``coefficients`` and its
 ``use`` passes them inline (``sampler.coefficients=[[...],...]``). Its own settings are
-``+schedule.iterations``, ``lr``, ``holdout``, ``history`` (``SOLVER_KEYS``) besides the grid's.
+``+schedule.iterations``, ``lr``, ``holdout``, ``history``, ``check_every``, ``robust``
+(``SOLVER_KEYS``) besides the grid's.
 The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
 ``reference_steps``, ``rounds``, ``sweeps``, ``restarts``, ``random_starts``, ``batch_size``:
 see ``optimize_sigmas``); an expensive network wants a smaller search than the defaults, e.g.
@@ -54,7 +55,7 @@ FIT_KEYS = (
     "batch_size",
 )
 # extra settings of a solver fit (sampler=fitted): optimize_solver's own
-SOLVER_KEYS = ("iterations", "lr", "holdout", "history")
+SOLVER_KEYS = ("iterations", "lr", "holdout", "history", "check_every", "robust")
 # the grid fit's settings that optimize_solver passes on as grid_options
 _GRID_ONLY = ("rounds", "sweeps", "restarts", "random_starts")
 
@@ -119,7 +120,7 @@ def schedule_run(
     for key, value in fit_opts.items():
         if key not in valid:
             raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(valid)}")
-        if key in ("lr", "holdout"):
+        if key in ("lr", "holdout", "robust"):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             if not ok or (key == "holdout" and value >= 1):
                 upper = "1" if key == "holdout" else "inf"
