@@ -84,7 +84,7 @@ DIGITS_FIT = ["sample.n=24", "+schedule.pool=72", "+schedule.reference_steps=20"
               "+schedule.random_starts=8"]  # fmt: skip
 # the solver fit on top (its start grid is the one above, found in the run's fit cache): a few
 # Adam steps, each a backward pass through NFE guided UNet calls on the pool
-DIGITS_SOLVER_FIT = ["+schedule.iterations=12", "+schedule.lr=0.03", "+schedule.check_every=2"]
+DIGITS_SOLVER_FIT = ["+schedule.iterations=40", "+schedule.check_every=4"]
 
 
 def sd_range() -> tuple[float, float]:
