@@ -53,13 +53,15 @@ STAGES: dict[str, list[tuple[str, list[str]]]] = {
         ("gan1650", ["trainer.max_steps=1650", "objective.adv_start_step=1500"]),
     ],
     "notes_latent": [
-        ("steps1000", ["trainer.max_steps=1000"]),
-        ("steps2000", ["trainer.max_steps=2000"]),
+        ("steps1200", ["trainer.max_steps=1200"]),
+        ("steps2400", ["trainer.max_steps=2400"]),
     ],
     "notes": [("steps500", ["trainer.max_steps=500"])],
-    "events": [("steps300", ["trainer.max_steps=300"])],
+    "events": [("steps600", ["trainer.max_steps=600"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
+# the notes: every (instrument, pitch) class once (sample_cond draws arange(n) % 96)
+PART_EVAL = {"notes": ["evaluate.n=96"], "notes_latent": ["evaluate.n=96"], "events": []}
 TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0"]
@@ -168,7 +170,7 @@ def _run_stages(part: str, quick: bool, q: list[str]) -> dict[str, Any]:
                 extra.append("data.dataset.autoencoder.steps=4")
         stage = _train(part, quick, extra)
         cpu = stage["train_cpu_minutes"] = round(cpu + stage["train_cpu_minutes"], 2)  # cumulative
-        evq = q or STAGE_EVAL
+        evq = q or PART_EVAL.get(part, STAGE_EVAL)
         stage["eval"] = _evaluate(Path(stage["run_dir"]), evq, tag)
         if part.startswith(("notes", "events")) and tag == STAGES[part][-1][0]:
             unguided = [*evq, "guidance=none", "guidance.scale=1.0"]

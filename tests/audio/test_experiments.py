@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 from polydiff.audio import pipeline
+from polydiff.audio.models import PitchConditionedUNet
 from polydiff.train.run import evaluate_run, sample_run, train
 
 TINY = [
@@ -54,14 +55,18 @@ def notes_run(tmp_path_factory) -> Path:
 
 
 def test_notes_mel_train_sample_evaluate(notes_run, capsys):
+    assert isinstance(pipeline.load(notes_run).run.model, PitchConditionedUNet)
     out = sample_run(notes_run, ["sample.n=3", "sampler.steps=2"])
     _check_outputs(out, 3, (64, 64))
     assert "real-time factor" in capsys.readouterr().out
     res = evaluate_run(notes_run, ["evaluate.n=4", "sampler.steps=2"])
     m = res["metrics"]
-    for key in ("fad", "fad_real_floor", "instrument_accuracy", "pitch_accuracy", "vocoder_rtf"):
+    keys = ("fad", "fad_real_floor", "fad_vocoder_floor", "instrument_accuracy",
+            "pitch_accuracy", "vocoder_rtf")  # fmt: skip
+    for key in keys:
         assert key in m and math.isfinite(m[key]), key
     assert 0 <= m["pitch_accuracy"] <= 1 and m["fad_real_floor"] < m["fad"]
+    assert m["fad_real_floor"] < m["fad_vocoder_floor"]  # Griffin-Lim's artefacts cost FAD
 
 
 def test_pipeline_inpaint_continue_sdedit(notes_run):
@@ -134,6 +139,7 @@ def test_own_folder_in_one_line_reads_classes(tmp_path):
     assert cfg == str(root)
     mr = pipeline.load(run, ["sampler.steps=2"])
     assert mr.hooks.dataset.num_classes == 3 and mr.run.model.embed.num_classes == 3
+    assert not isinstance(mr.run.model, PitchConditionedUNet)  # the notes' comb: notes only
     out = sample_run(run, ["sample.n=3", "sampler.steps=2"])
     assert len(list(out.glob("*.wav"))) == 3
     with pytest.raises(Exception, match=rf"data.num_classes=5 but {root} has 3 classes"):

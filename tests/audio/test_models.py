@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import librosa
+import numpy as np
 import pytest
 import torch
 
+from polydiff.audio.data import PITCHES, midi_to_hz
 from polydiff.audio.experiments import VocoderObjective
-from polydiff.audio.models import audio_unet, diffwave, vocos_vocoder
+from polydiff.audio.models import PitchConditionedUNet, audio_unet, diffwave, vocos_vocoder
+from polydiff.audio.spectral import harmonic_comb
 from polydiff.core.samplers import sample
 from polydiff.core.schedules import karras_sigmas
 
@@ -71,3 +75,75 @@ def test_vocoder_objective_trains_and_one_step_sampling_returns_the_vocoder_outp
     out = sample(den, x, karras_sigmas(1, 0.002, 80.0), "dpmpp_2m", cond={"mel": mel})
     with torch.no_grad():
         assert torch.equal(out, voc(mel))
+
+
+# ------------------------------------------------------------------------------ pitch conditioning
+def _comb_reference(f0: float, n_mels: int = 64, sr: int = 16000, f_max: float = 8000.0):
+    """Brute force with librosa's Slaney filters on a 1 Hz grid: for every filter, the largest
+    peak-relative response to a partial k * f0 below f_max."""
+    fb = librosa.filters.mel(sr=sr, n_fft=sr, n_mels=n_mels, fmin=0.0, fmax=f_max)  # (M, 8001)
+    out = np.zeros(n_mels)
+    for m in range(n_mels):
+        peak = fb[m].max()
+        k = 1
+        while k * f0 < f_max:
+            out[m] = max(out[m], fb[m, int(round(k * f0))] / peak)
+            k += 1
+    return out
+
+
+def test_harmonic_comb_matches_brute_force_and_separates_semitones():
+    f0 = midi_to_hz(torch.tensor(PITCHES, dtype=torch.float64))
+    comb = harmonic_comb(f0)
+    assert comb.shape == (len(PITCHES), 64) and comb.min() >= 0 and comb.max() <= 1
+    for i in (0, 1, 9, 23):  # C4, C#4, A4, B5
+        ref = _comb_reference(float(f0[i]))
+        np.testing.assert_allclose(comb[i].numpy(), ref, atol=1e-4)
+    # adjacent semitones light different filters (the fundamental alone would not: 16 of 24)
+    assert (comb[1:] - comb[:-1]).abs().sum(1).min() > 1.0
+    with pytest.raises(ValueError, match=r"f0 must lie in \(0, 8000.0\) Hz"):
+        harmonic_comb(torch.tensor([9000.0]))
+
+
+def test_pitch_conditioned_unet_sees_the_comb_and_the_factors_and_drops_them_for_null_rows():
+    torch.manual_seed(0)
+    net = audio_unet("audio-tiny", num_classes=96, pitch_map=True)
+    assert isinstance(net, PitchConditionedUNet)
+    for p in net.parameters():  # zero-initialised layers (output, residual branches): wake them
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    seen = {}
+    net.conv_in.register_forward_hook(lambda m, a, o: seen.__setitem__("in", a[0].detach()))
+    x, t = torch.randn(3, 1, 64, 64), torch.rand(3)
+    y = torch.tensor([0, 25, 95])  # (instrument, pitch) = (0, 0), (1, 1), (3, 23)
+    out = net(x, t, {"class": y})
+    assert out.shape == x.shape
+    comb = harmonic_comb(midi_to_hz(torch.tensor(PITCHES, dtype=torch.float64)))
+    for row, p in enumerate((0, 1, 23)):  # channel 1 = the pitch's comb on every frame
+        assert torch.allclose(seen["in"][row, 1], comb[p][:, None].expand(64, 64))
+    # the same pitch under another instrument: the same comb, another output (one-hot factor)
+    assert not torch.allclose(net(x, t, {"class": torch.tensor([24, 25, 95])})[0], out[0])
+    null = torch.tensor([True, False, True])
+    a = net(x, t, {"class": y, "null_mask": null})
+    b = net(x, t, {"class": torch.tensor([50, 25, 3]), "null_mask": null})
+    assert torch.allclose(a[null], b[null], atol=1e-6)  # null rows ignore every label factor
+    assert torch.allclose(a[1], out[1], atol=1e-6)
+    assert (seen["in"][null][:, 1] == 0).all()
+    with pytest.raises(ValueError, match="num_classes must be a positive multiple of 24"):
+        audio_unet("audio-tiny", num_classes=10, pitch_map=True)
+    with pytest.raises(ValueError, match="not captions"):
+        audio_unet("audio-tiny", num_classes=96, pooled_dim=384, pitch_map=True)
+
+
+def test_pitch_conditioned_unet_folds_the_comb_onto_a_latent_grid():
+    net = audio_unet("audio-tiny", n_mels=16, frames=16, in_channels=4, num_classes=96,
+                     pitch_map=True)  # fmt: skip
+    assert net.fold == 4 and net.conv_in.in_channels == 4 + 4
+    comb = harmonic_comb(midi_to_hz(torch.tensor(PITCHES, dtype=torch.float64)))
+    for j in range(4):
+        for r in (0, 5, 15):  # channel j of row r is mel bin 4 r + j
+            assert torch.equal(net.comb[:, j, r], comb[:, 4 * r + j])
+    x = torch.randn(2, 4, 16, 16)
+    assert net(x, torch.rand(2), {"class": torch.tensor([3, 50])}).shape == x.shape
+    with pytest.raises(ValueError, match="whose 12 rows divide the 64 mels"):
+        audio_unet("audio-tiny", n_mels=12, frames=16, num_classes=96, pitch_map=True)

@@ -409,7 +409,10 @@ class AudioHooks:
     :func:`latent_mel_data`, decoded to log-mels, then as ``"mel"``) or ``"wave"``.
     ``metrics``: ``"notes"`` (pitch / instrument accuracy, FAD), ``"events"`` (event / count
     accuracy, FAD), or None.
-    ``reference`` is held-out real data for the Frechet distance and its real-vs-real floor.
+    ``reference`` is held-out real data for the Frechet distance and its real-vs-real floor
+    (``fad_real_floor``: as many real training clips as samples); ``fad_vocoder_floor`` is that
+    floor with the clips' log-mels vocoded as the samples are (mel and latent runs), so the
+    share of ``fad`` the vocoder alone accounts for is visible.
     The metric classifier trains ``classifier_steps`` on ``classifier_per_class`` clips per
     class (default 6 notes / 24 events) of another seed of the built-in set, then is cached.
     ``vggish``: a VGGish weights file (:func:`polydiff.audio.vggish.load_vggish`): adds the
@@ -549,6 +552,8 @@ class AudioHooks:
             "fad_real_floor": float(frechet_distance_from_features(real, train[: len(fake)])),
             "n": float(len(wave)),
         }
+        if self.representation != "wave":  # the same real clips through the samples' vocoder
+            out["fad_vocoder_floor"] = self._vocoder_floor(real, len(fake))
         out.update(self._vggish_scores(wave))
         if self.last_rtf is not None:
             out["vocoder_rtf"] = float(self.last_rtf)
@@ -565,6 +570,16 @@ class AudioHooks:
                 hz = midi_to_hz(torch.tensor([PITCHES[int(i)] for i in b]).double()).numpy()
                 out.update(pitch_accuracy(wave, hz, self.sample_rate))
         return out
+
+    def _vocoder_floor(self, real: torch.Tensor, n: int) -> float:
+        """FAD of the floor's real clips after their log-mels went through the vocoder that
+        turns samples into audio: the share of ``fad`` the vocoder alone accounts for."""
+        preset = self.dataset.preset
+        mel = _log_mels(self.dataset.clips.wave[:n], preset)
+        with torch.no_grad():
+            wave = self.vocoder()(mel).reshape(len(mel), -1)
+            feats = self.classifier().features(_log_mels(wave, preset))
+        return float(frechet_distance_from_features(real, feats))
 
     def _vggish_scores(self, wave: torch.Tensor) -> dict[str, float]:
         """VGGish FAD of ``wave`` vs the reference clips, and the real-vs-real floor (as many

@@ -2,7 +2,9 @@
 
 - :func:`audio_unet`: :class:`polydiff.nn.UNet` (2-D, 1 channel) on ``(B, 1, n_mels, frames)``
   log-mel images, of a named size (:data:`AUDIO_UNET_SIZES`), with class labels
-  (``cond["class"]``) or a pooled caption embedding (``cond["text_pooled"]``).
+  (``cond["class"]``) or a pooled caption embedding (``cond["text_pooled"]``);
+  ``pitch_map=True`` gives :class:`PitchConditionedUNet` for the notes' (instrument, pitch)
+  labels.
 - :class:`VocosVocoder`: Vocos (Siuzdak 2023): ConvNeXt blocks at the frame rate and an ISTFT
   head predicting log-magnitude and phase (``torch.istft``); ``forward(logmel) -> wave``.
 - :class:`DiffWave`: DiffWave (Kong et al. 2021): a stack of dilated residual 1-D convolutions
@@ -24,13 +26,15 @@ from torch import nn
 from polydiff.nn import UNet
 from polydiff.nn.embeddings import TimestepMLP, as_batch_t
 
-from .data import folder_conditioning
+from .data import PITCHES, folder_conditioning, midi_to_hz
+from .spectral import harmonic_comb, mel_config
 
 __all__ = [
     "AUDIO_UNET_SIZES",
     "DIFFWAVE_SIZES",
     "VOCODER_SIZES",
     "DiffWave",
+    "PitchConditionedUNet",
     "VocoderDenoiser",
     "VocosVocoder",
     "audio_unet",
@@ -79,6 +83,8 @@ def audio_unet(
     pooled_dim: int | str | None = None,
     data_root: str | None = None,
     in_channels: int = 1,
+    pitch_map: bool = False,
+    preset: str = "cpu",
     **overrides: Any,
 ) -> UNet:
     """A 2-D U-Net of a named size on ``(B, in_channels, n_mels, frames)`` log-mel images (or
@@ -86,6 +92,8 @@ def audio_unet(
 
     ``num_classes`` / ``pooled_dim`` ``"auto"``: read from the audio folder ``data_root`` (class
     sub-folders -> their count; else a captions file -> the MiniLM width 384; else none).
+    ``pitch_map``: the notes' labels also as a factorised vector and a harmonic comb on the mel
+    axis of ``preset`` (:class:`PitchConditionedUNet`).
     """
     if "auto" in (num_classes, pooled_dim):
         if data_root is None:
@@ -103,9 +111,68 @@ def audio_unet(
             f"n_mels {n_mels} and frames {frames} must be divisible by {factor} for audio U-Net "
             f"size {size!r}"
         )
+    if pitch_map:
+        if pooled_dim is not None:
+            raise ValueError("pitch_map conditions on the notes' class labels, not captions")
+        return PitchConditionedUNet(num_classes, preset, n_mels, in_channels, **cfg)
     return UNet(
         dims=2, in_channels=in_channels, num_classes=num_classes, pooled_dim=pooled_dim, **cfg
     )
+
+
+class PitchConditionedUNet(UNet):
+    """The notes U-Net: a joint label ``y = instrument * P + pitch`` (:data:`PITCHES`, P = 24)
+    enters as (1) its class embedding, (2) a one-hot (instrument, pitch) vector through the
+    embedding MLP (shared across the other factor), and (3) the pitch's harmonic comb on the mel
+    axis (:func:`polydiff.audio.spectral.harmonic_comb`) as extra input channels broadcast over
+    the frames. A convolutional network is close to shift-equivariant along frequency, so a
+    label that enters only through the (spatially uniform) embedding leaves it to infer the
+    absolute mel row of each partial; the comb hands it over as a map, as CoordConv (Liu et al.
+    2018) and frequency-aware CNNs (Koutini et al. 2019) hand over coordinates. Rows with
+    ``cond["null_mask"]`` (classifier-free guidance) see none of the three.
+
+    On a grid of ``n_mels`` rows that is ``f`` times coarser than the preset's mel axis (the
+    latents of a convolutional autoencoder downsampling by ``f``), the comb is folded
+    space-to-depth into ``f`` channels: channel ``j`` of row ``r`` is mel bin ``f * r + j``.
+    """
+
+    def __init__(
+        self, num_classes: int, preset: str = "cpu", n_mels: int = 64, in_channels: int = 1,
+        **unet: Any,
+    ) -> None:  # fmt: skip
+        p = len(PITCHES)
+        if not isinstance(num_classes, int) or num_classes < p or num_classes % p:
+            raise ValueError(
+                f"pitch_map needs the notes labels instrument * {p} + pitch: num_classes must "
+                f"be a positive multiple of {p}, got {num_classes!r}"
+            )
+        mels = mel_config(preset).n_mels
+        if n_mels < 1 or mels % n_mels:
+            raise ValueError(
+                f"pitch_map needs a grid whose {n_mels} rows divide the {mels} mels of preset "
+                f"{preset!r} (the mel image or a latent downsampling it)"
+            )
+        self.instruments, self.fold = num_classes // p, mels // n_mels
+        super().__init__(dims=2, in_channels=in_channels, num_classes=num_classes,
+                         concat_channels=self.fold, cond_dim=self.instruments + p,
+                         **unet)  # fmt: skip
+        comb = harmonic_comb(midi_to_hz(torch.tensor(PITCHES, dtype=torch.float64)), preset)
+        comb = comb.reshape(p, n_mels, self.fold).transpose(1, 2)  # (P, f, rows): mel f * r + j
+        self.register_buffer("comb", comb.contiguous(), persistent=False)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor] | None = None,
+        **kw: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        if cond is not None and cond.get("class") is not None:
+            y = cond["class"].long()
+            p = len(PITCHES)
+            pitch, inst = y % p, y // p
+            vec = torch.cat([F.one_hot(inst, self.instruments), F.one_hot(pitch, p)], dim=1)
+            comb = self.comb[pitch].to(x.dtype)[..., None]  # (B, f, rows, 1)
+            comb = comb.expand(-1, -1, -1, x.shape[-1])  # (B, f, rows, frames)
+            cond = {**cond, "vector": vec.to(x.dtype), "concat": comb}
+        return super().forward(x, t, cond, **kw)
 
 
 # ---------------------------------------------------------------------------- Vocos vocoder

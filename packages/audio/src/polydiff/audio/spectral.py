@@ -12,6 +12,9 @@ and AudioLDM). Named presets (:data:`MEL_PRESETS`):
 
 A clip of ``frames * hop`` samples gives ``frames + 1`` centred STFT frames; the last one is
 dropped so every frame maps to exactly ``hop`` samples (vocoders output ``frames * hop``).
+
+:func:`harmonic_comb` places a pitch on the mel axis: the response of each mel filter to the
+harmonics of f0, the pitch condition of the notes U-Net (a spatial map it can align with).
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ from typing import Any
 import torch
 import torchaudio
 
-__all__ = ["MEL_PRESETS", "GriffinLimVocoder", "MelConfig", "MelSpectrogramCodec", "mel_config"]
+__all__ = [
+    "MEL_PRESETS",
+    "GriffinLimVocoder",
+    "MelConfig",
+    "MelSpectrogramCodec",
+    "harmonic_comb",
+    "mel_config",
+]
 
 LOG_FLOOR = 1e-5  # HiFi-GAN dynamic_range_compression clip value
 
@@ -67,6 +77,28 @@ def mel_config(preset: str | MelConfig = "cpu", **overrides: Any) -> MelConfig:
     else:
         raise KeyError(f"unknown mel preset {preset!r}; available: {sorted(MEL_PRESETS)}")
     return MelConfig(**{**asdict(base), **overrides}) if overrides else base
+
+
+def harmonic_comb(f0_hz: torch.Tensor, preset: str | MelConfig = "cpu") -> torch.Tensor:
+    """Mel-axis map of pitches ``f0_hz`` (P,) -> (P, n_mels) in [0, 1]: for each mel filter the
+    largest response, relative to its peak, to a partial ``k * f0`` (k = 1, 2, ... below
+    ``f_max``). The filters are the codec's (torchaudio ``melscale_fbanks``, Slaney) sampled on
+    a 1 Hz grid, so a partial between two filter centres lights both in proportion."""
+    c = mel_config(preset)
+    n_freqs = int(c.sample_rate // 2) + 1  # 1 Hz grid 0 .. Nyquist
+    fb = torchaudio.functional.melscale_fbanks(
+        n_freqs, c.f_min, c.f_max, c.n_mels, c.sample_rate, norm="slaney", mel_scale="slaney"
+    )  # (n_freqs, n_mels)
+    fb = fb / fb.amax(dim=0, keepdim=True).clamp(min=1e-12)
+    f0 = torch.as_tensor(f0_hz, dtype=torch.float64).reshape(-1)
+    if f0.numel() and (f0.min() <= 0 or f0.max() >= c.f_max):
+        raise ValueError(f"harmonic_comb: f0 must lie in (0, {c.f_max}) Hz, got {f0.tolist()}")
+    k = torch.arange(1, int(c.f_max // float(f0.min())) + 2, dtype=torch.float64)
+    partials = f0[:, None] * k  # (P, K)
+    inside = partials < c.f_max
+    idx = partials.round().long().clamp(max=n_freqs - 1)
+    resp = fb[idx] * inside[..., None]  # (P, K, n_mels)
+    return resp.amax(dim=1).float()
 
 
 class MelSpectrogramCodec(torch.nn.Module):
