@@ -60,8 +60,14 @@ STAGES: dict[str, list[tuple[str, list[str]]]] = {
     "events": [("steps600", ["trainer.max_steps=600"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
-# the notes: every (instrument, pitch) class once (sample_cond draws arange(n) % 96)
-PART_EVAL = {"notes": ["evaluate.n=96"], "notes_latent": ["evaluate.n=96"], "events": []}
+# the notes: every (instrument, pitch) class once (sample_cond draws arange(n) % 96; the vocoder
+# reference holds one held-out note per class); events: the config's evaluate.n
+PART_EVAL = {
+    "notes": ["evaluate.n=96"],
+    "notes_latent": ["evaluate.n=96"],
+    "vocoder_gan": ["evaluate.n=96"],
+    "events": [],
+}
 TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0"]
@@ -148,7 +154,7 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
         if not _part_file("vocoder_gan", quick).is_file():
             raise FileNotFoundError("run the vocoder_gan part first (--part vocoder_gan)")
         voc = _run_dir("vocoder_gan", quick)
-        ev = [*(q or STAGE_EVAL), f"audio.vocoder={voc}"]
+        ev = [*(q or PART_EVAL["notes"]), f"audio.vocoder={voc}"]
         res["eval_cfg2_vocoder"] = _evaluate(run_dir, ev, "cfg2-voc")
     else:
         res["eval"] = _evaluate(run_dir, q, "default")
