@@ -63,8 +63,7 @@ SIZES: dict[bool, dict[str, tuple[list[str], list[str]]]] = {
         "points_class": ([], ["evaluate.n=100"]),
         "sdf_wavelet": ([], ["evaluate.n=100"]),
         "sdf_voxel": (["data.source.test_per_class=50"], _EVAL_100),
-        # the autoencoder at 400 of its 1000 steps: 0.45 s/step on one thread (measured)
-        "latent_sdf": (["data.source.test_per_class=50", "data.autoencoder.steps=400"], _EVAL_100),
+        "latent_sdf": (["data.source.test_per_class=50"], _EVAL_100),
         "points_text": (["data.source.test_per_class=50"], _EVAL_100),
     },
     True: {

@@ -96,6 +96,34 @@ def test_voxel_autoencoder_learns_and_is_cached(tmp_path):
     torch.testing.assert_close(again.encode(x), z)
 
 
+def test_voxel_autoencoder_keeps_thin_insides(tmp_path):
+    """Sparse insides (a few % of the voxels, as the built-in 16^3 SDFs) are reconstructed:
+    the weighted L1 loss does not collapse to an all-outside grid (a plain L1 loss did)."""
+    from polydiff.shapes.latent import reconstruction_weights, train_voxel_autoencoder
+
+    c = np.stack(np.meshgrid(*[np.linspace(-1, 1, 8)] * 3, indexing="ij"), -1)
+    centres = [(-0.4, 0.0, 0.3), (0.3, -0.3, 0.0), (0.0, 0.4, -0.4), (0.4, 0.4, 0.4)]
+    grids = np.stack(
+        [np.clip((np.linalg.norm(c - np.array(m), axis=-1) - 0.3) / 0.25, -1, 1) for m in centres]
+    ).astype(np.float32)
+    x, tmp = torch.from_numpy(grids)[:, None], str(tmp_path)
+    inside = float((x < 0).float().mean())
+    assert 0.005 < inside < 0.05
+    w = reconstruction_weights(x, inside, band_weight=0.0)
+    torch.testing.assert_close(w[x < 0].sum(), w[x >= 0].sum(), rtol=1e-4, atol=0)
+    ae = train_voxel_autoencoder(
+        grids, steps=600, batch_size=4, base=8, downsample=2, cache_dir=tmp
+    )
+    with torch.no_grad():
+        rec = ae.decode(ae.encode(x))
+    a, b = x < 0, rec < 0
+    assert (a & b).sum() / (a | b).sum() > 0.5
+    with pytest.raises(ValueError, match="no grid has an inside voxel"):
+        train_voxel_autoencoder(np.ones((2, 8, 8, 8), np.float32), steps=1, cache_dir=tmp)
+    with pytest.raises(ValueError, match="downsample must be 2 or 4"):
+        train_voxel_autoencoder(grids, steps=1, downsample=8, cache_dir=tmp)
+
+
 def test_points_to_data_undoes_the_normalisation():
     src = ShapeSource(per_class=3, test_per_class=1)
     ds = points_data(src, num_points=2048)

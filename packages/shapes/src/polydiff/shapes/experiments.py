@@ -311,13 +311,18 @@ def shapes_autoencoder(
     lr: float = 2e-3,
     seed: int = 0,
     cache_dir: str | None = None,
+    band_weight: float = 4.0,
+    downsample: int = 4,
 ) -> VoxelAutoencoder:
     """The voxel SDF autoencoder of ``source``'s training grids (trained once, then cached;
-    :mod:`polydiff.shapes.latent`)."""
+    :mod:`polydiff.shapes.latent`, whose weighted L1 loss ``band_weight`` tunes; latents at
+    ``1 / downsample`` of the grid resolution)."""
     tr = source.train()
     if tr.sdf is None:
         raise ValueError("shapes_autoencoder needs a source with with_sdf=true")
-    return train_voxel_autoencoder(tr.sdf, steps, batch_size, z_channels, base, lr, seed, cache_dir)
+    return train_voxel_autoencoder(
+        tr.sdf, steps, batch_size, z_channels, base, lr, seed, cache_dir, band_weight, downsample
+    )
 
 
 def latent_data(
