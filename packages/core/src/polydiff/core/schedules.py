@@ -945,6 +945,7 @@ class FittedSolver:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # samplers import this module (DEIS): their helpers are imported here, not at the top
         from polydiff.core.samplers._base import as_grid
         from polydiff.core.samplers.multistep import check_coefficients
 
