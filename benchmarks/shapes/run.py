@@ -257,7 +257,7 @@ def _markdown(res: dict[str, Any]) -> str:
             return "-" if v is None else f"{v:.4g}"
 
         cpu = tr.get("cpu_seconds_this_call", 0)
-        fresh = cpu > 0.5 * tr.get("wall_seconds_est", 0)  # not a reused run
+        fresh = cpu > 5  # trained in this call (a reused run costs ~0 CPU here)
         steps = tr.get("steps") or 1
         lines.append(
             f"| {e['recipe']} | {tr.get('steps')} | {round(cpu) if fresh else '-'} | "
