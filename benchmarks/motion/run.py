@@ -26,7 +26,7 @@ Goals (issue 19, at 50 NFE): R-precision top-3 >= 0.9 x real; FID below the retr
 baseline's; foot skating ratio within 0.05 of real; Diversity within 10% of real.
 
     python -m benchmarks.motion.run [--part base|geo|all] [--quick] [--tag T] [--no-scaling]
-        [--set <train overrides>]
+        [--set <train overrides>] [--eval-set <evaluate overrides>]
 """
 
 from __future__ import annotations
@@ -100,17 +100,26 @@ def _goals(gen: dict, real: dict, retrieval: dict) -> dict[str, bool]:
 
 def _evaluate(run_dir, overrides: list[str], out) -> tuple[dict, float]:
     with cpu_timer() as t:
-        res = evaluate_run(run_dir, overrides, out=out)
+        # a re-run measures again: the previous result file of the same name is replaced
+        res = evaluate_run(run_dir, [*overrides, "evaluate.overwrite=true"], out=out)
     return res, t["cpu"]
 
 
 def run_part(
-    part: str, quick: bool, extra: Sequence[str] = (), tag: str = "", scaling: bool = True
+    part: str,
+    quick: bool,
+    extra: Sequence[str] = (),
+    tag: str = "",
+    scaling: bool = True,
+    eval_extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train one recipe (plus ``extra`` training overrides) and evaluate it; returns the part's
-    rows and settings (``scaling``: also every kept checkpoint, one replication)."""
+    """Train one recipe (plus ``extra`` training overrides) and evaluate it (plus
+    ``eval_extra`` overrides); returns the part's rows and settings (``scaling``: also every
+    kept checkpoint, one replication)."""
     size = dict(SIZES[quick])
     size["train"] = [*size["train"], *extra]
+    for k in ("eval", "eval_nfe", "eval_geo"):
+        size[k] = [*size[k], *eval_extra]
     experiment = {"base": "motion/text2motion", "geo": "motion/text2motion_geo"}[part]
     out_root = results_dir(quick) / "motion_runs"
     key = f"{part}_{tag}" if tag else part
@@ -215,6 +224,7 @@ def run(
     extra: Sequence[str] = (),
     tag: str = "",
     scaling: bool = True,
+    eval_extra: Sequence[str] = (),
 ) -> dict:
     """Run ``part`` (``base``, ``geo`` or ``all``) and merge it into the results file (as
     ``<part>_<tag>`` when ``tag`` is given)."""
@@ -222,7 +232,8 @@ def run(
     previous = json.loads(path.read_text()).get("parts", {}) if path.is_file() else {}
     parts = dict(previous)
     for name in ("base", "geo") if part == "all" else (part,):
-        parts[f"{name}_{tag}" if tag else name] = run_part(name, quick, extra, tag, scaling)
+        key = f"{name}_{tag}" if tag else name
+        parts[key] = run_part(name, quick, extra, tag, scaling, eval_extra)
     for p in parts.values() if scaling else ():  # parts measured before the scaling rows existed
         if "checkpoint_scaling" not in p:
             with cpu_timer() as t:
@@ -240,9 +251,11 @@ if __name__ == "__main__":
     parser.add_argument("--part", default="all", choices=("base", "geo", "all"))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--set", nargs="*", default=[], help="extra training overrides")
+    parser.add_argument("--eval-set", nargs="*", default=[], help="extra evaluation overrides")
     parser.add_argument("--tag", default="", help="store the part as <part>_<tag>")
     parser.add_argument(
         "--no-scaling", action="store_true", help="skip the per-checkpoint rows (one slot less)"
     )
     args = parser.parse_args()
-    print(run(args.part, args.quick, args.set, args.tag, not args.no_scaling)["markdown"])
+    result = run(args.part, args.quick, args.set, args.tag, not args.no_scaling, args.eval_set)
+    print(result["markdown"])
