@@ -21,7 +21,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from polydiff.audio.models import AUDIO_UNET_SIZES, audio_unet
-from polydiff.train.run import CONFIG_VERSION, RENAMED_SIZES_V3, migrate_run_config
+from polydiff.train.run import (
+    CONFIG_VERSION,
+    RENAMED_SIZES_V3,
+    RENAMED_SIZES_V4,
+    migrate_run_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = re.compile(r"^([A-Z][A-Z0-9_]*_SIZES)\s*(?::[^=\n]+)?=", re.M)
@@ -41,8 +46,6 @@ NOT_YET_UNIQUE = {
     "polydiff.audio.models.VOCODER_SIZES",
     "polydiff.image.models.IMAGE_DIT_SIZES",
     "polydiff.motion.models.MOTION_SIZES",
-    "polydiff.shapes.models.POINT_SIZES",
-    "polydiff.shapes.models.VOXEL_SIZES",
     "polydiff.video.models.VIDEO_UNET_SIZES",
     # the shared table whose tiny / small the others collide with
     "polydiff.nn.unet.UNET_SIZES",
@@ -124,6 +127,22 @@ def test_audio_runs_saved_with_the_old_unet_names_are_migrated(old: str, capsys)
     with pytest.raises(KeyError, match=f"unknown audio U-Net size '{old}'"):
         audio_unet(old)
     audio_unet(new, n_mels=16, frames=16)  # the migrated name builds
+
+
+@pytest.mark.parametrize("target", ["point_transformer", "voxel_unet"])
+@pytest.mark.parametrize("old", ["tiny", "small", "base"])
+def test_shapes_runs_saved_with_the_bare_names_are_migrated(target: str, old: str, capsys) -> None:
+    from polydiff.shapes import models
+
+    full = f"polydiff.shapes.models.{target}"
+    saved = OmegaConf.create({"config_version": 3, "model": {"_target_": full, "size": old}})
+    migrate_run_config(saved, "old_shapes_run")
+    new = RENAMED_SIZES_V4[full][old]
+    assert saved.model.size == new and saved.config_version == CONFIG_VERSION
+    assert new.startswith("points-" if target == "point_transformer" else "voxel-")
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    table = models.POINT_SIZES if target == "point_transformer" else models.VOXEL_SIZES
+    assert new in table and old not in table
 
 
 def test_version_1_image_runs_and_other_models_keep_their_names(capsys) -> None:

@@ -193,8 +193,8 @@ def test_class_count_override_refused_before_the_run_directory(tmp_path):
     src = ShapeSource(per_class=2)
     from polydiff.shapes.models import point_transformer
 
-    assert not point_transformer("tiny", num_classes=None, source=src).embed.is_conditional
-    assert point_transformer("tiny", num_classes=2, source=src).embed.is_conditional
+    assert not point_transformer("points-tiny", num_classes=None, source=src).embed.is_conditional
+    assert point_transformer("points-tiny", num_classes=2, source=src).embed.is_conditional
 
 
 def test_points_text_end_to_end(tmp_path):

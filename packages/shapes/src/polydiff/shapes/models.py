@@ -9,16 +9,17 @@
   wavelet coefficient grids ``(B, 8, R/2, R/2, R/2)`` (Hui et al. 2022, "Neural Wavelet-domain
   Diffusion for 3D Shape Generation": coarse + detail coefficients as channels).
 
-Sizes (parameters at 3 input channels / 1 SDF channel):
+Sizes (a size name means one network project-wide, so each family has its prefix; runs saved
+with the old bare names ``tiny`` / ``small`` / ``base`` are migrated when opened):
 
-===========  ==================================  ======================================
-size         point transformer                   voxel U-Net
-===========  ==================================  ======================================
-tiny         hidden 64, depth 2, 2 heads         16 ch, mult (1, 2), 1 block, mid attn
-points-w128  hidden 128, depth 2, 4 heads        (points only)
-small        hidden 128, depth 4, 4 heads        32 ch, mult (1, 2, 2), 1 block, mid attn
-base         hidden 256, depth 6, 8 heads        64 ch, mult (1, 2, 2), 2 blocks, mid attn
-===========  ==================================  ======================================
+============  ============================  ===========  =======================================
+point size    point transformer             voxel size   voxel U-Net
+============  ============================  ===========  =======================================
+points-tiny   hidden 64, depth 2, 2 heads   voxel-tiny   16 ch, mult (1, 2), 1 block, mid attn
+points-w128   hidden 128, depth 2, 4 heads
+points-small  hidden 128, depth 4, 4 heads  voxel-small  32 ch, mult (1, 2, 2), 1 block, mid attn
+points-base   hidden 256, depth 6, 8 heads  voxel-base   64 ch, mult (1, 2, 2), 2 blocks, mid attn
+============  ============================  ===========  =======================================
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ from polydiff.nn import TransformerDenoiser, UNet
 __all__ = ["POINT_SIZES", "VOXEL_SIZES", "point_transformer", "voxel_unet"]
 
 POINT_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden=64, depth=2, heads=2),
+    "points-tiny": dict(hidden=64, depth=2, heads=2),
     "points-w128": dict(hidden=128, depth=2, heads=4),  # the points_class recipe's
-    "small": dict(hidden=128, depth=4, heads=4),
-    "base": dict(hidden=256, depth=6, heads=8),
+    "points-small": dict(hidden=128, depth=4, heads=4),
+    "points-base": dict(hidden=256, depth=6, heads=8),
 }
 
 VOXEL_SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8),
-    "small": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8),
-    "base": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, norm_groups=16),
+    "voxel-tiny": dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8),
+    "voxel-small": dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8),
+    "voxel-base": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, norm_groups=16),
 }  # attention only in the middle block: full attention over 16^3 voxels costs too much on CPU
 
 
@@ -69,7 +70,7 @@ def _classes(num_classes: int | str | None, source: Any = None) -> int | None:
 
 
 def point_transformer(
-    size: str = "small",
+    size: str = "points-small",
     num_classes: int | str | None = None,
     context_dim: int | None = None,
     pooled_dim: int | None = None,
@@ -94,7 +95,7 @@ def point_transformer(
 
 
 def voxel_unet(
-    size: str = "small",
+    size: str = "voxel-small",
     channels: int = 1,
     num_classes: int | str | None = None,
     context_dim: int | None = None,

@@ -83,7 +83,7 @@ CONDITIONAL_GUIDANCE = ("polydiff.core.guidance.classifier_free_guidance",)
 
 # A run's saved config.yaml carries ``config_version`` (runs without one are version 1); an
 # older saved config is migrated when the run is opened (:func:`migrate_run_config`).
-CONFIG_VERSION = 3
+CONFIG_VERSION = 4
 # version 1 -> 2 (issue 13): a size name means one network across the project; the image U-Net's
 # own "tiny" / "small" / "base" became polydiff.nn.UNET_SIZES' "tiny-c16" / "small-c32" / "small"
 # (the same networks under their new names)
@@ -97,7 +97,13 @@ RENAMED_SIZES_V3 = {
         name: f"audio-{name}" for name in ("tiny", "small", "base", "latent")
     },
 }
-RENAMED_SIZES = {2: RENAMED_SIZES_V2, 3: RENAMED_SIZES_V3}  # target version -> renames
+# version 3 -> 4: the shapes point transformer's and voxel U-Net's sizes got the "points-" /
+# "voxel-" prefixes (their bare "tiny" / "small" / "base" were other networks than nn's)
+RENAMED_SIZES_V4 = {
+    f"polydiff.shapes.models.{target}": {n: f"{prefix}-{n}" for n in ("tiny", "small", "base")}
+    for target, prefix in (("point_transformer", "points"), ("voxel_unet", "voxel"))
+}
+RENAMED_SIZES = {2: RENAMED_SIZES_V2, 3: RENAMED_SIZES_V3, 4: RENAMED_SIZES_V4}
 
 
 def instantiate(node: Any, what: str, **kwargs: Any) -> Any:
