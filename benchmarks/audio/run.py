@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import cpu_timer, peak_rss_mb, train_recipe, write_results
+from benchmarks.common import cpu_timer, peak_rss_mb, results_dir, train_recipe, write_results
 from polydiff.audio.experiments import load_vocoder, timed_vocode, wave_data
 from polydiff.audio.models import num_parameters
 from polydiff.train.run import evaluate_run, open_run
@@ -48,15 +48,16 @@ PARTS = (
 # staged parts: (tag, train overrides) in order; a stage resumes the previous one's run (constant
 # LR), so stage k equals one run of `polydiff train experiment=<e> <its overrides>`
 STAGES: dict[str, list[tuple[str, list[str]]]] = {
+    # the recipe's spectral warm-up (objective.adv_start_step=1200), then the recipe as committed
     "vocoder_gan": [
-        ("spectral1500", ["trainer.max_steps=1500", "objective.adv_start_step=1500"]),
-        ("gan1650", ["trainer.max_steps=1650", "objective.adv_start_step=1500"]),
+        ("spectral1200", ["trainer.max_steps=1200"]),
+        ("recipe", []),
     ],
     "notes_latent": [
         ("steps1200", ["trainer.max_steps=1200"]),
         ("steps2400", ["trainer.max_steps=2400"]),
     ],
-    "notes": [("steps500", ["trainer.max_steps=500"])],
+    "notes": [("recipe", [])],  # audio/notes_mel as committed (~10 CPU-min, as notes_latent)
     "events": [("steps600", ["trainer.max_steps=600"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
@@ -213,6 +214,8 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
             head + f"{res['parameters']:,} parameters, {res['train_cpu_minutes']} CPU-min)"
         )
         lines.append("")
+        if res.get("carried_over"):
+            lines += ["(carried over from the previous results file: not re-run here)", ""]
         if "rtf" in res:
             clips = res.get("rtf_clips", 16)
             lines.append(f"real-time factor (wall s per audio s, {clips} clips): {res['rtf']:.4f}")
@@ -221,7 +224,7 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
         for tag, stage in res.get("stages", {}).items():
             evals[
                 f"{tag} ({stage['steps']} steps, {stage['train_cpu_minutes']} CPU-min "
-                f"cumulative, train `{' '.join(stage['train_overrides'][1:])}`)"
+                f"cumulative, train `{' '.join(stage['train_overrides'][1:]) or '-'}`)"
             ] = stage["eval"]
             if "eval_unguided" in stage:
                 evals[f"{tag} unguided"] = stage["eval_unguided"]
@@ -234,14 +237,22 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
 
 
 def collect(quick: bool = False) -> Path:
-    """Merge the part files into ``results/audio.json`` and ``audio.md``."""
+    """Merge the part files into ``results/audio.json`` and ``audio.md``.
+
+    A part without a part file here (its runs were made on another machine or in an earlier
+    checkout) keeps its entry of the existing results file, marked ``carried_over``.
+    """
     parts = {}
+    old_file = results_dir(quick) / "audio.json"
+    previous = json.loads(old_file.read_text()).get("parts", {}) if old_file.is_file() else {}
     for part in PARTS:
         f = _part_file(part, quick)
         if f.is_file():
             parts[part] = json.loads(f.read_text())
+        elif part in previous:
+            parts[part] = {**previous[part], "carried_over": True}
     if not parts:
-        raise FileNotFoundError(f"no part results under {RUNS}")
+        raise FileNotFoundError(f"no part results under {RUNS} and no {old_file}")
     return write_results("audio", {"parts": parts}, markdown(parts), quick=quick)
 
 

@@ -35,6 +35,39 @@ def test_vocos_output_length_and_input_check():
         voc(torch.randn(3, 80, 10))
 
 
+def _steady_head(voc, bin_k: int, d: float) -> None:
+    """A vocoder whose head ignores its input: one bin (magnitude 1) with phase output ``d``."""
+    k = voc.n_fft // 2 + 1
+    with torch.no_grad():
+        voc.head.weight.zero_()
+        voc.head.bias.zero_()
+        voc.head.bias[:k] = -30.0  # log-magnitude: silent ...
+        voc.head.bias[bin_k] = 0.0  # ... but bin_k
+        voc.head.bias[k:] = d
+
+
+def test_vocos_if_head_synthesises_a_steady_partial_between_bins():
+    # a steady input gives the same head output in every frame: the integrated instantaneous
+    # frequency (GANSynth) turns it into a steady partial at (k + eps) bins ...
+    voc = vocos_vocoder("tiny", phase="if")
+    eps = 0.4  # advance 2 pi eps hop / n_fft on top of bin k's own
+    _steady_head(voc, 17, float(np.arctanh(2 * eps * voc.hop_length / voc.n_fft)))
+    with torch.no_grad():
+        wave = voc(torch.zeros(1, 64, 64))[0, 0, 2048:-2048].double()
+    spec = torch.fft.rfft(wave * torch.hann_window(len(wave), dtype=torch.float64)).abs()
+    peak_hz = float(spec.argmax()) * 16000 / len(wave)
+    assert abs(peak_hz - (17 + eps) * 16000 / voc.n_fft) < 2.0  # 271.9 Hz
+    # ... while the same constant read as a phase angle (Vocos) repeats every hop: partials only
+    # on the sample_rate / hop = 62.5 Hz grid (a direct-phase head on a steady note)
+    direct = vocos_vocoder("tiny", phase="direct")
+    _steady_head(direct, 17, 0.3)
+    with torch.no_grad():
+        w = direct(torch.zeros(1, 64, 64))[0, 0, 2048:-2048]
+    assert torch.allclose(w[256:], w[:-256], atol=1e-4 * float(w.abs().max()))
+    with pytest.raises(ValueError, match="unknown vocoder phase 'cos'"):
+        vocos_vocoder("tiny", phase="cos")
+
+
 def test_diffwave_mel_conditioning_and_null_mask():
     torch.manual_seed(0)
     net = diffwave("tiny", n_mels=64)

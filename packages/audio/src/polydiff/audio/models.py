@@ -32,6 +32,7 @@ from .spectral import harmonic_comb, mel_config
 __all__ = [
     "AUDIO_UNET_SIZES",
     "DIFFWAVE_SIZES",
+    "VOCODER_PHASES",
     "VOCODER_SIZES",
     "DiffWave",
     "PitchConditionedUNet",
@@ -227,6 +228,7 @@ class ConvNeXtBlock1d(nn.Module):
         return x + (self.gamma * h).transpose(1, 2)
 
 
+VOCODER_PHASES = ("direct", "if")  # VocosVocoder(phase=...): angle per frame / integrated IF
 VOCODER_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(dim=32, layers=2),
     "small": dict(dim=128, layers=6),
@@ -241,20 +243,39 @@ class VocosVocoder(nn.Module):
     ``n_fft // 2 + 1`` bins, and ``torch.istft`` (centred, Hann) synthesises the waveform
     (Siuzdak 2023, Eq. 1-2). One extra frame is appended (edge-replicated) so the output has
     exactly ``F * hop`` samples.
+
+    ``phase`` says what the head's second half means:
+
+    - ``"direct"``: the phase angle of each frame (Vocos);
+    - ``"if"``: the instantaneous frequency, as GANSynth (Engel et al. 2019, sec. 3.1) models
+      it: the phase advance of bin ``k`` over one hop, ``omega_k hop + pi tanh(d_t[k])``
+      (``omega_k = 2 pi k / n_fft``; the tanh covers every wrapped advance), integrated over the
+      frames, ``phi_t[k] = sum_{s <= t} (omega_k hop + pi tanh(d_s[k]))`` (the phase vocoder's
+      synthesis, Flanagan & Golden 1966). A frame-rate convolutional backbone is close to
+      shift-equivariant in time: on a steady note its features, hence a directly predicted
+      phase, are the same in every frame, which synthesises partials only on the
+      ``sample_rate / hop`` grid; a steady advance is what a steady partial needs, so the
+      frequency of a partial is a function of the local mel only.
     """
 
     def __init__(
         self, n_mels: int = 64, n_fft: int = 1024, hop_length: int = 256, dim: int = 128,
-        layers: int = 6,
+        layers: int = 6, phase: str = "direct",
     ) -> None:  # fmt: skip
         super().__init__()
-        self.n_mels, self.n_fft, self.hop_length = n_mels, n_fft, hop_length
+        if phase not in VOCODER_PHASES:
+            raise ValueError(f"unknown vocoder phase {phase!r}; available: {list(VOCODER_PHASES)}")
+        self.n_mels, self.n_fft, self.hop_length, self.phase = n_mels, n_fft, hop_length, phase
         self.embed = nn.Conv1d(n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.Sequential(*[ConvNeXtBlock1d(dim) for _ in range(layers)])
         self.norm_out = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, 2 * (n_fft // 2 + 1))
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        # omega_k * hop modulo 2 pi, from integers (exact): the advance of bin k's own frequency
+        k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
+        advance = 2 * math.pi * torch.remainder(k * hop_length, n_fft) / n_fft
+        self.register_buffer("bin_advance", advance.float()[:, None], persistent=False)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         if logmel.ndim != 3 or logmel.shape[1] != self.n_mels:
@@ -266,6 +287,8 @@ class VocosVocoder(nn.Module):
         h = self.norm_in(self.embed(m).transpose(1, 2)).transpose(1, 2)
         h = self.norm_out(self.blocks(h).transpose(1, 2))  # (B, F + 1, D)
         log_mag, phase = self.head(h).transpose(1, 2).chunk(2, dim=1)  # (B, K, F + 1) each
+        if self.phase == "if":  # integrate the per-hop advance (GANSynth's IF)
+            phase = torch.cumsum(self.bin_advance + math.pi * torch.tanh(phase), dim=-1)
         mag = torch.exp(log_mag).clamp(max=1e2)
         spec = torch.polar(mag, phase)  # phase as an angle, as Vocos (cos, sin of p)
         wave = torch.istft(
