@@ -48,16 +48,17 @@ PARTS = (
 # staged parts: (tag, train overrides) in order; a stage resumes the previous one's run (constant
 # LR), so stage k equals one run of `polydiff train experiment=<e> <its overrides>`
 STAGES: dict[str, list[tuple[str, list[str]]]] = {
-    # the recipe's spectral warm-up (objective.adv_start_step=1200), then the recipe as committed
+    # the recipe's spectral warm-up (objective.adv_start_step=3000), then the recipe as committed
     "vocoder_gan": [
-        ("spectral1200", ["trainer.max_steps=1200"]),
+        ("spectral3000", ["trainer.max_steps=3000"]),
         ("recipe", []),
     ],
     "notes_latent": [
         ("steps1200", ["trainer.max_steps=1200"]),
         ("steps2400", ["trainer.max_steps=2400"]),
     ],
-    "notes": [("recipe", [])],  # audio/notes_mel as committed (~10 CPU-min, as notes_latent)
+    # audio/notes_mel: ~6 CPU-min, then the recipe as committed (~10 CPU-min, as notes_latent)
+    "notes": [("steps450", ["trainer.max_steps=450"]), ("recipe", [])],
     "events": [("steps600", ["trainer.max_steps=600"])],
 }
 STAGE_EVAL = ["evaluate.n=48"]  # per stage; the last stage of a guided part also unguided
@@ -164,10 +165,22 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
 
 
 def _run_stages(part: str, quick: bool, q: list[str]) -> dict[str, Any]:
-    """Train a part in stages, evaluating after each one (the learning curve at this budget)."""
+    """Train a part in stages, evaluating after each one (the learning curve at this budget).
+
+    A stage already in the part file with the same tag and train overrides is kept as it is
+    (``reused``): its run has since been resumed past it, and a stage is one run to its step.
+    """
     res: dict[str, Any] = {"stages": {}}
+    old_file = _part_file(part, quick)
+    old = json.loads(old_file.read_text()).get("stages", {}) if old_file.is_file() else {}
     cpu = 0.0
     for tag, extra in STAGES[part]:
+        prev = old.get(tag)
+        if not quick and prev is not None and prev["train_overrides"] == [*TRAIN, *extra]:
+            res["stages"][tag] = {**prev, "reused": True}
+            res.update({k: v for k, v in prev.items() if not k.startswith("eval")})
+            cpu = prev["train_cpu_minutes"]
+            continue
         if quick:  # a smoke run: each stage a couple of steps more
             n = 2 * (1 + list(STAGES[part]).index((tag, extra)))
             extra = [f"trainer.max_steps={n}"]
