@@ -70,13 +70,17 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "deis3": ("deis", {"order": 3}),
     "unipc_bh2_2": ("unipc", {"order": 2}),
     "fitted_solver": ("fitted", {"order": 3}),
+    # + per-step evaluation sigmas and iterate averaging (optimize_solver options; 5 NFE only)
+    "fitted_solver_scales": ("fitted", {"order": 3, "sigma_scales": True, "average": 0.9}),
 }
+ONLY_AT = {"fitted_solver_scales": (5,)}
 # the rare mode flips need a large pool (8192 starts at 5 NFE, where they carry the error);
 # full-batch Adam steps: 150 at 10 NFE (the held-out optimum came at 40-120 in trials); 400 at 5
 # NFE, where the held-out error was still falling at step 150 (0.31x / 0.33x at 150)
 SOLVER_FIT: dict[int, dict[str, Any]] = {5: {"pool": 8192, "iterations": 400},
                                          10: {"pool": 4096, "iterations": 150}}  # fmt: skip
-SOLVER_ONLY = ("ipndm3", "fitted_solver")  # --solver: its start and itself, no diagnostic
+# --solver: iPNDM-3 (their start) and the fitted solvers, no diagnostic
+SOLVER_ONLY = ("ipndm3", "fitted_solver", "fitted_solver_scales")
 
 
 # ``polydiff schedule`` settings for the digits UNet (one fit ~1-5 min on one CPU thread)
@@ -182,6 +186,8 @@ def bench_mixtures(quick: bool, labels: tuple[str, ...] = tuple(CANDIDATES)) -> 
                           for seed in starts}  # fmt: skip
             best_typical = {seed: min(p[seed] for p in typical.values()) for seed in starts}
             for label in labels:
+                if budget not in ONLY_AT.get(label, BUDGETS):
+                    continue
                 method, opts = CANDIDATES[label]
                 t0 = time.perf_counter()
                 info: dict[str, Any] = {}
@@ -194,7 +200,7 @@ def bench_mixtures(quick: bool, labels: tuple[str, ...] = tuple(CANDIDATES)) -> 
                         **opts,
                     )  # fmt: skip
                     grid, opts = solver.sigmas, solver.options
-                    info["coefficients"] = opts["coefficients"]
+                    info.update(opts)  # coefficients (and sigma_scales)
                 else:
                     grid = optimize_sigmas(
                         mix, budget, shape=(64,), sampler=method, sigma_min=smin,

@@ -174,3 +174,68 @@ def test_bad_solver_files_and_arguments_are_named(tmp_path) -> None:
                         grid=karras_sigmas(4, SMIN, SMAX))  # fmt: skip
     with pytest.raises(ValueError, match="need 0 < holdout < 1"):
         optimize_solver(mix, 3, shape=(8,), sigma_min=SMIN, sigma_max=SMAX, holdout=1.0)
+
+
+def test_sigma_scales_move_only_the_denoiser_calls() -> None:
+    """``sigma_scales[i]``: step ``i`` calls the denoiser at ``sigmas[i] * sigma_scales[i]``,
+    the step itself still runs on the grid; all ones is the plain solver."""
+    mix = _mixture()
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(3), dtype=F64) * SMAX
+    grid = karras_sigmas(4, SMIN, SMAX)
+    rows = ipndm_coefficients(4, 3)
+    plain = sample(mix, x, grid, "fitted", coefficients=rows)
+    assert torch.equal(sample(mix, x, grid, "fitted", coefficients=rows, sigma_scales=[1.0] * 4),
+                       plain)  # fmt: skip
+    called = []
+
+    def spy(y, sigma, cond=None):
+        called.append(float(sigma[0]))
+        return mix(y, sigma)
+
+    scales = [1.0, 0.9, 1.2, 0.8]
+    out = sample(spy, x, grid, "fitted", coefficients=rows, sigma_scales=scales)
+    assert called == pytest.approx([float(s) * c for s, c in zip(grid[:-1], scales)], rel=1e-12)
+    d0 = mix(x, torch.full((8,), SMAX, dtype=F64))  # step 0 at scale 1: Euler on the grid
+    x1 = x + (x - d0) / SMAX * (float(grid[1]) - SMAX)
+    seen = []
+    sample(mix, x, grid, "fitted", coefficients=rows, sigma_scales=scales,
+           callback=lambda info: seen.append(info))  # fmt: skip
+    torch.testing.assert_close(seen[1]["x"], x1, rtol=1e-12, atol=1e-12)
+    assert seen[1]["sigma"] == float(grid[1]) and seen[1]["sigma_hat"] == pytest.approx(
+        0.9 * float(grid[1]), rel=1e-12
+    )
+    assert not torch.equal(out, plain)
+    with pytest.raises(ValueError, match="3 sigma_scales for a grid of 4 steps"):
+        sample(mix, x, grid, "fitted", coefficients=rows, sigma_scales=[1.0] * 3)
+    with pytest.raises(ValueError, match="sigma_scales must be positive finite"):
+        sample(mix, x, grid, "fitted", coefficients=rows, sigma_scales=[1.0, 0.0, 1.0, 1.0])
+
+
+def test_fit_with_sigma_scales_is_never_worse_and_round_trips(tmp_path) -> None:
+    mix, info = _mixture(), {}
+    solver = optimize_solver(mix, 4, shape=(8,), grid=_start_grid(), cache=False, info=info,
+                             sigma_scales=True, average=0.9, **FIT)  # fmt: skip
+    assert solver.sigma_scales is not None and len(solver.sigma_scales) == 4
+    assert solver.sigma_scales != (1.0,) * 4  # the fit moved them
+    evals = [s * c for s, c in zip(solver.sigmas[:-1].tolist(), solver.sigma_scales)]
+    assert all(SMIN * (1 - 1e-12) <= e <= SMAX * (1 + 1e-12) for e in evals)
+    start = _fresh_error(mix, _start_grid(), order=3)
+    fitted = _fresh_error(mix, solver.sigmas, **solver.options)
+    assert fitted < 0.8 * start, (fitted, start)
+    assert info["fitted_error"] < info["start_error"] and info["average"] == 0.9
+    with pytest.raises(ValueError, match="average must be None or in"):
+        optimize_solver(mix, 4, shape=(8,), grid=_start_grid(), average=1.0, **FIT)
+    plain = optimize_solver(mix, 4, shape=(8,), grid=_start_grid(), cache=False, **FIT)
+    assert plain.sigma_scales is None and "sigma_scales" not in plain.options
+    assert plain.to_dict()["version"] == 1 and solver.to_dict()["version"] == 2
+    loaded = FittedSolver.load(solver.save(tmp_path / "scaled.json"))
+    assert loaded.sigma_scales == solver.sigma_scales and loaded.options == solver.options
+    assert torch.equal(loaded.sigmas, solver.sigmas)
+    data = solver.to_dict()
+    for message, record in {
+        "'sigma_scales' needs version 2": {**data, "version": 1},
+        "'sigma_scales' must be a list of numbers": {**data, "sigma_scales": "1"},
+        "sigma_scales must be positive": {**data, "sigma_scales": [1.0, -1.0, 1.0, 1.0]},
+    }.items():
+        with pytest.raises(ValueError, match=message):
+            FittedSolver.from_dict(record)

@@ -911,6 +911,7 @@ def optimize_sigmas(
 
 _SOLVER_FORMAT = "polydiff-fitted-solver"
 _SOLVER_VERSION = 1
+_SOLVER_VERSION_SCALES = 2  # a solver with sigma_scales (older readers refuse it by name)
 _SOLVER_CACHE: dict[str, dict[str, Any]] = {}
 
 
@@ -935,26 +936,32 @@ class FittedSolver:
     ``sigmas``: ``steps + 1`` strictly decreasing float64 values from ``sigma_max`` to 0;
     ``coefficients[i]``: step ``i``'s weights on the newest derivatives (on the newest denoiser
     outputs for the step into 0), see :func:`polydiff.core.samplers.multistep.fitted`; ``order``:
-    the iPNDM order it started from; ``info``: the fit's statistics (JSON values). Saved as plain
-    JSON (:meth:`save` / :meth:`load`): nothing in the file is executed.
+    the iPNDM order it started from; ``info``: the fit's statistics (JSON values);
+    ``sigma_scales`` (optional): step ``i`` calls the denoiser at ``sigmas[i] *
+    sigma_scales[i]`` (``optimize_solver(..., sigma_scales=True)``). Saved as plain JSON
+    (:meth:`save` / :meth:`load`; version 2 when it has ``sigma_scales``): nothing in the file
+    is executed.
     """
 
     sigmas: torch.Tensor
     coefficients: tuple[tuple[float, ...], ...]
     order: int = 3
     info: Mapping[str, Any] = field(default_factory=dict)
+    sigma_scales: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # samplers import this module (DEIS): their helpers are imported here, not at the top
         from polydiff.core.samplers._base import as_grid
-        from polydiff.core.samplers.multistep import check_coefficients
+        from polydiff.core.samplers.multistep import check_coefficients, check_sigma_scales
 
         grid = as_grid(self.sigmas, strict=True, name="sigmas")
         if grid[-1] != 0:
             raise ValueError(f"a fitted solver's sigmas must end in 0, got {grid[-1]}")
         rows = check_coefficients(self.coefficients, len(grid) - 1)
+        scales = check_sigma_scales(self.sigma_scales, len(grid) - 1)
         object.__setattr__(self, "sigmas", torch.tensor(grid, dtype=_F64))
         object.__setattr__(self, "coefficients", tuple(tuple(r) for r in rows))
+        object.__setattr__(self, "sigma_scales", None if scales is None else tuple(scales))
 
     @property
     def steps(self) -> int:
@@ -962,11 +969,14 @@ class FittedSolver:
 
     @property
     def options(self) -> dict[str, Any]:
-        """The ``fitted`` sampler's options: ``{"coefficients": [[...], ...]}``."""
-        return {"coefficients": [list(row) for row in self.coefficients]}
+        """The ``fitted`` sampler's options: ``{"coefficients": [[...], ...]}``, and
+        ``"sigma_scales": [...]`` when it has them."""
+        scales = {} if self.sigma_scales is None else {"sigma_scales": list(self.sigma_scales)}
+        return {"coefficients": [list(row) for row in self.coefficients], **scales}
 
     def to_dict(self) -> dict[str, Any]:
-        head = {"format": _SOLVER_FORMAT, "version": _SOLVER_VERSION, "order": self.order}
+        version = _SOLVER_VERSION if self.sigma_scales is None else _SOLVER_VERSION_SCALES
+        head = {"format": _SOLVER_FORMAT, "version": version, "order": self.order}
         return {**head, "sigmas": self.sigmas.tolist(), **self.options, "info": dict(self.info)}
 
     @classmethod
@@ -975,9 +985,10 @@ class FittedSolver:
         if not isinstance(data, dict) or data.get("format") != _SOLVER_FORMAT:
             raise ValueError(f"{source}: not a fitted solver (expected a JSON object with "
                              f"format={_SOLVER_FORMAT!r})")  # fmt: skip
-        if data.get("version") != _SOLVER_VERSION:
+        if data.get("version") not in (_SOLVER_VERSION, _SOLVER_VERSION_SCALES):
             raise ValueError(f"{source}: fitted solver version {data.get('version')!r}, this "
-                             f"polydiff reads version {_SOLVER_VERSION}")  # fmt: skip
+                             f"polydiff reads versions {_SOLVER_VERSION} and "
+                             f"{_SOLVER_VERSION_SCALES}")  # fmt: skip
         sigmas, rows = data.get("sigmas"), data.get("coefficients")
         numbers = (int, float)
         if not isinstance(sigmas, list) or not all(
@@ -989,12 +1000,20 @@ class FittedSolver:
                                         for v in r) for r in rows
         ):  # fmt: skip
             raise ValueError(f"{source}: 'coefficients' must be a list of lists of numbers")
+        scales = data.get("sigma_scales")
+        if data["version"] == _SOLVER_VERSION_SCALES:
+            if not isinstance(scales, list) or not all(
+                isinstance(v, numbers) and not isinstance(v, bool) for v in scales
+            ):
+                raise ValueError(f"{source}: 'sigma_scales' must be a list of numbers")
+        elif scales is not None:
+            raise ValueError(f"{source}: 'sigma_scales' needs version {_SOLVER_VERSION_SCALES}")
         order, info = data.get("order", 3), data.get("info", {})
         if order not in (1, 2, 3, 4) or not isinstance(info, dict):
             raise ValueError(f"{source}: 'order' must be 1-4 and 'info' an object")
         try:
             return cls(torch.tensor(sigmas, dtype=_F64), tuple(tuple(r) for r in rows), order,
-                       info)  # fmt: skip
+                       info, None if scales is None else tuple(scales))  # fmt: skip
         except ValueError as err:
             raise ValueError(f"{source}: {err}") from None
 
@@ -1034,6 +1053,8 @@ def optimize_solver(
     holdout: float = 0.25,
     check_every: int = 10,
     robust: float | None = None,
+    sigma_scales: bool = False,
+    average: float | None = None,
     grid: torch.Tensor | None = None,
     grid_options: Mapping[str, Any] | None = None,
     batch_size: int = 2048,
@@ -1069,6 +1090,16 @@ def optimize_solver(
     a few samples that end in another mode than the reference carry most of the error, and
     this bounds their pull. Measured on the benchmark mixtures it did not help (left off).
 
+    ``sigma_scales=True`` also fits, per step, the noise level the denoiser is called at, as a
+    factor on the grid's sigma (start 1; kept inside ``[sigma_min, sigma_max]``): the
+    evaluation point is decoupled from the step, as in AMED-Solver (Zhou et al. 2024) and the
+    time-shift sampler (Li et al. 2024); the result's ``sigma_scales`` are passed to the
+    ``fitted`` sampler through :attr:`FittedSolver.options`.
+
+    ``average`` (a decay in ``[0, 1)``, optional): the held-out checks and the result use an
+    exponential moving average of the iterates with that decay instead of the last iterate
+    (iterate averaging; the start is still a candidate).
+
     Gradients are taken with ``torch.autograd.grad`` with respect to the solver's parameters
     only (a network's own ``.grad`` is never touched). Cached like :func:`optimize_sigmas`
     (memory, and ``cache_dir`` as JSON): the same denoiser and arguments cost three probe
@@ -1093,6 +1124,8 @@ def optimize_solver(
         raise ValueError(f"pool must be >= n_samples = {n_samples}, got {pool}")
     if robust is not None and not robust > 0:
         raise ValueError(f"robust must be None or > 0, got {robust}")
+    if average is not None and not 0 <= average < 1:
+        raise ValueError(f"average must be None or in [0, 1), got {average}")
     if not 0 < holdout < 1 or iterations < 0 or not lr > 0 or check_every < 1:
         raise ValueError(f"need 0 < holdout < 1, iterations >= 0, lr > 0, check_every >= 1; "
                          f"got {holdout}, {iterations}, {lr}, {check_every}")  # fmt: skip
@@ -1129,6 +1162,8 @@ def optimize_solver(
             [_SOLVER_VERSION, fingerprint, steps, order, history, sigma_min, sigma_max, pool,
              reference_steps, iterations, lr, holdout, check_every, robust, str(dtype),
              _tensor_digest(noise), _tensor_digest(grid), cond_key]
+            + (["sigma_scales"] if sigma_scales else [])
+            + ([["average", average]] if average is not None else [])
         ).encode()
     ).hexdigest()  # fmt: skip
     cache_file = Path(cache_dir) / f"solver-{key[:32]}.json" if cache_dir is not None else None
@@ -1159,14 +1194,17 @@ def optimize_solver(
     rows = [torch.tensor(r + [0.0] * (min(i + 1, history) - len(r)), dtype=_F64)
             for i, r in enumerate(start_rows)]  # fmt: skip
     rows = [r.requires_grad_(True) for r in rows]
-    params = [logs, *rows]
+    log_scales = torch.zeros(steps, dtype=_F64, requires_grad=sigma_scales)
+    params = [logs, *rows, *([log_scales] if sigma_scales else [])]
     top, bottom, gap = math.log(sigma_max), math.log(sigma_min), 1e-3
 
     def solve(x: torch.Tensor, c: Cond) -> torch.Tensor:
         sig = torch.cat([logs.new_tensor([sigma_max]), logs.exp(), logs.new_zeros(1)])
         model = bind(denoiser, x, c)
+        scales = list(log_scales.exp().unbind()) if sigma_scales else None
         return fitted_solve(lambda y, s, i: model(y, s.expand(len(y)), i), x,
-                            list(sig.unbind()), [list(r.unbind()) for r in rows])  # fmt: skip
+                            list(sig.unbind()), [list(r.unbind()) for r in rows],
+                            sigma_scales=scales)  # fmt: skip
 
     def sum_sq(idx: torch.Tensor, grad: bool) -> tuple[float, list[torch.Tensor] | None]:
         total, grads = 0.0, None
@@ -1184,9 +1222,9 @@ def optimize_solver(
             total += float(err.detach())
         return total, grads
 
-    def snapshot() -> tuple[torch.Tensor, list[list[float]]]:
+    def snapshot() -> tuple[torch.Tensor, list[list[float]], list[float]]:
         sig = torch.cat([grid[:1], logs.detach().exp(), grid[-1:]])
-        return sig, [r.detach().tolist() for r in rows]
+        return sig, [r.detach().tolist() for r in rows], log_scales.detach().exp().tolist()
 
     def val_error() -> float:
         try:
@@ -1196,12 +1234,27 @@ def optimize_solver(
         return math.sqrt(err) if math.isfinite(err) else math.inf
 
     start_error = val_error()
-    best = (start_error, 0, (grid, [r.tolist() for r in rows]))  # the start exactly
+    best = (start_error, 0, (grid, [r.tolist() for r in rows], [1.0] * steps))  # the start
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * it / max(iterations, 1)))
     )
     n_train, stopped = len(train_idx), None
+    averaged = [p.detach().clone() for p in params]  # the iterate average (with ``average``)
+
+    def averaged_check() -> tuple[float, tuple[torch.Tensor, list[list[float]], list[float]]]:
+        """The held-out error and snapshot of the averaged parameters."""
+        current = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, a in zip(params, averaged):
+                p.copy_(a)
+        try:
+            return val_error(), snapshot()
+        finally:
+            with torch.no_grad():
+                for p, c in zip(params, current):
+                    p.copy_(c)
+
     for it in range(1, iterations + 1):
         try:
             loss, grads = sum_sq(train_idx, True)
@@ -1220,18 +1273,29 @@ def optimize_solver(
             for k in range(1, len(logs)):
                 logs[k] = torch.minimum(logs[k], logs[k - 1] - gap)
             logs.clamp_(min=bottom)
+            if sigma_scales:  # the evaluation sigmas inside [sigma_min, sigma_max]
+                at = torch.cat([logs.new_tensor([top]), logs])
+                log_scales.copy_(torch.minimum(torch.maximum(log_scales, bottom - at), top - at))
+            if average is not None:  # a convex combination: the constraints above still hold
+                for a, p in zip(averaged, params):
+                    a.mul_(average).add_(p.detach(), alpha=1 - average)
         if it % check_every == 0 or it == iterations:
-            err = val_error()
+            if average is None:
+                err, snap = val_error(), None
+            else:
+                err, snap = averaged_check()
             if err < best[0]:
-                best = (err, it, snapshot())
-    fitted_error, best_it, (sigmas, coefs) = best
+                best = (err, it, snapshot() if snap is None else snap)
+    fitted_error, best_it, (sigmas, coefs, scales) = best
     stats = {
         "start_error": start_error, "fitted_error": fitted_error, "best_iteration": best_it,
         "iterations": iterations, "holdout": n_val, "pool": pool, "history": history,
+        "sigma_scales": sigma_scales, "average": average,
         "stopped": stopped, "grid_fit": {k: v for k, v in grid_info.items() if k != "key"},
     }  # fmt: skip
     stats = _json_safe(stats)
-    solver = FittedSolver(sigmas, tuple(tuple(r) for r in coefs), order, stats)
+    solver = FittedSolver(sigmas, tuple(tuple(r) for r in coefs), order, stats,
+                          tuple(scales) if sigma_scales else None)  # fmt: skip
     if cache:
         _SOLVER_CACHE[key] = solver.to_dict()
         if cache_file is not None:

@@ -17,7 +17,9 @@ step) and warm up with lower orders; the final step into sigma 0 is a clean deno
   LD3, Tong et al. 2024): the iPNDM update with its own weights on each step's derivative
   history, and a final step that combines the last denoiser outputs. The weights come from
   :func:`polydiff.core.schedules.optimize_solver` (fitted jointly with the grid); without them
-  it is iPNDM exactly.
+  it is iPNDM exactly. Optional per-step ``sigma_scales`` decouple the noise level the denoiser
+  is called at from the grid's (AMED-Solver, Zhou et al. 2024; time-shift sampler, Li et al.
+  2024).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from polydiff.core.utils import Cond
 __all__ = [
     "IPNDM_COEFFICIENTS",
     "check_coefficients",
+    "check_sigma_scales",
     "deis",
     "deis_coefficients",
     "fitted",
@@ -188,12 +191,26 @@ def check_coefficients(coefficients: Sequence[Sequence[float]], steps: int) -> l
     return [[float(c) for c in row] for row in rows]
 
 
+def check_sigma_scales(sigma_scales: Sequence[float] | None, steps: int) -> list[float] | None:
+    """``sigma_scales`` as a list of ``steps`` positive finite floats (or None). Raises
+    ValueError."""
+    if sigma_scales is None:
+        return None
+    scales = list(sigma_scales)
+    if len(scales) != steps:
+        raise ValueError(f"fitted: {len(scales)} sigma_scales for a grid of {steps} steps")
+    if not all(isinstance(c, (int, float)) and math.isfinite(c) and c > 0 for c in scales):
+        raise ValueError(f"fitted: sigma_scales must be positive finite numbers, got {scales}")
+    return [float(c) for c in scales]
+
+
 def fitted_solve(
     model: Callable[[torch.Tensor, Any, int], torch.Tensor],
     x: torch.Tensor,
     grid: Sequence[Any],
     coefficients: Sequence[Sequence[Any]],
     callback: Callback | None = None,
+    sigma_scales: Sequence[Any] | None = None,
 ) -> torch.Tensor:
     """The linear multistep update of :func:`fitted`, on float sigmas or on 0-d tensors that
     carry gradients (the fit differentiates through it).
@@ -201,13 +218,16 @@ def fitted_solve(
     A step into ``sigma_next > 0``: ``x += (sigma_next - sigma) sum_j c_ij d_{i-j}`` with
     ``d = (x - D) / sigma`` newest first (iPNDM's form); a step into 0: ``x = sum_j c_ij
     D_{i-j}``, a combination of the newest denoiser outputs (the clean denoise is ``[1]``).
+    ``sigma_scales[i]`` (default 1): step ``i`` calls the denoiser at ``sigma_i *
+    sigma_scales[i]`` (``d`` still divides by the grid's ``sigma_i``).
     """
     ds: list[torch.Tensor] = []  # derivatives, newest first
     dens: list[torch.Tensor] = []  # denoiser outputs, newest first
     for i, row in enumerate(coefficients):
         s, s_next = grid[i], grid[i + 1]
-        denoised = model(x, s, i)
-        _report(callback, x, i, s, s, denoised)
+        s_eval = s if sigma_scales is None else s * sigma_scales[i]
+        denoised = model(x, s_eval, i)
+        _report(callback, x, i, s, s_eval, denoised)
         if bool(s_next == 0):
             dens = [denoised, *dens[: len(row) - 1]]
             x = sum(c * d for c, d in zip(row, dens))
@@ -228,13 +248,17 @@ def fitted(
     callback: Callback | None = None,
     coefficients: Sequence[Sequence[float]] | None = None,
     order: int = 3,
+    sigma_scales: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Fitted linear multistep solver (S4S, Frankel et al. 2025; LD3, Tong et al. 2024).
 
     ``coefficients[i]`` weighs step ``i``'s derivative history (newest first) as iPNDM does,
     or, for a step into sigma 0, the newest denoiser outputs. ``None`` gives iPNDM of ``order``
-    (:func:`ipndm_coefficients`): the same result as ``ipndm(..., order=order)``. Fit them with
-    the grid by :func:`polydiff.core.schedules.optimize_solver`.
+    (:func:`ipndm_coefficients`): the same result as ``ipndm(..., order=order)``.
+    ``sigma_scales`` (optional, one positive number per step): step ``i`` calls the denoiser at
+    ``sigmas[i] * sigma_scales[i]`` instead of ``sigmas[i]`` (a learned evaluation noise level,
+    as AMED-Solver / time-shift samplers). Fit them with the grid by
+    :func:`polydiff.core.schedules.optimize_solver`.
     """
     grid, model = as_grid(sigmas), bind(denoiser, x, cond)
     steps = len(grid) - 1
@@ -244,4 +268,5 @@ def fitted(
             rows[-1] = list(IPNDM_COEFFICIENTS[min(order, steps)])
     else:
         rows = check_coefficients(coefficients, steps)
-    return fitted_solve(model, x, grid, rows, callback)
+    scales = check_sigma_scales(sigma_scales, steps)
+    return fitted_solve(model, x, grid, rows, callback, scales)
