@@ -122,6 +122,18 @@ def test_schedule_run_fits_a_solver_and_the_sampler_config_uses_it(toy_run, tmp_
     torch.testing.assert_close(run.sampler.sigmas(), torch.tensor(record["sigmas"]).double())
     out = generate(run.denoiser(), run.sample_shape, 4, run.sampler, seeds=[1, 2, 3, 4])
     assert out.shape == (4, *run.sample_shape) and torch.isfinite(out).all()
+    # sigma_scales / average reach optimize_solver and the scales reach the sampler via `use`
+    scaled = schedule_run(toy_run, ["sampler=fitted", "sampler.steps=3", "sampler.order=2", *small,
+                                    "+schedule.sigma_scales=true", "+schedule.average=0.5"],
+                          out=tmp_path / "solver_scales.json")  # fmt: skip
+    assert len(scaled["sigma_scales"]) == 3 and "sampler.sigma_scales=[" in scaled["use"]
+    assert scaled["fit_options"]["sigma_scales"] is True
+    run = open_run(toy_run, scaled["use"].split(" "))
+    assert run.sampler.options["sigma_scales"] == scaled["sigma_scales"]
+    with pytest.raises(ConfigError, match="schedule.sigma_scales must be true or false, got 2"):
+        schedule_run(toy_run, ["sampler=fitted", "+schedule.sigma_scales=2"])
+    with pytest.raises(ConfigError, match=r"schedule.average must be a number in \[0, 1\), got 1"):
+        schedule_run(toy_run, ["sampler=fitted", "+schedule.average=1"])
     with pytest.raises(ConfigError, match="unknown schedule.iterations; valid: pool,"):
         schedule_run(toy_run, ["sampler=ipndm", "+schedule.iterations=3"])
     with pytest.raises(ConfigError, match=r"schedule.holdout must be a number in \(0, 1\)"):

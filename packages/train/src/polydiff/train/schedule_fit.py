@@ -14,8 +14,10 @@ saved as JSON under ``<run>/schedules/``. A sampler config uses it with::
 the grid and the ``fitted`` sampler's per-step weights, starting from iPNDM of
 ``sampler.order`` on the fitted iPNDM grid); the record then also holds ``coefficients`` and its
 ``use`` passes them inline (``sampler.coefficients=[[...],...]``). Its own settings are
-``+schedule.iterations``, ``lr``, ``holdout``, ``history``, ``check_every``, ``robust``
-(``SOLVER_KEYS``) besides the grid's.
+``+schedule.iterations``, ``lr``, ``holdout``, ``history``, ``check_every``, ``robust``,
+``sigma_scales`` (``true``: also fit the noise level each step calls the denoiser at; ``use``
+then passes ``sampler.sigma_scales=[...]``) and ``average`` (an iterate-average decay in
+``[0, 1)``) (``SOLVER_KEYS``) besides the grid's.
 The fit's own settings are optional ``+schedule.<key>=`` overrides (``pool``,
 ``reference_steps``, ``rounds``, ``sweeps``, ``restarts``, ``random_starts``, ``batch_size``:
 see ``optimize_sigmas``); an expensive network wants a smaller search than the defaults, e.g.
@@ -55,7 +57,8 @@ FIT_KEYS = (
     "batch_size",
 )
 # extra settings of a solver fit (sampler=fitted): optimize_solver's own
-SOLVER_KEYS = ("iterations", "lr", "holdout", "history", "check_every", "robust")
+SOLVER_KEYS = ("iterations", "lr", "holdout", "history", "check_every", "robust", "sigma_scales",
+               "average")  # fmt: skip
 # the grid fit's settings that optimize_solver passes on as grid_options
 _GRID_ONLY = ("rounds", "sweeps", "restarts", "random_starts")
 
@@ -120,6 +123,15 @@ def schedule_run(
     for key, value in fit_opts.items():
         if key not in valid:
             raise ConfigError(f"unknown schedule.{key}; valid: {', '.join(valid)}")
+        if key == "sigma_scales":
+            if not isinstance(value, bool):
+                raise ConfigError(f"schedule.sigma_scales must be true or false, got {value!r}")
+            continue
+        if key == "average":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not 0 <= value < 1:
+                raise ConfigError(f"schedule.average must be a number in [0, 1), got {value!r}")
+            continue
         if key in ("lr", "holdout", "robust"):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             if not ok or (key == "holdout" and value >= 1):
@@ -137,7 +149,7 @@ def schedule_run(
     denoiser = run.denoiser()
     info: dict[str, Any] = {}
     cache_dir = run.run_dir / "schedules" / "cache"
-    coefficients = None
+    coefficients = scales = None
     if solver:
         grid_options = {k: fit_opts[k] for k in _GRID_ONLY if k in fit_opts}
         solver_opts = {k: v for k, v in fit_opts.items() if k not in _GRID_ONLY}
@@ -147,6 +159,7 @@ def schedule_run(
             info=info, grid_options=grid_options, **solver_opts, **spec.options,
         )  # fmt: skip
         grid, coefficients = fitted.sigmas, fitted.options["coefficients"]
+        scales = None if fitted.sigma_scales is None else list(fitted.sigma_scales)
     else:
         grid = optimize_sigmas(
             denoiser, spec.steps, shape=run.sample_shape, sampler=spec.method,
@@ -175,11 +188,14 @@ def schedule_run(
     )
     if coefficients is not None:
         use += f" sampler.coefficients={json.dumps(coefficients, separators=(',', ':'))}"
+    if scales is not None:
+        use += f" sampler.sigma_scales={json.dumps(scales, separators=(',', ':'))}"
     record = {
         "run": str(run.run_dir),
         **settings,
         "sigmas": grid.tolist(),
         **({} if coefficients is None else {"coefficients": coefficients}),
+        **({} if scales is None else {"sigma_scales": scales}),
         "nfe": denoiser_evaluations(spec.method, grid, **spec.options),
         "fit": {k: v for k, v in info.items() if not isinstance(v, float) or math.isfinite(v)},
         "use": use,
