@@ -104,6 +104,16 @@ def write_results(name: str, result: dict[str, Any], markdown: str, *, quick: bo
     return path
 
 
+def loss_log(run_dir: str | Path) -> tuple[list[dict[str, Any]], float | None]:
+    """The logged training rows (those with a ``loss``) of a run's ``metrics.jsonl`` and the
+    measured wall seconds per step between its first and last row (None below two rows)."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    rows = [r for r in map(json.loads, lines) if "loss" in r]
+    if len(rows) < 2:
+        return rows, None
+    return rows, (rows[-1]["time"] - rows[0]["time"]) / max(rows[-1]["step"] - rows[0]["step"], 1)
+
+
 def train_recipe(
     experiment: str,
     overrides: Sequence[str] = (),

@@ -39,7 +39,14 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
-from benchmarks.common import cpu_timer, peak_rss_mb, results_dir, train_recipe, write_results
+from benchmarks.common import (
+    cpu_timer,
+    loss_log,
+    peak_rss_mb,
+    results_dir,
+    train_recipe,
+    write_results,
+)
 from polydiff.shapes.data import procedural_shapes
 from polydiff.shapes.metrics import (
     earth_movers_distance,
@@ -103,11 +110,9 @@ GOALS = {"1-NNA-CD": 0.60, "COV-CD": 0.45, "watertight_ratio": 0.90}
 
 def _train_cost(run_dir: Path) -> dict[str, Any]:
     """Steps and wall seconds of training from the run's ``metrics.jsonl`` (reused runs too)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
-    if len(rows) < 2:
+    rows, rate = loss_log(run_dir)
+    if rate is None:
         return {"steps": rows[-1]["step"] if rows else 0}
-    rate = (rows[-1]["time"] - rows[0]["time"]) / max(rows[-1]["step"] - rows[0]["step"], 1)
     return {
         "steps": rows[-1]["step"],
         "wall_seconds_est": round(rate * rows[-1]["step"], 1),

@@ -49,7 +49,14 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import cpu_timer, peak_rss_mb, results_dir, train_recipe, write_results
+from benchmarks.common import (
+    cpu_timer,
+    loss_log,
+    peak_rss_mb,
+    results_dir,
+    train_recipe,
+    write_results,
+)
 from polydiff.nn import SpaceTimeBlock
 from polydiff.nn.attention import Attention
 from polydiff.train.run import evaluate_run, open_run
@@ -111,11 +118,9 @@ def _runs(quick: bool) -> Path:
 
 def _train_cost(run_dir: Path) -> dict[str, Any]:
     """Steps, measured seconds per step and final loss from the run's ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
-    if len(rows) < 2:
+    rows, rate = loss_log(run_dir)
+    if rate is None:
         return {"steps": rows[-1]["step"] if rows else 0}
-    rate = (rows[-1]["time"] - rows[0]["time"]) / max(rows[-1]["step"] - rows[0]["step"], 1)
     return {
         "steps": rows[-1]["step"],
         "wall_s_per_step": round(rate, 3),
