@@ -91,7 +91,8 @@ class ClipDataset(Dataset):
     Rows ``[0, N * R)`` are videos (``R = len(tasks)`` for ``task="masked"``: row ``i`` is clip
     ``i % N`` under task ``tasks[i // N]``; else ``R = 1``); with ``image_fraction > 0`` the
     remaining rows are stacks of F independent frames drawn from random clips of one class
-    (seeded), marked ``frames_independent`` (Ho et al. 2022, sec. 3.1).
+    (seeded), marked ``frames_independent`` (Ho et al. 2022, sec. 3.1). ``image_fraction=1``:
+    only such rows (N of them), the data of a per-frame model to warm-start a video model from.
     """
 
     def __init__(
@@ -106,15 +107,18 @@ class ClipDataset(Dataset):
     ) -> None:
         if task not in (None, "first_frame", "masked"):
             raise ValueError(f"task must be None, 'first_frame' or 'masked', got {task!r}")
-        if not 0.0 <= image_fraction < 1.0:
-            raise ValueError(f"image_fraction must be in [0, 1), got {image_fraction}")
+        if not 0.0 <= image_fraction <= 1.0:
+            raise ValueError(f"image_fraction must be in [0, 1], got {image_fraction}")
         if image_fraction and (text is not None or task is not None):
             raise ValueError("joint image-video rows (image_fraction > 0) need task=None, no text")
         self.videos, self.labels, self.text = videos, labels, dict(text) if text else None
         self.task, self.context = task, context
         n, f = len(videos), videos.shape[2]
         self.n_video = n * (len(TASKS) if task == "masked" else 1)
-        n_image = round(self.n_video * image_fraction / (1 - image_fraction))
+        if image_fraction == 1.0:  # image rows only (as many as clips): a per-frame model
+            self.n_video, n_image = 0, self.n_video
+        else:
+            n_image = round(self.n_video * image_fraction / (1 - image_fraction))
         rng = np.random.default_rng([seed, 99])
         if labels is not None:
             by_class = {int(c): np.flatnonzero(labels.numpy() == c) for c in labels.unique()}

@@ -14,17 +14,28 @@ dropout in the core objective, classifier-free guidance at sampling):
 
 ``temporal=False`` removes every temporal attention layer (the ablation of the benchmark: the
 network then sees each frame alone, exactly the per-frame image network).
+
+Warm start (``init_from``, :func:`warm_start`): spatial layers from a trained run, temporal
+layers fresh, as video models are built from image models in VDM (Ho et al. 2022), Make-A-Video
+(Singer et al. 2022), AnimateDiff (Guo et al. 2023) and Stable Video Diffusion (Blattmann et al.
+2023). Fresh temporal attention has a zero output projection, so at step 0 the warm-started
+network is the source's per-frame network.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from polydiff.nn import VideoUNet
+from polydiff.train.checkpoint import read_state
+from polydiff.train.run import open_run
 
 from .data import probe_video_folder
 
-__all__ = ["VIDEO_UNET_SIZES", "num_parameters", "video_unet"]
+__all__ = ["VIDEO_UNET_SIZES", "num_parameters", "video_unet", "warm_start"]
 
 VIDEO_UNET_SIZES: dict[str, dict[str, Any]] = {
     # seconds-long tests
@@ -56,6 +67,8 @@ def video_unet(
     concat_channels: int = 0,
     temporal: bool = True,
     data_root: str | None = None,
+    init_from: str | None = None,
+    init_ema: bool | float | str = True,
     **overrides: Any,
 ) -> VideoUNet:
     """A :class:`polydiff.nn.VideoUNet` of a named size from :data:`VIDEO_UNET_SIZES`.
@@ -63,6 +76,8 @@ def video_unet(
     ``channels`` / ``num_classes`` set to None are read from the folder ``data_root`` (own data,
     :func:`~polydiff.video.data.probe_video_folder`); given values must match it. ``image_size``
     is checked against the downsampling factor. ``temporal=False``: no temporal attention.
+    ``init_from``: a trained run whose weights (``init_ema``, as ``sample.ema``) initialise
+    every tensor of the same name (:func:`warm_start`); the rest stay fresh.
     """
     if size not in VIDEO_UNET_SIZES:
         raise KeyError(f"unknown video U-Net size {size!r}; available: {sorted(VIDEO_UNET_SIZES)}")
@@ -101,4 +116,45 @@ def video_unet(
         for module in net.modules():
             if hasattr(module, "temporal") and module.temporal is not None:
                 module.temporal = None
+    if init_from is not None:
+        warm_start(net, init_from, init_ema)
+    return net
+
+
+def warm_start(net: nn.Module, run_dir: str | Path, ema: bool | float | str = True) -> nn.Module:
+    """Initialise ``net`` from the trained run ``run_dir`` (opened like ControlNet's
+    ``model.base_run``: :func:`polydiff.train.run.open_run`, its ``ema`` weights): every source
+    tensor is copied into the tensor of the same name, the others stay as initialised.
+
+    The video-from-image recipe of VDM (Ho et al. 2022, sec. 3.1), Make-A-Video (Singer et al.
+    2022), AnimateDiff (Guo et al. 2023) and SVD (Blattmann et al. 2023): spatial layers from a
+    per-frame model (e.g. ``model.temporal=false`` trained on independent frames,
+    ``data.dataset.image_fraction=1``), temporal layers fresh. Refused: a source tensor with no
+    tensor of its name here, or of another shape (either means another architecture). Prints
+    one line: tensors loaded / left fresh.
+    """
+    source = open_run(run_dir, ema=ema)
+    src, dst = source.model.state_dict(), net.state_dict()
+    unused = [k for k in src if k not in dst]
+    if unused:
+        raise ValueError(
+            f"init_from={run_dir}: its tensor {unused[0]!r} has no tensor of that name in this "
+            f"network ({len(unused)} such); the run must be this network with or without "
+            "temporal layers"
+        )
+    for key, value in src.items():
+        if value.shape != dst[key].shape:
+            raise ValueError(
+                f"init_from={run_dir}: tensor {key!r} has shape {tuple(value.shape)} there but "
+                f"{tuple(dst[key].shape)} here"
+            )
+    net.load_state_dict(src, strict=False)
+    fresh = [k for k in dst if k not in src]
+    temporal = sum(".temporal." in k for k in fresh)
+    step = read_state(source.checkpoint).get("step")
+    print(
+        f"init_from {run_dir} (step {step}, {source.weights}): loaded {len(src)} tensors, "
+        f"{len(fresh)} left fresh ({temporal} of them temporal)",
+        flush=True,
+    )
     return net
