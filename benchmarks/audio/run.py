@@ -9,6 +9,9 @@ Parts (``python -m benchmarks.audio.run --part NAME`` runs one and writes a part
 
 - ``vocoder``: Vocos-style vocoder vs Griffin-Lim (32 iterations) on held-out real mels:
   MR-STFT (auraloss), LSD, MCD, pitch accuracy, real-time factor;
+- ``vocoder_gan``: the recipe ``audio/vocoder_gan`` (phase-locked head on the mel's least-squares
+  inverse) scored the same way; ``vocoder_gan_direct`` / ``_if`` / ``_noprior``: the same recipe
+  with Vocos' direct-phase head, GANSynth's integrated-IF head, the locked head without the prior;
 - ``diffwave_vocoder``: the same scores for DiffWave as a mel-conditioned vocoder (20 NFE);
 - ``notes``: class-conditional notes at 20 NFE, CFG 2 and unguided: pitch accuracy (pyin,
   50 cents), instrument accuracy, FAD on the notes classifier vs its real-vs-real floor, with
@@ -44,7 +47,16 @@ PARTS = (
     "events",
     "diffwave_uncond",
     "notes_vocoder",
+    "vocoder_gan_direct",
+    "vocoder_gan_if",
+    "vocoder_gan_noprior",
 )
+# the vocoder head ablation: audio/vocoder_gan with another head, trained and scored the same way
+HEAD_VARIANTS: dict[str, list[str]] = {
+    "vocoder_gan_direct": ["model.generator.phase=direct", "model.generator.mel_prior=null"],
+    "vocoder_gan_if": ["model.generator.phase=if", "model.generator.mel_prior=null"],
+    "vocoder_gan_noprior": ["model.generator.mel_prior=null"],
+}
 # staged parts: (tag, train overrides) in order; a stage resumes the previous one's run (constant
 # LR), so stage k equals one run of `polydiff train experiment=<e> <its overrides>`
 STAGES: dict[str, list[tuple[str, list[str]]]] = {
@@ -69,6 +81,7 @@ PART_EVAL = {
     "notes_latent": ["evaluate.n=96"],
     "vocoder_gan": ["evaluate.n=96"],
     "events": [],
+    **{part: ["evaluate.n=96"] for part in HEAD_VARIANTS},
 }
 TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
@@ -84,6 +97,7 @@ QUICK_EVAL = {
     "notes_vocoder": ["evaluate.n=8", "sampler.steps=4"],
     "events": ["evaluate.n=6", "sampler.steps=4"],
     "diffwave_uncond": ["evaluate.n=4", "sampler.steps=2"],
+    **{part: ["evaluate.n=4"] for part in HEAD_VARIANTS},
 }
 EXPERIMENT = {
     "vocoder": "audio/vocoder",
@@ -94,6 +108,7 @@ EXPERIMENT = {
     "events": "audio/events_text",
     "diffwave_uncond": "audio/diffwave_uncond",
     "notes_vocoder": "audio/notes_mel",
+    **{part: "audio/vocoder_gan" for part in HEAD_VARIANTS},
 }
 
 
@@ -146,10 +161,10 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
         return _run_stages(part, quick, q)
     # notes_vocoder reuses the notes run as trained by its last stage
     reuse = part == "notes_vocoder" and not quick
-    res = _train(part, quick, STAGES["notes"][-1][1] if reuse else None)
+    res = _train(part, quick, STAGES["notes"][-1][1] if reuse else HEAD_VARIANTS.get(part))
     run_dir = Path(res["run_dir"])
-    if part in ("vocoder", "diffwave_vocoder"):
-        res["eval"] = _evaluate(run_dir, q, "default")
+    if part in ("vocoder", "diffwave_vocoder", *HEAD_VARIANTS):
+        res["eval"] = _evaluate(run_dir, q or PART_EVAL.get(part, []), "default")
         res["rtf_clips"] = 4 if quick else 16
         res["rtf"] = _vocoder_rtf(run_dir, res["rtf_clips"])
     elif part == "notes_vocoder":  # after vocoder_gan and notes: the notes run vocoded by it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import librosa
 import numpy as np
 import pytest
@@ -9,8 +11,9 @@ import torch
 
 from polydiff.audio.data import PITCHES, midi_to_hz
 from polydiff.audio.experiments import VocoderObjective
+from polydiff.audio.metrics import median_f0
 from polydiff.audio.models import PitchConditionedUNet, audio_unet, diffwave, vocos_vocoder
-from polydiff.audio.spectral import harmonic_comb
+from polydiff.audio.spectral import harmonic_comb, locked_phase
 from polydiff.core.samplers import sample
 from polydiff.core.schedules import karras_sigmas
 
@@ -66,6 +69,74 @@ def test_vocos_if_head_synthesises_a_steady_partial_between_bins():
     assert torch.allclose(w[256:], w[:-256], atol=1e-4 * float(w.abs().max()))
     with pytest.raises(ValueError, match="unknown vocoder phase 'cos'"):
         vocos_vocoder("tiny", phase="cos")
+
+
+def _stft(x: torch.Tensor) -> torch.Tensor:
+    w = torch.hann_window(1024, dtype=x.dtype)
+    return torch.stft(x, 1024, 256, 1024, w, center=True, return_complex=True)
+
+
+@pytest.mark.parametrize("hz", [261.63, 440.0, 1107.3])
+def test_locked_phase_is_the_stft_phase_of_a_sinusoid_up_to_a_constant(hz):
+    # brute force: the true STFT phase of cos(omega n + phi0) on the partial's main lobe is
+    # Theta_t - pi k; the locked phase shares one Theta per partial and advances it at the peak's
+    # interpolated frequency, so (true - locked) is one constant over the lobe and (nearly) time
+    n = torch.arange(16384, dtype=torch.float64)
+    spec = _stft(torch.cos(2 * math.pi * hz / 16000 * n + 0.7))
+    ph = locked_phase(spec.abs()[None], 1024, 256)[0].double()
+    k = round(hz * 1024 / 16000)
+    diff = (spec.angle() - ph)[k - 1 : k + 2, 4:-4]  # (3, T)
+    wrap = lambda a: torch.angle(torch.exp(1j * a))  # noqa: E731
+    assert wrap(diff - diff[1:2]).abs().max() < 1e-3  # one partial (the image term: ~3e-5)
+    drift = wrap(torch.diff(diff[1])).abs().max()  # per-hop phase error: frequency error * hop
+    assert drift < 2 * math.pi * 0.02 * 256 / 1024  # < 0.02 bins (0.3 Hz)
+    with pytest.raises(ValueError, match=r"expects a magnitude \(B, 513, T\)"):
+        locked_phase(spec.abs()[None, :100], 1024, 256)
+
+
+def test_locked_phase_keeps_the_pitch_a_per_frame_phase_loses():
+    # the mallet failure of the direct head: a pure 261.6 Hz tone whose every frame gets the same
+    # phase repeats every hop (62.5 Hz grid, pyin reads ~250 Hz); with the locked phase it stays
+    n = torch.arange(16384, dtype=torch.float64)
+    mag = _stft(torch.sin(2 * math.pi * 261.63 / 16000 * n)).abs()[None]
+    w = torch.hann_window(1024, dtype=torch.float64)
+
+    def f0(phase: torch.Tensor) -> float:
+        wave = torch.istft(torch.polar(mag, phase), 1024, 256, 1024, w, center=True)
+        return float(median_f0(wave.float(), 16000)[0])
+
+    cents = lambda f: 1200 * abs(math.log2(f / 261.63))  # noqa: E731
+    assert cents(f0(locked_phase(mag, 1024, 256))) < 20
+    assert cents(f0(torch.full_like(mag, 0.3))) > 50
+    voc = vocos_vocoder("tiny", phase="locked")  # magnitude-only head: K outputs
+    assert voc.head.out_features == 513
+    wave = voc(torch.randn(2, 64, 12) - 5)
+    assert wave.shape == (2, 1, 12 * 256) and torch.isfinite(wave).all()
+    wave.pow(2).mean().backward()
+    assert voc.head.weight.grad.abs().sum() > 0  # through the magnitude (the phase is constant)
+
+
+def test_locked_head_with_the_mel_prior_starts_from_the_least_squares_inverse():
+    # a zero head: log|S| = log(lstsq inverse of the Slaney filterbank applied to the mel), phase
+    # locked; checked against torch.linalg.lstsq on torchaudio's filterbank
+    import torchaudio
+
+    voc = vocos_vocoder("tiny", phase="locked", mel_prior="cpu")
+    with torch.no_grad():
+        voc.head.weight.zero_()
+        voc.head.bias.zero_()
+    logmel = torch.log(torch.rand(1, 64, 8) + 1e-3)
+    fb = torchaudio.functional.melscale_fbanks(513, 0.0, 8000.0, 64, 16000, "slaney", "slaney")
+    mel = torch.exp(torch.cat([logmel, logmel[..., -1:]], -1))[0].double()  # (64, 9)
+    lin = torch.linalg.lstsq(fb.T.double(), mel, driver="gelsd").solution.clamp(min=1e-5)
+    w = torch.hann_window(1024, dtype=torch.float64)
+    phase = locked_phase(lin[None], 1024, 256)
+    ref = torch.istft(torch.polar(lin[None], phase), 1024, 256, 1024, w, center=True, length=2048)
+    with torch.no_grad():
+        out = voc(logmel)[0].double()
+    assert torch.allclose(out, ref, atol=1e-4 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="mel_prior preset 'cpu' has n_mels / n_fft / hop"):
+        vocos_vocoder("tiny", n_mels=80, phase="locked", mel_prior="cpu")
 
 
 def test_diffwave_mel_conditioning_and_null_mask():

@@ -27,7 +27,7 @@ from polydiff.nn import UNet
 from polydiff.nn.embeddings import TimestepMLP, as_batch_t
 
 from .data import PITCHES, folder_conditioning, midi_to_hz
-from .spectral import harmonic_comb, mel_config
+from .spectral import MelSpectrogramCodec, harmonic_comb, locked_phase, mel_config
 
 __all__ = [
     "AUDIO_UNET_SIZES",
@@ -228,7 +228,7 @@ class ConvNeXtBlock1d(nn.Module):
         return x + (self.gamma * h).transpose(1, 2)
 
 
-VOCODER_PHASES = ("direct", "if")  # VocosVocoder(phase=...): angle per frame / integrated IF
+VOCODER_PHASES = ("direct", "if", "locked")  # VocosVocoder(phase=...): see its docstring
 VOCODER_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(dim=32, layers=2),
     "small": dict(dim=128, layers=6),
@@ -255,22 +255,45 @@ class VocosVocoder(nn.Module):
       shift-equivariant in time: on a steady note its features, hence a directly predicted
       phase, are the same in every frame, which synthesises partials only on the
       ``sample_rate / hop`` grid; a steady advance is what a steady partial needs, so the
-      frequency of a partial is a function of the local mel only.
+      frequency of a partial is a function of the local mel only;
+    - ``"locked"``: none; the head predicts the log-magnitude only and the phase is the
+      phase-locked vocoder's (:func:`~polydiff.audio.spectral.locked_phase`: partial frequencies
+      from the magnitude peaks, one phase per partial, integrated over frames), as TiFGAN
+      (Marafioti et al. 2019) generates magnitudes and reconstructs their phase. Measured on the
+      notes (``benchmarks/results/audio.md``): the direct head's partials sit on the 62.5 Hz hop
+      grid (a pure mallet tone misses its pitch), the locked head's at their own frequency.
+
+    ``mel_prior`` (a mel preset name, e.g. ``"cpu"``) adds the log of the mel mapped back to
+    linear frequency by the pseudo-inverse of that preset's filterbank (a least-squares inverse,
+    as Griffin-Lim starts from) to the predicted log-magnitude, so the head learns a correction
+    of a spectrum whose partials are already near their frequency instead of placing them from
+    the 47 Hz-wide low mel bands.
     """
 
     def __init__(
         self, n_mels: int = 64, n_fft: int = 1024, hop_length: int = 256, dim: int = 128,
-        layers: int = 6, phase: str = "direct",
+        layers: int = 6, phase: str = "direct", mel_prior: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         if phase not in VOCODER_PHASES:
             raise ValueError(f"unknown vocoder phase {phase!r}; available: {list(VOCODER_PHASES)}")
         self.n_mels, self.n_fft, self.hop_length, self.phase = n_mels, n_fft, hop_length, phase
+        self.mel_prior = mel_prior
+        if mel_prior is not None:  # the least-squares inverse of the preset's mel filterbank
+            c = mel_config(mel_prior)
+            if (c.n_mels, c.n_fft, c.hop_length) != (n_mels, n_fft, hop_length):
+                raise ValueError(
+                    f"mel_prior preset {mel_prior!r} has n_mels / n_fft / hop "
+                    f"{c.n_mels} / {c.n_fft} / {c.hop_length}, the vocoder "
+                    f"{n_mels} / {n_fft} / {hop_length}"
+                )
+            fb = MelSpectrogramCodec(c).melspec.mel_scale.fb.double()  # (K, M)
+            self.register_buffer("prior", torch.linalg.pinv(fb.T).float(), persistent=False)
         self.embed = nn.Conv1d(n_mels, dim, 7, padding=3)
         self.norm_in = nn.LayerNorm(dim, eps=1e-6)
         self.blocks = nn.Sequential(*[ConvNeXtBlock1d(dim) for _ in range(layers)])
         self.norm_out = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, 2 * (n_fft // 2 + 1))
+        self.head = nn.Linear(dim, (1 if phase == "locked" else 2) * (n_fft // 2 + 1))
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
         # omega_k * hop modulo 2 pi, from integers (exact): the advance of bin k's own frequency
         k = torch.arange(n_fft // 2 + 1, dtype=torch.float64)
@@ -286,10 +309,19 @@ class VocosVocoder(nn.Module):
         m = F.pad((logmel + 5.0) / 5.0, (0, 1), mode="replicate")  # (B, M, F + 1), ~unit scale
         h = self.norm_in(self.embed(m).transpose(1, 2)).transpose(1, 2)
         h = self.norm_out(self.blocks(h).transpose(1, 2))  # (B, F + 1, D)
-        log_mag, phase = self.head(h).transpose(1, 2).chunk(2, dim=1)  # (B, K, F + 1) each
-        if self.phase == "if":  # integrate the per-hop advance (GANSynth's IF)
-            phase = torch.cumsum(self.bin_advance + math.pi * torch.tanh(phase), dim=-1)
-        mag = torch.exp(log_mag).clamp(max=1e2)
+        out = self.head(h).transpose(1, 2)  # (B, K or 2K, F + 1)
+        if self.mel_prior is not None:  # the head corrects log(pinv(fb) mel) (phase: locked)
+            lin = torch.einsum("km,bmf->bkf", self.prior, torch.exp(m * 5.0 - 5.0))
+            out = torch.cat([out[:, : self.n_fft // 2 + 1] + torch.log(lin.clamp(min=1e-5)),
+                             out[:, self.n_fft // 2 + 1 :]], dim=1)  # fmt: skip
+        if self.phase == "locked":
+            mag = torch.exp(out).clamp(max=1e2)
+            phase = locked_phase(mag, self.n_fft, self.hop_length)
+        else:
+            log_mag, phase = out.chunk(2, dim=1)  # (B, K, F + 1) each
+            if self.phase == "if":  # integrate the per-hop advance (GANSynth's IF)
+                phase = torch.cumsum(self.bin_advance + math.pi * torch.tanh(phase), dim=-1)
+            mag = torch.exp(log_mag).clamp(max=1e2)
         spec = torch.polar(mag, phase)  # phase as an angle, as Vocos (cos, sin of p)
         wave = torch.istft(
             spec, self.n_fft, self.hop_length, self.n_fft, self.window, center=True,

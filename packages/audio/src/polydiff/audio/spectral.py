@@ -15,10 +15,14 @@ dropped so every frame maps to exactly ``hop`` samples (vocoders output ``frames
 
 :func:`harmonic_comb` places a pitch on the mel axis: the response of each mel filter to the
 harmonics of f0, the pitch condition of the notes U-Net (a spatial map it can align with).
+
+:func:`locked_phase` gives a magnitude spectrogram the phase of a phase-locked vocoder (Laroche &
+Dolson 1999): the phase the Vocos-style vocoder's ``phase="locked"`` head synthesises with.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +35,7 @@ __all__ = [
     "MelConfig",
     "MelSpectrogramCodec",
     "harmonic_comb",
+    "locked_phase",
     "mel_config",
 ]
 
@@ -175,3 +180,55 @@ class GriffinLimVocoder(torch.nn.Module):
             length=frames * c.hop_length,
             rand_init=False,
         )
+
+
+def locked_phase(mag: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
+    """The phase of a phase-locked vocoder for a magnitude spectrogram ``mag`` (B, K, T).
+
+    Laroche & Dolson (1999), "Improved phase vocoder time-scale modification of audio", with the
+    instantaneous frequency read from the magnitude alone (as TiFGAN, Marafioti et al. 2019,
+    reconstructs the phase of generated magnitudes): in every frame the local maxima of
+    ``log|S|`` are the partials; a parabola through the peak bin and its neighbours gives the
+    partial's frequency ``omega_p = 2 pi (p + delta) / n_fft`` (Smith & Serra 1987); every bin
+    belongs to its nearest peak. A partial's phase at the frame centre advances by the mean of its
+    frequencies in the two frames times the hop, ``Theta_t = Theta_{t-1}[p] + hop (omega_{t-1}[p]
+    + omega_t[p]) / 2``, and bin ``k`` of its region gets ``Theta_t - pi k``: the phase a
+    stationary sinusoid has in a centred, periodic-Hann STFT (``torch.stft(center=True)``), where
+    a window of ``n_fft`` samples puts ``omega_k n_fft / 2 = pi k`` between the frame start and
+    centre. All bins of one partial share ``Theta``, so a partial between two bins is one
+    sinusoid, at its own frequency (not on the ``sample_rate / hop`` grid a per-frame phase
+    repeats on). The first frame starts at ``Theta = 0``. No gradient flows through the phase.
+    """
+    if mag.ndim != 3 or mag.shape[1] != n_fft // 2 + 1:
+        raise ValueError(
+            f"locked_phase expects a magnitude (B, {n_fft // 2 + 1}, T), got {tuple(mag.shape)}"
+        )
+    with torch.no_grad():
+        a = torch.log(mag.detach().double().clamp(min=1e-7))  # (B, K, T)
+        b, k_bins, frames = a.shape
+        left = torch.nn.functional.pad(a, (0, 0, 1, 0), value=-1e30)[:, :-1]
+        right = torch.nn.functional.pad(a, (0, 0, 0, 1), value=-1e30)[:, 1:]
+        peak = (a > left) & (a >= right)
+        curv = left - 2 * a + right
+        inner = peak & (curv < 0) & (left > -1e29) & (right > -1e29)
+        delta = torch.where(inner, 0.5 * (left - right) / curv.where(inner, -1.0), 0.0)
+        k = torch.arange(k_bins, dtype=torch.long).view(1, -1, 1).expand(b, -1, frames)
+        # nearest peak: the last one at or below k and the first one at or above k
+        below = torch.where(peak, k, -1).cummax(dim=1).values
+        above = torch.where(peak, k, k_bins).flip(1).cummin(dim=1).values.flip(1)
+        take_below = (below >= 0) & ((above >= k_bins) | (k - below <= above - k))
+        near = torch.where(take_below, below, above)
+        near = torch.where(near >= k_bins, k, near)  # no peak at all: the bin itself
+        omega = 2 * math.pi * (near + delta.gather(1, near)) / n_fft  # (B, K, T)
+        theta = torch.zeros(b, k_bins, frames, dtype=torch.float64)
+        prev = torch.zeros(b, k_bins, dtype=torch.float64)
+        prev_omega = omega[..., 0]
+        for t in range(frames):
+            p = near[..., t]
+            if t:
+                step = 0.5 * (prev_omega.gather(1, p) + omega[..., t]) * hop_length
+                prev = prev.gather(1, p) + step
+            theta[..., t] = prev
+            prev_omega = omega[..., t]
+        phase = theta - math.pi * k
+    return torch.remainder(phase, 2 * math.pi).to(mag.dtype)
