@@ -238,9 +238,11 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
     ]
     for part, res in parts.items():
         head = f"## {part}: `{res['experiment']}` ({res['steps']} steps, "
-        lines.append(
-            head + f"{res['parameters']:,} parameters, {res['train_cpu_minutes']} CPU-min)"
-        )
+        if part == "notes_vocoder":  # no training of its own
+            cost = "the notes part's run, vocoded by the vocoder_gan part's"
+        else:
+            cost = f"{res['parameters']:,} parameters, {res['train_cpu_minutes']} CPU-min"
+        lines.append(head + cost + ")")
         lines.append("")
         if res.get("carried_over"):
             lines += ["(carried over from the previous results file: not re-run here)", ""]

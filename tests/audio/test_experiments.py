@@ -14,7 +14,7 @@ import torch
 
 from polydiff.audio import pipeline
 from polydiff.audio.models import PitchConditionedUNet
-from polydiff.train.run import evaluate_run, sample_run, train
+from polydiff.train.run import evaluate_run, job_settings, open_run, sample_run, train
 
 TINY = [
     "trainer.max_steps=2",
@@ -110,6 +110,18 @@ def test_vocoder_run_scores_against_griffin_lim(tmp_path):
         assert key in m and math.isfinite(m[key]), key
     with pytest.raises(ValueError, match="reference set has 96"):
         evaluate_run(run, ["evaluate.n=97", "evaluate.overwrite=true"])
+
+
+def test_a_trained_run_takes_the_vocoder_at_sample_time(notes_run, tmp_path):
+    # the saved config holds vocoder: griffinlim resolved at training time; audio.vocoder=<run>
+    # at evaluate time must reach the hooks (and the job's settings), not be silently dropped
+    voc = _train(tmp_path, "audio/vocoder")
+    run = open_run(notes_run, [f"audio.vocoder={voc}"])
+    assert run.hooks.vocoder_spec == str(voc) and run.hook_settings["vocoder"] == str(voc)
+    assert job_settings(run, "evaluate")["hooks"]["vocoder"] == str(voc)
+    assert open_run(notes_run).hooks.vocoder_spec == "griffinlim"
+    mr = pipeline.load(notes_run, [f"audio.vocoder={voc}", "sampler.steps=2"])
+    assert mr.vocode(pipeline.generate(mr, 1, classes=[0])).shape == (1, 16384)
 
 
 @pytest.mark.slow  # waveform networks at 16384 samples: ~4 s CPU each

@@ -289,8 +289,10 @@ def compose(
     config_dir: str | os.PathLike | None = None,
     *,
     describe: bool = True,
+    resolve: bool = True,
 ) -> DictConfig:
-    """Compose ``configs/config.yaml`` with hydra ``overrides``; resolves interpolations.
+    """Compose ``configs/config.yaml`` with hydra ``overrides``; resolves interpolations
+    (unless ``resolve=False``: the caller reads an interpolation and resolves itself).
 
     With ``describe`` (the default) a data node's ``auto`` values are read from the data
     first (:func:`describe_data`); reopening a trained run passes ``False`` (the run's saved
@@ -311,7 +313,8 @@ def compose(
         cfg = _compose(config_dir, [*paired, *overrides])
         if describe:
             describe_data(cfg)
-        OmegaConf.resolve(cfg)
+        if resolve:
+            OmegaConf.resolve(cfg)
     except Exception as err:  # hydra's own exceptions: rephrase with the valid choices
         if isinstance(err, ConfigError):
             raise

@@ -324,6 +324,7 @@ class OpenedRun:
     checkpoint: Path
     weights: str  # "ema:<decay>" or "model"
     ema_choice: dict[str, Any] | None = None  # ema=auto: the candidates' losses and the choice
+    hook_settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # sample-time hooks
 
     def denoiser(self, guidance: bool = True):
         """The run's denoiser, wrapped by ``cfg.guidance`` when it has a ``_target_``."""
@@ -332,6 +333,31 @@ class OpenedRun:
         if guidance and g is not None and g.get("_target_"):
             den = instantiate(g, "guidance")(den)
         return den
+
+
+_SELECTED_ROOT = re.compile(r"\$\{oc\.select:([A-Za-z_]\w*)")
+
+
+def sample_time_hook_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.hooks`` settings a run takes at sample time, resolved in ``cfg``.
+
+    A hooks key whose value selects an optional node outside the fixed groups (``vocoder:
+    ${oc.select:audio.vocoder,griffinlim}``; plain ``${seed}`` / ``${data...}`` interpolations
+    are part of the trained run) follows that node: the saved config holds the value
+    resolved at training time, so :func:`open_run` re-resolves these keys from the job's own
+    composition (``polydiff evaluate run=<dir> audio.vocoder=<vocoder run>``); without this the
+    override would be ignored.
+    """
+    hooks = cfg.get("data", {}).get("hooks") if isinstance(cfg.get("data"), DictConfig) else None
+    if not isinstance(hooks, DictConfig):
+        return {}
+    raw = OmegaConf.to_container(hooks, resolve=False)
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        roots = _SELECTED_ROOT.findall(value) if isinstance(value, str) else []
+        if roots and not any(r in FIXED_AT_SAMPLE_TIME for r in roots):
+            out[key] = OmegaConf.to_container(OmegaConf.create({"v": hooks[key]}))["v"]
+    return out
 
 
 def _refuse_fixed(overrides: Sequence[str], run_dir: Path) -> None:
@@ -400,9 +426,17 @@ def open_run(
         if (run_dir / "overrides.json").is_file()
         else []
     )
-    cfg = compose(merge_overrides(old, overrides), config_dir, describe=False)
+    cfg = compose(merge_overrides(old, overrides), config_dir, describe=False, resolve=False)
+    late = sample_time_hook_settings(cfg)  # resolved now, before data is replaced
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as err:  # an interpolation the job's overrides broke
+        raise ConfigError(f"{run_dir}: {type(err).__name__}: {err}".splitlines()[0]) from err
     for key in ("data", "model", "objective"):  # what was trained is what the run says
         cfg[key] = saved[key]
+    if late and cfg.data.get("hooks") is not None:
+        with open_dict(cfg.data.hooks):
+            cfg.data.hooks.update(late)
     _check_job_config(cfg)
     check_config(cfg, run_dir)  # a run directory is data: allow-listed targets only
     if ema is None:
@@ -435,6 +469,7 @@ def open_run(
         checkpoint=ckpt,
         weights=which,
         ema_choice=choice,
+        hook_settings=late,
     )
 
 
@@ -559,6 +594,7 @@ def job_settings(run: OpenedRun, block: str) -> dict[str, Any]:
             "batch_size": run.cfg.sample.get("batch_size"),
             "checkpoint": str(run.checkpoint),
             "checkpoint_step": _step_of(run.checkpoint),
+            **({"hooks": run.hook_settings} if run.hook_settings else {}),
         }
     )
 
