@@ -13,9 +13,10 @@ Parts (``python -m benchmarks.audio.run --part NAME`` runs one and writes a part
   inverse) scored the same way; ``vocoder_gan_direct`` / ``_if`` / ``_noprior``: the same recipe
   with Vocos' direct-phase head, GANSynth's integrated-IF head, the locked head without the prior;
 - ``diffwave_vocoder``: the same scores for DiffWave as a mel-conditioned vocoder (20 NFE);
-- ``notes``: class-conditional notes at 20 NFE, CFG 2 and unguided: pitch accuracy (pyin,
-  50 cents), instrument accuracy, FAD on the notes classifier vs its real-vs-real floor, with
-  Griffin-Lim and (when the vocoder part has run) the trained vocoder;
+- ``notes`` / ``notes_latent``: class-conditional notes (mels / latent mels) at 20 NFE, CFG 2
+  and unguided: pitch accuracy (pyin, 50 cents), instrument accuracy, FAD on the notes
+  classifier vs its real-vs-real floor, through Griffin-Lim; ``notes_vocoder`` /
+  ``notes_latent_vocoder``: the same runs through the vocoder_gan part's vocoder;
 - ``events``: text-to-audio on events with and without CFG: caption-attribute accuracy, FAD;
 - ``diffwave_uncond``: unconditional waveform diffusion: FAD;
 and training CPU-minutes of each recipe (quality per CPU-minute).
@@ -47,6 +48,7 @@ PARTS = (
     "events",
     "diffwave_uncond",
     "notes_vocoder",
+    "notes_latent_vocoder",
     "vocoder_gan_direct",
     "vocoder_gan_if",
     "vocoder_gan_noprior",
@@ -87,7 +89,9 @@ TRAIN = ["trainer.progress=false"]
 # quick smoke runs: a few steps, few samples
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0"]
 # the smallest network of each part's model table (the mel U-Net's are "audio-*" names)
-UNET_PARTS = ("notes", "notes_latent", "notes_vocoder", "events")
+# parts that score another part's run vocoded by the vocoder_gan part's run (no training)
+VOCODED = {"notes_vocoder": "notes", "notes_latent_vocoder": "notes_latent"}
+UNET_PARTS = ("notes", "notes_latent", *VOCODED, "events")
 QUICK_EVAL = {
     "vocoder": ["evaluate.n=4"],
     "vocoder_gan": ["evaluate.n=4"],
@@ -95,6 +99,7 @@ QUICK_EVAL = {
     "notes": ["evaluate.n=8", "sampler.steps=4"],
     "notes_latent": ["evaluate.n=8", "sampler.steps=4"],
     "notes_vocoder": ["evaluate.n=8", "sampler.steps=4"],
+    "notes_latent_vocoder": ["evaluate.n=8", "sampler.steps=4"],
     "events": ["evaluate.n=6", "sampler.steps=4"],
     "diffwave_uncond": ["evaluate.n=4", "sampler.steps=2"],
     **{part: ["evaluate.n=4"] for part in HEAD_VARIANTS},
@@ -108,12 +113,13 @@ EXPERIMENT = {
     "events": "audio/events_text",
     "diffwave_uncond": "audio/diffwave_uncond",
     "notes_vocoder": "audio/notes_mel",
+    "notes_latent_vocoder": "audio/notes_latent",
     **{part: "audio/vocoder_gan" for part in HEAD_VARIANTS},
 }
 
 
 def _run_dir(part: str, quick: bool) -> Path:
-    part = "notes" if part == "notes_vocoder" else part  # the notes run, vocoded by the vocoder
+    part = VOCODED.get(part, part)  # e.g. the notes run, vocoded by the vocoder
     return RUNS / ("quick" if quick else "full") / part
 
 
@@ -159,19 +165,19 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
     q = QUICK_EVAL[part] if quick else []
     if part in STAGES:
         return _run_stages(part, quick, q)
-    # notes_vocoder reuses the notes run as trained by its last stage
-    reuse = part == "notes_vocoder" and not quick
-    res = _train(part, quick, STAGES["notes"][-1][1] if reuse else HEAD_VARIANTS.get(part))
+    # notes_vocoder / notes_latent_vocoder reuse the notes / notes_latent run at its last stage
+    reuse = part in VOCODED and not quick
+    res = _train(part, quick, STAGES[VOCODED[part]][-1][1] if reuse else HEAD_VARIANTS.get(part))
     run_dir = Path(res["run_dir"])
     if part in ("vocoder", "diffwave_vocoder", *HEAD_VARIANTS):
         res["eval"] = _evaluate(run_dir, q or PART_EVAL.get(part, []), "default")
         res["rtf_clips"] = 4 if quick else 16
         res["rtf"] = _vocoder_rtf(run_dir, res["rtf_clips"])
-    elif part == "notes_vocoder":  # after vocoder_gan and notes: the notes run vocoded by it
+    elif part in VOCODED:  # after vocoder_gan and the vocoded part: its run vocoded by it
         if not _part_file("vocoder_gan", quick).is_file():
             raise FileNotFoundError("run the vocoder_gan part first (--part vocoder_gan)")
         voc = _run_dir("vocoder_gan", quick)
-        ev = [*(q or PART_EVAL["notes"]), f"audio.vocoder={voc}"]
+        ev = [*(q or PART_EVAL[VOCODED[part]]), f"audio.vocoder={voc}"]
         res["eval_cfg2_vocoder"] = _evaluate(run_dir, ev, "cfg2-voc")
     else:
         res["eval"] = _evaluate(run_dir, q, "default")
@@ -238,8 +244,8 @@ def markdown(parts: dict[str, dict[str, Any]]) -> str:
     ]
     for part, res in parts.items():
         head = f"## {part}: `{res['experiment']}` ({res['steps']} steps, "
-        if part == "notes_vocoder":  # no training of its own
-            cost = "the notes part's run, vocoded by the vocoder_gan part's"
+        if part in VOCODED:  # no training of its own
+            cost = f"the {VOCODED[part]} part's run, vocoded by the vocoder_gan part's"
         else:
             cost = f"{res['parameters']:,} parameters, {res['train_cpu_minutes']} CPU-min"
         lines.append(head + cost + ")")
