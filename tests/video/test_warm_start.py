@@ -87,3 +87,17 @@ def test_config_with_init_from_instantiates_and_trains(frames_run, tmp_path):
     x, t, cond = _inputs()
     with torch.no_grad():
         assert torch.isfinite(open_run(run).model(x, t, cond)).all()
+
+
+def test_a_warm_started_run_reopens_and_resumes_without_its_source(frames_run, tmp_path, capsys):
+    # the checkpoint holds every weight: sample / evaluate / resume never read init_from's run
+    # (it may be gone), and its config keeps init_from as provenance
+    run = train([*COMMON, f"model.init_from={frames_run}", f"run_dir={tmp_path / 'video'}"])
+    capsys.readouterr()
+    opened = open_run(run)
+    train([*COMMON, f"model.init_from={frames_run}", "trainer.max_steps=3",
+           f"run_dir={run}"])  # fmt: skip
+    assert "init_from" not in capsys.readouterr().out  # the source was not opened
+    assert opened.cfg.model.init_from == str(frames_run)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3

@@ -232,7 +232,11 @@ def train(
     state = PartialState(cpu=trainer_cfg.cpu)
     # everything is built before a run directory exists: a bad config leaves nothing behind
     torch.manual_seed(trainer_cfg.seed)
-    model = instantiate(cfg.model, "model")
+    given_dir = run_dir or cfg.get("run_dir")
+    resuming = trainer_cfg.resume is not None or (
+        given_dir is not None and latest_checkpoint(Path(given_dir) / "checkpoints") is not None
+    )
+    model = instantiate(without_init_source(cfg.model) if resuming else cfg.model, "model")
     objective = instantiate(cfg.objective, "objective")
     dataset = instantiate(cfg.data.dataset, "data.dataset")
     hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
@@ -333,6 +337,21 @@ class OpenedRun:
         if guidance and g is not None and g.get("_target_"):
             den = instantiate(g, "guidance")(den)
         return den
+
+
+def without_init_source(model_cfg: Any) -> Any:
+    """``model_cfg`` with its initialisation source (``init_from``: a run whose weights start
+    the training, e.g. a video model warm-started from a per-frame model) set to None.
+
+    Once a run has a checkpoint, that holds every weight: reopening it (sample / evaluate) or
+    resuming its training builds the network without reading the source run, which may have
+    been moved or deleted since; the saved config keeps ``init_from`` as provenance.
+    """
+    if isinstance(model_cfg, DictConfig) and model_cfg.get("init_from") is not None:
+        model_cfg = model_cfg.copy()
+        with open_dict(model_cfg):
+            model_cfg.init_from = None
+    return model_cfg
 
 
 _SELECTED_ROOT = re.compile(r"\$\{oc\.select:([A-Za-z_]\w*)")
@@ -444,7 +463,7 @@ def open_run(
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
-    model = instantiate(cfg.model, "model")
+    model = instantiate(without_init_source(cfg.model), "model")  # the checkpoint has it all
     objective = instantiate(cfg.objective, "objective")
     hooks = instantiate(cfg.data.get("hooks"), "data.hooks")
     sampler = with_objective_grid(build_sampler(cfg.sampler), objective)  # checked before auto
