@@ -24,6 +24,7 @@ from polydiff.video.metrics import (
     prediction_scores,
     psnr,
     ssim,
+    windowed_physics_residual,
 )
 
 
@@ -171,3 +172,16 @@ def test_evaluator_on_real_clips(tmp_path):
     bad = ev.evaluate(noise, torch.as_tensor(real.labels[:, 0]))
     assert bad["frame_fid"] > 10 * max(out["frame_fid"], 0.1) and bad["class_accuracy"] < 0.5
     assert math.isfinite(bad["physics_residual"])
+
+
+def test_windowed_physics_scores_long_real_clips_like_short_ones():
+    ds = BouncingDigits(6, 24, 16, 8, 1, split="test", seed=7)
+    win = windowed_physics_residual(ds.videos, 8)
+    starts = [0, 4, 8, 12, 16]  # stride 4, the last window ends at frame 24
+    ref = np.mean([physics_residual(ds.videos[:, :, s : s + 8]) for s in starts], axis=0)
+    np.testing.assert_allclose(win, ref)
+    assert win.mean() < 0.1  # the short clips' floor, where the whole-clip fit is not
+    shuffled = ds.videos[:, :, torch.randperm(24, generator=torch.Generator().manual_seed(0))]
+    assert windowed_physics_residual(shuffled, 8).mean() > 10 * win.mean() + 0.5
+    with pytest.raises(ValueError, match=r"window must be in \[2, 24\]"):
+        windowed_physics_residual(ds.videos, 30)

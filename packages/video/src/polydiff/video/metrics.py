@@ -55,6 +55,7 @@ __all__ = [
     "load_feature_net",
     "perturb_time",
     "physics_residual",
+    "windowed_physics_residual",
     "prediction_scores",
     "psnr",
     "ssim",
@@ -368,6 +369,27 @@ def physics_residual(
         sq = sum(fit_bounce(tr[:, a], max_bounces)[0] for a in range(2))
         out[i] = math.sqrt(sq / (2 * f))
     return out
+
+
+def windowed_physics_residual(
+    videos: torch.Tensor, window: int, stride: int | None = None, threshold: float = 0.1
+) -> np.ndarray:
+    """Per clip, the mean :func:`physics_residual` of its ``window``-frame windows (every
+    ``stride`` frames, default ``window // 2``, the last window ending at the last frame).
+
+    For clips longer than the training length (autoregressive extension): each window is scored
+    like a short clip, against the short clips' real floor, including the windows that straddle
+    the seams between generated chunks. On a whole long clip the residual also measures how many
+    bounces the fit may place (``max_bounces``), so real clips of 3x the length score far above
+    real short ones. NaN where a window has an empty frame."""
+    f = videos.shape[2]
+    if not 2 <= window <= f:
+        raise ValueError(f"window must be in [2, {f}] frames (the clip length), got {window}")
+    stride = stride or max(1, window // 2)
+    starts = sorted({*range(0, f - window + 1, stride), f - window})
+    per = np.stack([physics_residual(videos[:, :, s : s + window], threshold=threshold)
+                    for s in starts], axis=1)  # fmt: skip
+    return per.mean(1)
 
 
 # --------------------------------------------------------------------------- PSNR / SSIM
