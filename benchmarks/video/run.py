@@ -37,8 +37,8 @@ Parts (``--part``, several allowed, run in the order given; each merges into
     python -m benchmarks.video.run --part cond [ablation ...] [--quick]
 
 The sizes are cut to fit one ~25-minute single-thread slot of the shared 2-core machine per
-trained model (16x16 canvas, 8x8 digits, tiny network); the issue's goals are reported next to
-what these budgets reach.
+trained model (16x16 canvas, 8x8 digits, tiny network; ``warm``'s stage 2 takes ~85 minutes);
+the issue's goals are reported next to what these budgets reach.
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
     "prediction": ("video/prediction", ["trainer.max_steps=600"], "prediction"),
 }
 # warm: (run name, extra overrides) per stage; stage 2 gets model.init_from=<stage 1's run>.
-# Stage 1 costs ~0.27 s per step (no temporal layers), stage 2 ~0.4 (measured in the slot);
-# checkpoints every 500 steps (each also scores the EMAs on 256 items: ~11 s).
+# Measured in the slot (metrics.jsonl, checkpoints included): stage 1 0.317 s per step (no
+# temporal layers), stage 2 0.453; ~96 minutes in all. Checkpoints every 500 steps (each also
+# scores the EMAs on 256 items: ~11 s, 40% overhead at every 100 steps).
 WARM: tuple[tuple[str, list[str]], ...] = (
     ("warm_frames", ["model.temporal=false", "data.dataset.image_fraction=1.0",
                      "trainer.max_steps=2500", "trainer.ckpt_every=500"]),
@@ -179,8 +180,8 @@ def _recipe(
     with cpu_timer() as e:
         result = _evaluate(run_dir, evaluate, which)
     rel = run_dir.relative_to(ROOT)
-    return {
-        "command": _command(experiment, train, evaluate, rel),
+    return {  # as run from the repository root (init_from is given as an absolute path)
+        "command": _command(experiment, train, evaluate, rel).replace(f"{ROOT}/", ""),
         "run": str(rel),
         "train": {**_train_cost(run_dir), "cpu_s_this_call": round(t["cpu"], 1)},
         "evaluate_cpu_s_this_call": round(e["cpu"], 1),
@@ -202,8 +203,7 @@ def part_warm(quick: bool) -> dict[str, Any]:
     trains = [st["train"] for st in stages.values()]
     minutes = [t["steps"] * t["wall_s_per_step"] / 60 for t in trains if "wall_s_per_step" in t]
     return {
-        # as run from the repository root (init_from is given as an absolute path)
-        "command": " && ".join(st["command"] for st in stages.values()).replace(f"{ROOT}/", ""),
+        "command": " && ".join(st["command"] for st in stages.values()),
         "stages": stages,
         "train": {
             "steps": " + ".join(str(t["steps"]) for t in trains),
