@@ -10,19 +10,6 @@ import pytest
 from polydiff.train.run import sample_run, train
 from polydiff.video.data import read_video
 
-COMMON = [
-    "model.size=tiny",
-    "data.image_size=16",
-    "data.frames=4",
-    "data.dataset.n=16",
-    "trainer.max_steps=2",
-    "trainer.batch_size=4",
-    "trainer.ckpt_every=0",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "trainer.lr_warmup_steps=0",
-    "data.hooks.metrics=null",
-]
 CASES = {
     "video/digits_cond": ([], 1),
     "video/image_to_video": ([], 1),
@@ -36,12 +23,12 @@ SLOW = {"video/shapes_text"}  # loads the MiniLM text encoder
     "experiment",
     [pytest.param(e, marks=[pytest.mark.slow] if e in SLOW else []) for e in sorted(CASES)],
 )
-def test_tiny_train_sample_export(experiment, tmp_path, monkeypatch):
+def test_tiny_train_sample_export(experiment, tmp_path, monkeypatch, tiny_run):
     monkeypatch.setenv("POLYDIFF_CACHE", str(tmp_path / "cache"))
     extra, channels = CASES[experiment]
     if experiment == "video/shapes_text":
         extra = [*extra, "data.dataset.n=8"]
-    run = train([f"experiment={experiment}", *COMMON, *extra, f"runs_root={tmp_path / 'runs'}"])
+    run = train([f"experiment={experiment}", *tiny_run, *extra, f"runs_root={tmp_path / 'runs'}"])
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
     out = sample_run(
@@ -69,9 +56,9 @@ def test_tiny_train_sample_export(experiment, tmp_path, monkeypatch):
     assert "samples.npz" in info["files"] and "grid.gif" in info["files"]
 
 
-def test_joint_image_video_rows_and_ablation_train(tmp_path):
+def test_joint_image_video_rows_and_ablation_train(tmp_path, tiny_run):
     run = train([
-        "experiment=video/digits_cond", *COMMON, "data.dataset.image_fraction=0.5",
+        "experiment=video/digits_cond", *tiny_run, "data.dataset.image_fraction=0.5",
         "model.temporal=false", f"runs_root={tmp_path / 'runs'}",
     ])  # fmt: skip
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]

@@ -14,31 +14,25 @@ from polydiff.train.config import compose
 from polydiff.train.run import instantiate, open_run, train
 from polydiff.video.models import video_unet
 
-COMMON = [
-    "experiment=video/digits_cond",
-    "model.size=tiny",
-    "data.image_size=16",
-    "data.digit_size=8",
-    "data.frames=4",
-    "data.dataset.n=16",
-    "trainer.max_steps=2",
-    "trainer.batch_size=4",
-    "trainer.ckpt_every=0",
-    "trainer.log_every=1",
-    "trainer.progress=false",
-    "trainer.lr_warmup_steps=0",
-    "data.hooks.metrics=null",
-    "trainer.num_threads=1",
-    "trainer.ema_auto_items=4",  # the EMA choice at the checkpoint: a few items, not 256
-]
+
+@pytest.fixture(scope="session")
+def common(tiny_run: list[str]) -> list[str]:
+    """A tiny class-to-video run (``tiny_run`` of conftest.py) with the benchmark's 8x8 digits."""
+    return [
+        "experiment=video/digits_cond",
+        *tiny_run,
+        "data.digit_size=8",
+        "trainer.num_threads=1",
+        "trainer.ema_auto_items=4",  # the EMA choice at the checkpoint: a few items, not 256
+    ]
 
 
 @pytest.fixture(scope="module")
-def frames_run(tmp_path_factory):
+def frames_run(tmp_path_factory, common):
     """Stage 1: the per-frame network (no temporal layers) on independent frames only."""
     root = tmp_path_factory.mktemp("warm")
     return train([
-        *COMMON, "model.temporal=false", "data.dataset.image_fraction=1.0",
+        *common, "model.temporal=false", "data.dataset.image_fraction=1.0",
         f"run_dir={root / 'frames'}",
     ])  # fmt: skip
 
@@ -76,8 +70,8 @@ def test_init_from_refuses_other_shapes_and_names(frames_run):
         video_unet("tiny", 1, 16, 10, init_from=str(frames_run / "missing"))
 
 
-def test_config_with_init_from_instantiates_and_trains(frames_run, tmp_path):
-    overrides = [*COMMON, f"model.init_from={frames_run}"]
+def test_config_with_init_from_instantiates_and_trains(frames_run, tmp_path, common):
+    overrides = [*common, f"model.init_from={frames_run}"]
     net = instantiate(compose(overrides).model, "model")
     source = open_run(frames_run, ema=True).model.state_dict()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in source.items())
@@ -89,13 +83,15 @@ def test_config_with_init_from_instantiates_and_trains(frames_run, tmp_path):
         assert torch.isfinite(open_run(run).model(x, t, cond)).all()
 
 
-def test_a_warm_started_run_reopens_and_resumes_without_its_source(frames_run, tmp_path, capsys):
+def test_a_warm_started_run_reopens_and_resumes_without_its_source(
+    frames_run, tmp_path, capsys, common
+):
     # the checkpoint holds every weight: sample / evaluate / resume never read init_from's run
     # (it may be gone), and its config keeps init_from as provenance
-    run = train([*COMMON, f"model.init_from={frames_run}", f"run_dir={tmp_path / 'video'}"])
+    run = train([*common, f"model.init_from={frames_run}", f"run_dir={tmp_path / 'video'}"])
     capsys.readouterr()
     opened = open_run(run)
-    train([*COMMON, f"model.init_from={frames_run}", "trainer.max_steps=3",
+    train([*common, f"model.init_from={frames_run}", "trainer.max_steps=3",
            f"run_dir={run}"])  # fmt: skip
     assert "init_from" not in capsys.readouterr().out  # the source was not opened
     assert opened.cfg.model.init_from == str(frames_run)
