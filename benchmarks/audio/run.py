@@ -16,7 +16,8 @@ Parts (``python -m benchmarks.audio.run --part NAME`` runs one and writes a part
 - ``notes`` / ``notes_latent``: class-conditional notes (mels / latent mels) at 20 NFE, CFG 2
   and unguided: pitch accuracy (pyin, 50 cents), instrument accuracy, FAD on the notes
   classifier vs its real-vs-real floor, through Griffin-Lim; ``notes_vocoder`` /
-  ``notes_latent_vocoder``: the same runs through the vocoder_gan part's vocoder;
+  ``notes_latent_vocoder``: the same runs through the vocoder_gan part's vocoder (trained on the
+  notes; ``events_vocoder``: the events run through it, off its training domain);
 - ``events``: text-to-audio on events with and without CFG: caption-attribute accuracy, FAD;
 - ``diffwave_uncond``: unconditional waveform diffusion: FAD;
 and training CPU-minutes of each recipe (quality per CPU-minute).
@@ -49,6 +50,7 @@ PARTS = (
     "diffwave_uncond",
     "notes_vocoder",
     "notes_latent_vocoder",
+    "events_vocoder",
     "vocoder_gan_direct",
     "vocoder_gan_if",
     "vocoder_gan_noprior",
@@ -90,7 +92,11 @@ TRAIN = ["trainer.progress=false"]
 QUICK_TRAIN = ["trainer.max_steps=4", "trainer.ckpt_every=0"]
 # the smallest network of each part's model table (the mel U-Net's are "audio-*" names)
 # parts that score another part's run vocoded by the vocoder_gan part's run (no training)
-VOCODED = {"notes_vocoder": "notes", "notes_latent_vocoder": "notes_latent"}
+VOCODED = {
+    "notes_vocoder": "notes",
+    "notes_latent_vocoder": "notes_latent",
+    "events_vocoder": "events",  # off the vocoder's training domain (notes): noise, chirps, hits
+}
 UNET_PARTS = ("notes", "notes_latent", *VOCODED, "events")
 QUICK_EVAL = {
     "vocoder": ["evaluate.n=4"],
@@ -100,6 +106,7 @@ QUICK_EVAL = {
     "notes_latent": ["evaluate.n=8", "sampler.steps=4"],
     "notes_vocoder": ["evaluate.n=8", "sampler.steps=4"],
     "notes_latent_vocoder": ["evaluate.n=8", "sampler.steps=4"],
+    "events_vocoder": ["evaluate.n=6", "sampler.steps=4"],
     "events": ["evaluate.n=6", "sampler.steps=4"],
     "diffwave_uncond": ["evaluate.n=4", "sampler.steps=2"],
     **{part: ["evaluate.n=4"] for part in HEAD_VARIANTS},
@@ -114,6 +121,7 @@ EXPERIMENT = {
     "diffwave_uncond": "audio/diffwave_uncond",
     "notes_vocoder": "audio/notes_mel",
     "notes_latent_vocoder": "audio/notes_latent",
+    "events_vocoder": "audio/events_text",
     **{part: "audio/vocoder_gan" for part in HEAD_VARIANTS},
 }
 
@@ -178,7 +186,8 @@ def run_part(part: str, quick: bool = False) -> dict[str, Any]:
             raise FileNotFoundError("run the vocoder_gan part first (--part vocoder_gan)")
         voc = _run_dir("vocoder_gan", quick)
         ev = [*(q or PART_EVAL[VOCODED[part]]), f"audio.vocoder={voc}"]
-        res["eval_cfg2_vocoder"] = _evaluate(run_dir, ev, "cfg2-voc")
+        key = "eval_cfg2_vocoder" if part.startswith("notes") else "eval_vocoder"  # events: CFG 3
+        res[key] = _evaluate(run_dir, ev, "cfg-voc")
     else:
         res["eval"] = _evaluate(run_dir, q, "default")
     res["peak_rss_mb"] = round(peak_rss_mb(), 1)
