@@ -306,12 +306,13 @@ class VocosVocoder(nn.Module):
                 f"VocosVocoder expects log-mel (B, {self.n_mels}, F), got {tuple(logmel.shape)}"
             )
         frames = logmel.shape[-1]
-        m = F.pad((logmel + 5.0) / 5.0, (0, 1), mode="replicate")  # (B, M, F + 1), ~unit scale
+        logmel = F.pad(logmel, (0, 1), mode="replicate")  # (B, M, F + 1)
+        m = (logmel + 5.0) / 5.0  # ~unit scale
         h = self.norm_in(self.embed(m).transpose(1, 2)).transpose(1, 2)
         h = self.norm_out(self.blocks(h).transpose(1, 2))  # (B, F + 1, D)
         out = self.head(h).transpose(1, 2)  # (B, K or 2K, F + 1)
         if self.mel_prior is not None:  # the head corrects log(pinv(fb) mel) (phase: locked)
-            lin = torch.einsum("km,bmf->bkf", self.prior, torch.exp(m * 5.0 - 5.0))
+            lin = torch.einsum("km,bmf->bkf", self.prior, torch.exp(logmel))
             out = torch.cat([out[:, : self.n_fft // 2 + 1] + torch.log(lin.clamp(min=1e-5)),
                              out[:, self.n_fft // 2 + 1 :]], dim=1)  # fmt: skip
         if self.phase == "locked":

@@ -232,9 +232,9 @@ def train(
     state = PartialState(cpu=trainer_cfg.cpu)
     # everything is built before a run directory exists: a bad config leaves nothing behind
     torch.manual_seed(trainer_cfg.seed)
-    given_dir = run_dir or cfg.get("run_dir")
+    run_dir = run_dir or cfg.get("run_dir")
     resuming = trainer_cfg.resume is not None or (
-        given_dir is not None and latest_checkpoint(Path(given_dir) / "checkpoints") is not None
+        run_dir is not None and latest_checkpoint(Path(run_dir) / "checkpoints") is not None
     )
     model = instantiate(without_init_source(cfg.model) if resuming else cfg.model, "model")
     objective = instantiate(cfg.objective, "objective")
@@ -249,7 +249,6 @@ def train(
             f"(trainer.batch_size={trainer_cfg.batch_size} x {state.num_processes} processes); "
             f"set trainer.batch_size<={len(dataset) // state.num_processes}"
         )
-    run_dir = run_dir or cfg.get("run_dir")
     if state.is_main_process:
         if run_dir is None:
             signature, delta = _experiment_signature(cfg, config_dir)
@@ -367,16 +366,19 @@ def sample_time_hook_settings(cfg: DictConfig) -> dict[str, Any]:
     composition (``polydiff evaluate run=<dir> audio.vocoder=<vocoder run>``); without this the
     override would be ignored.
     """
-    hooks = cfg.get("data", {}).get("hooks") if isinstance(cfg.get("data"), DictConfig) else None
+    data = cfg.get("data")
+    hooks = data.get("hooks") if isinstance(data, DictConfig) else None
     if not isinstance(hooks, DictConfig):
         return {}
     raw = OmegaConf.to_container(hooks, resolve=False)
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        roots = _SELECTED_ROOT.findall(value) if isinstance(value, str) else []
-        if roots and not any(r in FIXED_AT_SAMPLE_TIME for r in roots):
-            out[key] = OmegaConf.to_container(OmegaConf.create({"v": hooks[key]}))["v"]
-    return out
+    resolved = OmegaConf.to_container(hooks, resolve=True)
+    return {
+        key: resolved[key]
+        for key, value in raw.items()
+        if isinstance(value, str)
+        and (roots := _SELECTED_ROOT.findall(value))
+        and not any(r in FIXED_AT_SAMPLE_TIME for r in roots)
+    }
 
 
 def _refuse_fixed(overrides: Sequence[str], run_dir: Path) -> None:
