@@ -34,7 +34,9 @@ Parts (``--part``, several allowed, run in the order given; each merges into
   ``model.temporal=false`` on independent frames (``data.dataset.image_fraction=1``, 8 digits of
   one class per row) in ``runs/bench_video/warm_frames``, stage 2 the full recipe with
   ``model.init_from=<stage 1>`` (spatial layers loaded, temporal layers fresh and the identity at
-  step 0) in ``runs/bench_video/warm``; both evaluated like ``cond``.
+  step 0) in ``runs/bench_video/warm``; both evaluated like ``cond``; ``warm_tconv``: the same
+  with ``model.temporal_conv=3`` (a residual 3-frame convolution before each temporal attention,
+  Make-A-Video's pseudo-3-D convolution; zero-initialised, so step 0 is still stage 1).
 
     python -m benchmarks.video.run --part cond [ablation ...] [--quick]
 
@@ -85,6 +87,7 @@ PARTS = (
     "warm",
     "i2v_warm",
     "extension_warm",
+    "warm_tconv",
 )
 # image-to-video and extension run on a trained class-to-video run: the part's source
 TASK_SOURCE = {"i2v": "cond", "extension": "cond", "i2v_warm": "warm", "extension_warm": "warm"}
@@ -135,11 +138,15 @@ RECIPES: dict[str, tuple[str, list[str], str]] = {
 # Measured in the slot (metrics.jsonl, checkpoints included): stage 1 0.317 s per step (no
 # temporal layers), stage 2 0.453; ~96 minutes in all. Checkpoints every 500 steps (each also
 # scores the EMAs on 256 items: ~11 s, 40% overhead at every 100 steps).
-WARM: tuple[tuple[str, list[str]], ...] = (
-    ("warm_frames", ["model.temporal=false", "data.dataset.image_fraction=1.0",
-                     "trainer.max_steps=2500", "trainer.ckpt_every=500"]),
-    ("warm", ["trainer.max_steps=11000", "trainer.ckpt_every=500"]),
-)  # fmt: skip
+WARM_FRAMES = ("warm_frames", ["model.temporal=false", "data.dataset.image_fraction=1.0",
+                               "trainer.max_steps=2500", "trainer.ckpt_every=500"])  # fmt: skip
+VIDEO_STEPS = ["trainer.max_steps=11000", "trainer.ckpt_every=500"]
+# the warm parts: stage 1 (shared, trained once) then their own stage 2
+WARM: dict[str, tuple[tuple[str, list[str]], ...]] = {
+    "warm": (WARM_FRAMES, ("warm", VIDEO_STEPS)),
+    # + a residual 3-frame temporal convolution before each temporal attention (Make-A-Video)
+    "warm_tconv": (WARM_FRAMES, ("warm_tconv", ["model.temporal_conv=3", *VIDEO_STEPS])),
+}
 
 
 def _runs(quick: bool) -> Path:
@@ -205,13 +212,13 @@ def _recipe(
     }
 
 
-def part_warm(quick: bool) -> dict[str, Any]:
+def part_warm(part: str, quick: bool) -> dict[str, Any]:
     """Stage 1: the per-frame network on independent frames; stage 2: the video recipe
     warm-started from it (``model.init_from``). Each stage is trained (or reused) and evaluated
     like ``cond``; the part's ``metrics`` are stage 2's, its cost the sum of both."""
     stages: dict[str, Any] = {}
     init: list[str] = []
-    for name, extra in WARM:
+    for name, extra in WARM[part]:
         run_dir = _runs(quick) / name
         stages[name] = _recipe("video/digits_cond", [*extra, *init], "cond", run_dir, quick)
         init = [f"model.init_from={run_dir}"]
@@ -224,7 +231,7 @@ def part_warm(quick: bool) -> dict[str, Any]:
             "steps": " + ".join(str(t["steps"]) for t in trains),
             "wall_min": round(sum(minutes), 1) if len(minutes) == len(trains) else None,
         },
-        "metrics": stages[WARM[-1][0]]["metrics"],
+        "metrics": stages[WARM[part][-1][0]]["metrics"],
     }
 
 
@@ -389,7 +396,7 @@ def _goals(parts: dict[str, Any]) -> dict[str, bool]:
     """Each goal of the issue whose part has been run: met or not."""
     goals: dict[str, bool] = {}
     inf = float("inf")
-    for part, prefix in (("cond", ""), ("warm", "warm_")):
+    for part, prefix in (("cond", ""), ("warm", "warm_"), ("warm_tconv", "warm_tconv_")):
         if part not in parts:
             continue
         m = parts[part]["metrics"]
@@ -438,10 +445,11 @@ def _markdown(res: dict[str, Any]) -> str:
         "`polydiff train experiment=... && polydiff evaluate run=<dir>` (commands below).",
         "",
     ]
-    recipe_parts = [p for p in ("cond", "ablation", "joint", "warm") if p in parts]
+    recipe_parts = [p for p in ("cond", "ablation", "joint", *WARM) if p in parts]
     if recipe_parts:
         head = {"cond": "temporal attention", "ablation": "no temporal attention",
-                "joint": "joint image-video", "warm": "warm-started"}  # fmt: skip
+                "joint": "joint image-video", "warm": "warm-started",
+                "warm_tconv": "warm-started + temporal conv"}  # fmt: skip
         lines += [
             "| metric | " + " | ".join(head[p] for p in recipe_parts) + " | goal |",
             "|---|" + "---|" * len(recipe_parts) + "---|",
@@ -468,7 +476,7 @@ def _markdown(res: dict[str, Any]) -> str:
         lines.append("")
     if "warm" in parts:
         w = parts["warm"]
-        s1, s2 = (w["stages"][name] for name, _ in WARM)
+        s1, s2 = (w["stages"][name] for name, _ in WARM["warm"])
         m1 = s1["metrics"]
         lines += [
             f"Warm start: stage 1 (per-frame network, independent frames, {s1['train']['steps']} "
@@ -583,8 +591,8 @@ def run(parts: tuple[str, ...], quick: bool = False) -> dict[str, Any]:
             done[part] = part_i2v(quick, TASK_SOURCE[part])
         elif part in ("extension", "extension_warm"):
             done[part] = part_extension(quick, TASK_SOURCE[part])
-        elif part == "warm":
-            done[part] = part_warm(quick)
+        elif part in WARM:
+            done[part] = part_warm(part, quick)
         else:
             done[part] = part_cost(quick)
         done[part]["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polydiff.nn.spacetime import VideoUNet, t5_relative_position_bucket
+from polydiff.nn.spacetime import TemporalConv, VideoUNet, t5_relative_position_bucket
 
 
 def randomise_zero_params(net: torch.nn.Module) -> None:
@@ -69,8 +69,9 @@ def test_gradients_reach_every_parameter(assert_grads_reach_all) -> None:
     assert_grads_reach_all(net, lambda: net(x, torch.rand(2), cond).pow(2).sum())
 
 
-def test_frames_independent_processes_frames_separately() -> None:
-    net = make(num_classes=3).eval()
+@pytest.mark.parametrize("temporal_conv", [0, 3])
+def test_frames_independent_processes_frames_separately(temporal_conv: int) -> None:
+    net = make(num_classes=3, temporal_conv=temporal_conv).eval()
     randomise_zero_params(net)
     x, t = torch.randn(2, 3, 4, 8, 8), torch.tensor([0.2, 0.9])
     cond = {"class": torch.tensor([1, 2])}
@@ -85,6 +86,39 @@ def test_frames_independent_processes_frames_separately() -> None:
     mixed = net(x, t, cond, frames_independent=torch.tensor([True, False]))
     torch.testing.assert_close(mixed[0], per_frame[0])
     torch.testing.assert_close(mixed[1], joint[1])
+
+
+def test_temporal_conv_is_a_zero_padded_stencil_over_frames() -> None:
+    layer = TemporalConv(4, 3, norm_groups=2)
+    h = torch.randn(2 * 5, 4, 3, 3)  # (B*F, C, H, W), 5 frames
+    torch.testing.assert_close(layer(h, 5), h)  # zero-initialised: the identity
+    with torch.no_grad():  # per channel: central difference z[t+1] - z[t-1], plus 0.5
+        layer.conv.weight.zero_()
+        for c in range(4):
+            layer.conv.weight[c, c, :, 0, 0] = torch.tensor([-1.0, 0.0, 1.0])
+        layer.conv.bias.fill_(0.5)
+    z = torch.nn.functional.silu(layer.norm(h)).view(2, 5, 4, 3, 3)
+    pad = torch.nn.functional.pad(z, (0, 0, 0, 0, 0, 0, 1, 1))  # zero frames at both ends
+    expected = h.view(2, 5, 4, 3, 3) + pad[:, 2:] - pad[:, :-2] + 0.5
+    torch.testing.assert_close(layer(h, 5), expected.view(10, 4, 3, 3))
+    out = layer(h, 5, independent=torch.tensor([True, False]))  # image rows: centre tap only
+    torch.testing.assert_close(out[:5], h[:5] + 0.5)
+    torch.testing.assert_close(out[5:], expected.view(10, 4, 3, 3)[5:])
+    with pytest.raises(ValueError, match="odd"):
+        TemporalConv(4, 2, norm_groups=2)
+
+
+def test_temporal_conv_at_init_is_the_network_without_it() -> None:
+    plain, conv = make(num_classes=3).eval(), make(num_classes=3, temporal_conv=3).eval()
+    randomise_zero_params(plain)
+    missing = conv.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".temporal_conv." in k for k in missing)
+    x, t, cond = (
+        torch.randn(2, 3, 4, 8, 8),
+        torch.tensor([0.2, 0.9]),
+        {"class": torch.tensor([0, 1])},
+    )
+    torch.testing.assert_close(conv(x, t, cond), plain(x, t, cond))
 
 
 def test_temporal_attention_mixes_frames_and_null_rows() -> None:

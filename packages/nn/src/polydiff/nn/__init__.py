@@ -15,7 +15,7 @@ from .embeddings import (
     timestep_embedding,
 )
 from .mlp import ResidualMLP
-from .spacetime import SpaceTimeBlock, TemporalAttention, VideoUNet
+from .spacetime import SpaceTimeBlock, TemporalAttention, TemporalConv, VideoUNet
 from .transformer import DIT_SIZES, AdaLNZeroBlock, DiT, MoEFeedForward, TransformerDenoiser, dit
 from .unet import UNET_SIZES, UNet
 
@@ -36,6 +36,7 @@ __all__ = [
     "SinusoidalEmbedding",
     "SpaceTimeBlock",
     "TemporalAttention",
+    "TemporalConv",
     "TransformerDenoiser",
     "UNet",
     "VideoUNet",

@@ -36,6 +36,7 @@ __all__ = [
     "RelativePositionBias",
     "SpaceTimeBlock",
     "TemporalAttention",
+    "TemporalConv",
     "VideoUNet",
     "frames_independent_mask",
     "t5_relative_position_bucket",
@@ -151,9 +152,44 @@ class TemporalAttention(nn.Module):
         return h + out.view(b, n, frames, c).permute(0, 2, 3, 1).reshape(bf, c, hh, ww)
 
 
+class TemporalConv(nn.Module):
+    """Residual 1-D convolution over frames at each pixel: GroupNorm, SiLU, ``Conv(k, 1, 1)``
+    (zero padding in time), zero-initialised so the layer is the identity at init.
+
+    The pseudo-3-D convolution of Make-A-Video (Singer et al. 2022, sec. 3.2) and the temporal
+    convolution blocks of ModelScope / VideoLDM (Blattmann et al. 2023): a fixed local stencil over
+    neighbouring frames (e.g. a finite difference, i.e. a velocity), which softmax attention (a
+    convex combination of frames per head) expresses only through several heads.
+    ``forward(h (B*F, C, H, W), frames, independent (B,) or None)``: rows with ``independent``
+    True get the centre tap only, as each frame alone would (joint image-video training).
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 3, norm_groups: int = 32) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"temporal kernel_size must be odd and >= 1, got {kernel_size}")
+        self.norm = group_norm(channels, norm_groups)
+        self.conv = zero_module(
+            nn.Conv3d(channels, channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
+        )
+
+    def forward(
+        self, h: torch.Tensor, frames: int, independent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        bf, c, hh, ww = h.shape
+        z = F.silu(self.norm(h)).view(bf // frames, frames, c, hh, ww).transpose(1, 2)
+        out = self.conv(z)  # (B, C, F, H, W)
+        if independent is not None:  # a one-frame video sees only the centre tap
+            k = self.conv.kernel_size[0] // 2
+            centre = F.conv3d(z, self.conv.weight[:, :, k : k + 1], self.conv.bias)
+            out = torch.where(independent[:, None, None, None, None], centre, out)
+        return h + out.transpose(1, 2).reshape(bf, c, hh, ww)
+
+
 class SpaceTimeBlock(nn.Module):
-    """Factorised attention: spatial self-(+cross-)attention per frame, then temporal attention
-    per pixel. ``forward(h (B*F, C, H, W), frames, context, context_mask, independent)``."""
+    """Factorised attention: spatial self-(+cross-)attention per frame, then (optionally) a
+    :class:`TemporalConv` and temporal attention per pixel.
+    ``forward(h (B*F, C, H, W), frames, context, context_mask, independent)``."""
 
     def __init__(
         self,
@@ -166,6 +202,7 @@ class SpaceTimeBlock(nn.Module):
         num_buckets: int = 32,
         max_distance: int = 128,
         norm_groups: int = 32,
+        temporal_conv: int = 0,
     ) -> None:
         super().__init__()
         self.spatial = (
@@ -176,6 +213,11 @@ class SpaceTimeBlock(nn.Module):
         self.temporal = (
             TemporalAttention(channels, num_heads, head_dim, num_buckets, max_distance, norm_groups)
             if temporal
+            else None
+        )
+        self.temporal_conv = (
+            TemporalConv(channels, temporal_conv, norm_groups)
+            if temporal and temporal_conv
             else None
         )
 
@@ -189,6 +231,8 @@ class SpaceTimeBlock(nn.Module):
     ) -> torch.Tensor:
         if self.spatial is not None:
             h = self.spatial(h, context, context_mask)
+        if self.temporal_conv is not None:
+            h = self.temporal_conv(h, frames, independent)
         if self.temporal is not None:
             h = self.temporal(h, frames, independent)
         return h
@@ -216,7 +260,8 @@ class VideoUNet(nn.Module):
 
     The ADM layout of :class:`~polydiff.nn.unet.UNet` with per-frame residual blocks and
     :class:`SpaceTimeBlock` s: spatial attention at ``attention_levels``, temporal attention at
-    ``temporal_levels`` (default: every level) and in the middle. H and W must be divisible by
+    ``temporal_levels`` (default: every level) and in the middle, each preceded by a
+    :class:`TemporalConv` of kernel ``temporal_conv`` frames (0: none). H and W must be divisible by
     ``2 ** (len(channel_mult) - 1)``; any number of frames works. Conditions as for ``UNet``
     (``cond["concat"]`` has shape (B, C_c, F, H, W)).
     """
@@ -230,6 +275,7 @@ class VideoUNet(nn.Module):
         num_res_blocks: int = 2,
         attention_levels: Sequence[int] | None = None,
         temporal_levels: Sequence[int] | None = None,
+        temporal_conv: int = 0,
         num_heads: int = 4,
         head_dim: int | None = None,
         dropout: float = 0.0,
@@ -282,7 +328,7 @@ class VideoUNet(nn.Module):
             return [
                 SpaceTimeBlock(
                     ch, num_heads, head_dim, context_dim if spatial else None, spatial, temporal,
-                    num_buckets, max_distance, norm_groups,
+                    num_buckets, max_distance, norm_groups, temporal_conv,
                 )
             ]  # fmt: skip
 

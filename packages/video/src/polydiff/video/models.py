@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from polydiff.nn import VideoUNet
+from polydiff.nn import SpaceTimeBlock, VideoUNet
 from polydiff.train.checkpoint import read_state
 from polydiff.train.run import open_run
 
@@ -66,6 +66,7 @@ def video_unet(
     pooled_dim: int | None = None,
     concat_channels: int = 0,
     temporal: bool = True,
+    temporal_conv: int = 0,
     data_root: str | None = None,
     init_from: str | None = None,
     init_ema: bool | float | str = True,
@@ -75,7 +76,9 @@ def video_unet(
 
     ``channels`` / ``num_classes`` set to None are read from the folder ``data_root`` (own data,
     :func:`~polydiff.video.data.probe_video_folder`); given values must match it. ``image_size``
-    is checked against the downsampling factor. ``temporal=False``: no temporal attention.
+    is checked against the downsampling factor. ``temporal=False``: no temporal layer at all;
+    ``temporal_conv``: kernel (frames) of a :class:`~polydiff.nn.spacetime.TemporalConv` before
+    each temporal attention (Make-A-Video's pseudo-3-D convolution; 0: none).
     ``init_from``: a trained run whose weights (``init_ema``, as ``sample.ema``) initialise
     every tensor of the same name (:func:`warm_start`); the rest stay fresh.
     """
@@ -110,12 +113,13 @@ def video_unet(
         context_dim=context_dim,
         pooled_dim=pooled_dim,
         concat_channels=concat_channels,
+        temporal_conv=temporal_conv,
         **cfg,
     )
     if not temporal:  # the middle block's temporal layer too: no frame ever sees another
         for module in net.modules():
-            if hasattr(module, "temporal") and module.temporal is not None:
-                module.temporal = None
+            if isinstance(module, SpaceTimeBlock):
+                module.temporal = module.temporal_conv = None
     if init_from is not None:
         warm_start(net, init_from, init_ema)
     return net
@@ -150,7 +154,7 @@ def warm_start(net: nn.Module, run_dir: str | Path, ema: bool | float | str = Tr
             )
     net.load_state_dict(src, strict=False)
     fresh = [k for k in dst if k not in src]
-    temporal = sum(".temporal." in k for k in fresh)
+    temporal = sum(".temporal" in k for k in fresh)  # .temporal. and .temporal_conv.
     step = read_state(source.checkpoint).get("step")
     print(
         f"init_from {run_dir} (step {step}, {source.weights}): loaded {len(src)} tensors, "
