@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from polydiff.nn.spacetime import TemporalAttention
+from polydiff.nn.spacetime import TemporalAttention, TemporalConv
 from polydiff.train.run import open_run, train
 from polydiff.video.data import BouncingDigits
 from polydiff.video.models import VIDEO_UNET_SIZES, video_unet
@@ -98,6 +98,8 @@ def test_sizes_ablation_and_frames_independent_equal_the_per_frame_network():
     net = video_unet("tiny", channels=1, num_classes=3).eval()
     ablation = video_unet("tiny", channels=1, num_classes=3, temporal=False).eval()
     assert not any(isinstance(m, TemporalAttention) for m in ablation.modules())
+    no_conv = video_unet("tiny", channels=1, num_classes=3, temporal=False, temporal_conv=3)
+    assert not any(isinstance(m, TemporalConv) for m in no_conv.modules())  # no temporal layer
     x, t = torch.randn(2, 1, 4, 8, 8), torch.tensor([0.3, 0.8])
     cond = {"class": torch.tensor([0, 2])}
     for p in net.parameters():  # zero-initialised outputs would hide differences

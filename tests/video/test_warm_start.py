@@ -43,13 +43,18 @@ def _inputs(frames: int = 4) -> tuple[torch.Tensor, torch.Tensor, dict[str, torc
     return x, torch.tensor([0.1, 0.5, 0.9]), {"class": torch.tensor([1, 4, 7])}
 
 
-def test_init_from_loads_spatial_weights_and_starts_as_the_per_frame_net(frames_run, capsys):
+@pytest.mark.parametrize("temporal_conv", [0, 3])
+def test_init_from_loads_spatial_weights_and_starts_as_the_per_frame_net(
+    frames_run, capsys, temporal_conv
+):
     source = open_run(frames_run, ema=True).model
-    warm = video_unet("tiny", 1, 16, 10, init_from=str(frames_run)).eval()
+    warm = video_unet("tiny", 1, 16, 10, init_from=str(frames_run), temporal_conv=temporal_conv)
+    warm.eval()
     line = capsys.readouterr().out.strip().splitlines()[-1]
     src, dst = source.state_dict(), warm.state_dict()
     fresh = [k for k in dst if k not in src]
-    assert fresh and all(".temporal." in k for k in fresh)
+    assert fresh and all(".temporal." in k or ".temporal_conv." in k for k in fresh)
+    assert any(".temporal_conv." in k for k in fresh) == bool(temporal_conv)
     assert f"loaded {len(src)} tensors, {len(fresh)} left fresh ({len(fresh)} of them" in line
     for key, value in src.items():
         assert torch.equal(dst[key], value), key
