@@ -88,6 +88,7 @@ PARTS = (
     "i2v_warm",
     "extension_warm",
     "warm_tconv",
+    "warm_small",
 )
 # image-to-video and extension run on a trained class-to-video run: the part's source
 TASK_SOURCE = {"i2v": "cond", "extension": "cond", "i2v_warm": "warm", "extension_warm": "warm"}
@@ -118,10 +119,12 @@ TRAIN: dict[bool, list[str]] = {
 }
 EVAL: dict[bool, dict[str, list[str]]] = {
     False: {
-        "cond": ["evaluate.n=100", "sampler.steps=20"],
+        # the experiment's sampler, named so the cached evaluation is per sampler
+        "cond": ["evaluate.n=100", "sampler=dpmpp_2m_sde", "sampler.steps=20"],
         "prediction": ["evaluate.n=200", "sampler.steps=20"],  # 20 clips x 5 x (pred, interp)
     },
-    True: {"cond": ["evaluate.n=10", "sampler.steps=3"], "prediction": ["evaluate.n=20",
+    True: {"cond": ["evaluate.n=10", "sampler=dpmpp_2m_sde", "sampler.steps=3"],
+           "prediction": ["evaluate.n=20",
                                                                          "sampler.steps=3"]},
 }  # fmt: skip
 TASK_N = {False: 40, True: 4}  # clips for image-to-video and extension
@@ -146,6 +149,28 @@ WARM: dict[str, tuple[tuple[str, list[str]], ...]] = {
     "warm": (WARM_FRAMES, ("warm", VIDEO_STEPS)),
     # + a residual 3-frame temporal convolution before each temporal attention (Make-A-Video)
     "warm_tconv": (WARM_FRAMES, ("warm_tconv", ["model.temporal_conv=3", *VIDEO_STEPS])),
+    # the `small` network (1.4 M parameters, 2x the step cost of tiny) with the temporal conv,
+    # both stages shorter: about the wall time of `warm_tconv`
+    "warm_small": (
+        (
+            "warm_small_frames",
+            [
+                "model.size=small",
+                *WARM_FRAMES[1][:2],
+                "trainer.max_steps=1500",
+                "trainer.ckpt_every=500",
+            ],
+        ),
+        (
+            "warm_small",
+            [
+                "model.size=small",
+                "model.temporal_conv=3",
+                "trainer.max_steps=4000",
+                "trainer.ckpt_every=500",
+            ],
+        ),
+    ),
 }
 
 
@@ -166,9 +191,11 @@ def _train_cost(run_dir: Path) -> dict[str, Any]:
 
 
 def _evaluate(run_dir: Path, overrides: list[str], tag: str) -> dict[str, Any]:
-    """``polydiff evaluate run=<dir> <overrides>`` into ``<run>/eval/bench_<tag>.json``; an
-    existing file of that name (an earlier call of this part) is read instead."""
-    out = run_dir / "eval" / f"bench_{tag}.json"
+    """``polydiff evaluate run=<dir> <overrides>`` into ``<run>/eval/bench_<tag>[-<sampler>].json``
+    (the sampler when the overrides name one); an existing file of that name (an earlier call of
+    this part) is read instead."""
+    sampler = next((o.split("=", 1)[1] for o in overrides if o.startswith("sampler=")), None)
+    out = run_dir / "eval" / f"bench_{tag}{f'-{sampler}' if sampler else ''}.json"
     if out.is_file():
         return json.loads(out.read_text())
     return evaluate_run(run_dir, [*overrides, f"evaluate.out={out}"])
@@ -195,7 +222,7 @@ def _recipe(
     if quick:  # the smoke sizes of TRAIN[True] for every part
         extra = [o for o in extra if not o.startswith("trainer.")]
     keys = {o.split("=", 1)[0] for o in extra}
-    train = [*SIZE, *(o for o in TRAIN[quick] if o.split("=", 1)[0] not in keys), *QUIET, *extra]
+    train = [*(o for o in [*SIZE, *TRAIN[quick]] if o.split("=", 1)[0] not in keys), *QUIET, *extra]
     with cpu_timer() as t:
         train_recipe(experiment, train, run_dir=run_dir)
     evaluate = EVAL[quick][which]
@@ -396,7 +423,7 @@ def _goals(parts: dict[str, Any]) -> dict[str, bool]:
     """Each goal of the issue whose part has been run: met or not."""
     goals: dict[str, bool] = {}
     inf = float("inf")
-    for part, prefix in (("cond", ""), ("warm", "warm_"), ("warm_tconv", "warm_tconv_")):
+    for part, prefix in (("cond", ""), *((w, f"{w}_") for w in WARM)):
         if part not in parts:
             continue
         m = parts[part]["metrics"]
@@ -449,7 +476,8 @@ def _markdown(res: dict[str, Any]) -> str:
     if recipe_parts:
         head = {"cond": "temporal attention", "ablation": "no temporal attention",
                 "joint": "joint image-video", "warm": "warm-started",
-                "warm_tconv": "warm-started + temporal conv"}  # fmt: skip
+                "warm_tconv": "warm-started + temporal conv",
+                "warm_small": "warm-started small + temporal conv"}  # fmt: skip
         lines += [
             "| metric | " + " | ".join(head[p] for p in recipe_parts) + " | goal |",
             "|---|" + "---|" * len(recipe_parts) + "---|",
