@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from polydiff.nn import ResidualMLP
-from polydiff.train.checkpoint import CheckpointError, latest_checkpoint, read_state
+from polydiff.train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+)
+from polydiff.train.config import ConfigError
 from polydiff.train.ema import (
     HeldOutLoss,
     WeightSource,
@@ -154,3 +160,18 @@ def test_a_checkpoint_without_a_choice_is_scored_when_opened(runs):
     assert "scored when opened" in run.ema_choice["criterion"]
     for spec, loss in want["losses"].items():  # same weights, items and noise: same losses
         assert run.ema_choice["losses"][spec] == pytest.approx(loss, rel=1e-5)
+
+
+def test_sample_step_opens_that_checkpoint(runs):
+    stored, _ = runs
+    first = list_checkpoints(stored / "checkpoints")[0]
+    run = open_run(stored, ["sample.step=6"])
+    assert run.checkpoint == first and run.ema_choice == read_state(first)["ema_auto"]
+    result = evaluate_run(stored, ["evaluate.n=64", "sample.step=6"])
+    saved = json.loads(Path(result["path"]).read_text())
+    assert saved["checkpoint_step"] == 6 and "-step6-" in Path(result["path"]).name
+    with pytest.raises(ConfigError, match=r"^sample\.step=7: \S+ has no checkpoint of that step "
+                                          r"\(it has: 6, 12\)$"):  # fmt: skip
+        open_run(stored, ["sample.step=7"])
+    with pytest.raises(ConfigError, match=r"sample\.step=0: expected a positive integer"):
+        open_run(stored, ["sample.step=0"])

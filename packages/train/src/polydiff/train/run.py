@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from polydiff.core.fileio import atomic_write_text
 from polydiff.core.samplers import SAMPLERS
 
-from .checkpoint import CheckpointError, latest_checkpoint, read_state
+from .checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, read_state
 from .config import (
     SAMPLER_KEYS,
     ConfigError,
@@ -413,6 +413,7 @@ def _check_job_config(cfg: DictConfig) -> None:
     s, e = cfg.sample, cfg.evaluate
     _positive_int(s.get("n"), "sample.n")
     _positive_int(s.get("batch_size"), "sample.batch_size", allow_none=True)
+    _positive_int(s.get("step"), "sample.step", allow_none=True)
     _int(s.get("seed"), "sample.seed")
     _positive_int(e.get("n"), "evaluate.n")
     _int(e.get("seed"), "evaluate.seed")
@@ -420,6 +421,20 @@ def _check_job_config(cfg: DictConfig) -> None:
         parse_ema_spec(s.get("ema"))
     except ValueError as err:
         raise ConfigError(f"sample.{err}") from None
+
+
+def checkpoint_at(run_dir: str | Path, step: int) -> Path:
+    """The run's complete checkpoint of training step ``step`` (``sample.step``); a step without
+    one is refused naming the steps that have one."""
+    found = {int(p.name.split("_")[-1]): p for p in list_checkpoints(Path(run_dir) / "checkpoints")}
+    if step not in found:
+        have = sorted(found)
+        shown = ", ".join(map(str, have[:12])) + (f", ... {have[-1]}" if len(have) > 12 else "")
+        raise ConfigError(
+            f"sample.step={step}: {run_dir} has no checkpoint of that step (it has: "
+            f"{shown or 'none'})"
+        )
+    return found[step]
 
 
 def open_run(
@@ -462,6 +477,8 @@ def open_run(
     check_config(cfg, run_dir)  # a run directory is data: allow-listed targets only
     if ema is None:
         ema = cfg.sample.get("ema")
+    if checkpoint is None and cfg.sample.get("step") is not None:
+        checkpoint = checkpoint_at(run_dir, cfg.sample.step)
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"no checkpoint in {run_dir / 'checkpoints'}")
