@@ -104,7 +104,7 @@ def test_temporal_conv_is_a_zero_padded_stencil_over_frames() -> None:
     out = layer(h, 5, independent=torch.tensor([True, False]))  # image rows: centre tap only
     torch.testing.assert_close(out[:5], h[:5] + 0.5)
     torch.testing.assert_close(out[5:], expected.view(10, 4, 3, 3)[5:])
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(ValueError, match=r"temporal_conv .* must be odd and >= 1, got 2"):
         TemporalConv(4, 2, norm_groups=2)
 
 

@@ -167,7 +167,9 @@ class TemporalConv(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 3, norm_groups: int = 32) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"temporal kernel_size must be odd and >= 1, got {kernel_size}")
+            raise ValueError(
+                f"temporal_conv (a kernel over frames) must be odd and >= 1, got {kernel_size}"
+            )
         self.norm = group_norm(channels, norm_groups)
         self.conv = zero_module(
             nn.Conv3d(channels, channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
