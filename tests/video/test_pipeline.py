@@ -149,3 +149,14 @@ def test_tasks_go_through_the_core(runs, monkeypatch):
     assert calls == {"inpaint": 1, "reconstruction_guidance": 0, "generate_samples": 1}
     extend(runs["digits_cond"], 2, 6, overlap=2, cond=y, guidance_scale=1.0)  # 1 + 1 windows
     assert calls == {"inpaint": 2, "reconstruction_guidance": 1, "generate_samples": 2}
+
+
+@pytest.mark.parametrize("size", sorted(VIDEO_UNET_SIZES))
+def test_per_frame_network_has_the_video_networks_tensor_names(size):
+    """``model.temporal=false`` keeps every block (emptied), so its run warm-starts the video
+    network of the same size (the `small` size has a level with temporal attention only)."""
+    video = video_unet(size, 1, 16, 10, temporal_conv=3).state_dict()
+    frames = video_unet(size, 1, 16, 10, temporal=False).state_dict()
+    assert set(frames) <= set(video)
+    assert all(".temporal" in k for k in set(video) - set(frames))
+    assert all(frames[k].shape == video[k].shape for k in frames)

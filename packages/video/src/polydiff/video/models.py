@@ -105,8 +105,6 @@ def video_unet(
             f"image_size {image_size} must be divisible by 2**{levels - 1} for video U-Net size "
             f"{size!r}"
         )
-    if not temporal:
-        cfg["temporal_levels"] = ()
     net = VideoUNet(
         in_channels=channels,
         num_classes=num_classes,
@@ -116,7 +114,8 @@ def video_unet(
         temporal_conv=temporal_conv,
         **cfg,
     )
-    if not temporal:  # the middle block's temporal layer too: no frame ever sees another
+    if not temporal:  # every temporal layer removed, its (now empty) block kept: the tensor
+        # names stay the video network's, so a per-frame run warm-starts it (model.init_from)
         for module in net.modules():
             if isinstance(module, SpaceTimeBlock):
                 module.temporal = module.temporal_conv = None
