@@ -124,8 +124,7 @@ EVAL: dict[bool, dict[str, list[str]]] = {
         "prediction": ["evaluate.n=200", "sampler.steps=20"],  # 20 clips x 5 x (pred, interp)
     },
     True: {"cond": ["evaluate.n=10", "sampler=dpmpp_2m_sde", "sampler.steps=3"],
-           "prediction": ["evaluate.n=20",
-                                                                         "sampler.steps=3"]},
+           "prediction": ["evaluate.n=20", "sampler.steps=3"]},
 }  # fmt: skip
 TASK_N = {False: 40, True: 4}  # clips for image-to-video and extension
 TASK_STEPS = {False: 20, True: 3}
