@@ -152,7 +152,7 @@ WARM: dict[str, tuple[tuple[str, list[str]], ...]] = {
     "warm": (WARM_FRAMES, ("warm", VIDEO_STEPS)),
     # + a residual 3-frame temporal convolution before each temporal attention (Make-A-Video)
     "warm_tconv": (WARM_FRAMES, ("warm_tconv", ["model.temporal_conv=3", *VIDEO_STEPS])),
-    # the `small` network (1.4 M parameters, ~2x the step cost of tiny) with the temporal conv,
+    # the `small` network (1.4 M parameters, 1.5x the s/step of tiny side by side) + temporal conv,
     # both stages shorter (equal-step comparison with `warm_tconv` at 1000 video steps)
     "warm_small": (SMALL_FRAMES, SMALL_VIDEO),
 }

@@ -426,7 +426,7 @@ def _check_job_config(cfg: DictConfig) -> None:
 def checkpoint_at(run_dir: str | Path, step: int) -> Path:
     """The run's complete checkpoint of training step ``step`` (``sample.step``); a step without
     one is refused naming the steps that have one."""
-    found = {int(p.name.split("_")[-1]): p for p in list_checkpoints(Path(run_dir) / "checkpoints")}
+    found = {_step_of(p): p for p in list_checkpoints(Path(run_dir) / "checkpoints")}
     if step not in found:
         have = sorted(found)
         shown = ", ".join(map(str, have[:12])) + (f", ... {have[-1]}" if len(have) > 12 else "")
